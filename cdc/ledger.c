@@ -1,0 +1,163 @@
+/*
+ * ledger.c — transactions in flight and the confirmable LSN.  See ledger.h.
+ */
+#include "ledger.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define LEDGER_MIN_CAP 64
+
+void
+ledger_init(ledger *l, ledger_lsn start)
+{
+	memset(l, 0, sizeof(*l));
+	l->confirmed = start;
+	l->head_seq = 1;
+}
+
+void
+ledger_free(ledger *l)
+{
+	free(l->ring);
+	l->ring = NULL;
+	l->cap = l->count = l->head = 0;
+}
+
+static ledger_txn *
+slot_of(const ledger *l, size_t i)
+{
+	return &l->ring[(l->head + i) & (l->cap - 1)];
+}
+
+/* Double the ring, unrolling it so the oldest entry lands at index 0. */
+static ledger_rc
+grow(ledger *l)
+{
+	size_t ncap = l->cap ? l->cap * 2 : LEDGER_MIN_CAP;
+	ledger_txn *n;
+
+	if (ncap < l->cap || ncap > SIZE_MAX / sizeof(*n))
+		return LEDGER_NOMEM;
+	n = malloc(ncap * sizeof(*n));
+	if (n == NULL)
+		return LEDGER_NOMEM;
+	for (size_t i = 0; i < l->count; i++)
+		n[i] = *slot_of(l, i);
+	free(l->ring);
+	l->ring = n;
+	l->cap = ncap;
+	l->head = 0;
+	return LEDGER_OK;
+}
+
+ledger_rc
+ledger_begin(ledger *l, ledger_lsn commit_lsn, ledger_seq *seq)
+{
+	ledger_txn *t;
+
+	if (ledger_is_open(l))
+		return LEDGER_STATE;
+	if (l->count == l->cap) {
+		ledger_rc rc = grow(l);
+		if (rc != LEDGER_OK)
+			return rc;
+	}
+	t = slot_of(l, l->count);
+	t->commit_lsn = commit_lsn;
+	t->end_lsn = 0;
+	t->outstanding = 0;
+	t->sealed = false;
+	*seq = l->head_seq + l->count;
+	l->count++;
+	return LEDGER_OK;
+}
+
+static ledger_txn *
+find(const ledger *l, ledger_seq seq)
+{
+	if (seq < l->head_seq || seq - l->head_seq >= l->count)
+		return NULL;
+	return slot_of(l, (size_t) (seq - l->head_seq));
+}
+
+const ledger_txn *
+ledger_get(const ledger *l, ledger_seq seq)
+{
+	return find(l, seq);
+}
+
+ledger_rc
+ledger_add(ledger *l, ledger_seq seq)
+{
+	ledger_txn *t = find(l, seq);
+
+	if (t == NULL || t->sealed || seq != l->head_seq + l->count - 1)
+		return LEDGER_STATE;
+	if (t->outstanding == UINT32_MAX)
+		return LEDGER_NOMEM;
+	t->outstanding++;
+	l->pending++;
+	return LEDGER_OK;
+}
+
+ledger_rc
+ledger_commit(ledger *l, ledger_lsn end_lsn)
+{
+	ledger_txn *t;
+
+	if (!ledger_is_open(l))
+		return LEDGER_STATE;
+	t = slot_of(l, l->count - 1);
+	t->end_lsn = end_lsn;
+	t->sealed = true;
+	return LEDGER_OK;
+}
+
+void
+ledger_abandon(ledger *l)
+{
+	ledger_txn *t;
+
+	if (!ledger_is_open(l))
+		return;
+	t = slot_of(l, l->count - 1);
+	t->end_lsn = 0;
+	t->sealed = true;
+}
+
+ledger_rc
+ledger_ack(ledger *l, ledger_seq seq)
+{
+	ledger_txn *t = find(l, seq);
+
+	if (t == NULL || t->outstanding == 0)
+		return LEDGER_UNKNOWN;
+	t->outstanding--;
+	l->pending--;
+	return LEDGER_OK;
+}
+
+void
+ledger_idle_position(ledger *l, ledger_lsn pos)
+{
+	if (l->count == 0 && pos > l->confirmed)
+		l->confirmed = pos;
+}
+
+ledger_lsn
+ledger_confirmable(ledger *l)
+{
+	while (l->count > 0) {
+		ledger_txn *t = slot_of(l, 0);
+
+		if (!t->sealed || t->outstanding > 0)
+			break;
+		if (t->end_lsn > l->confirmed)
+			l->confirmed = t->end_lsn;
+		l->head = (l->head + 1) & (l->cap - 1);
+		l->head_seq++;
+		l->count--;
+	}
+	return l->confirmed;
+}

@@ -1,0 +1,93 @@
+/*
+ * ledger.h — which LSN may be confirmed to PostgreSQL.
+ *
+ * The ledger is the one piece that decides pgoutbox's delivery guarantee, so
+ * it is pure: no libpq, no librdkafka, no clock, no logging.  It records the
+ * transactions received from the walsender in commit order, how many of each
+ * transaction's messages Kafka has not acknowledged yet, and from that the
+ * *confirmable* LSN: the end LSN of the longest prefix of transactions that
+ * are complete (Commit received) and fully acknowledged.  When nothing is
+ * open or pending, a keepalive's WAL position may be confirmed too, so that
+ * an idle outbox never pins WAL.
+ *
+ * The seam for a later exactly-once mode is ledger_ack(): today the Kafka
+ * delivery report of each message calls it; a transactional sink would call
+ * it once per message of a committed Kafka transaction instead.
+ *
+ * Transactions are named by a sequence number (ledger_seq) handed out by
+ * ledger_begin(); it travels with each Kafka message as its opaque.
+ */
+#ifndef PGOUTBOX_LEDGER_H
+#define PGOUTBOX_LEDGER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef uint64_t ledger_lsn;
+typedef uint64_t ledger_seq;
+
+typedef struct ledger_txn {
+	ledger_lsn commit_lsn;   /* Begin's final LSN: names the transaction in logs */
+	ledger_lsn end_lsn;      /* Commit's end LSN; 0 while open or when abandoned */
+	uint32_t   outstanding;  /* messages produced but not yet acknowledged */
+	bool       sealed;       /* Commit received (or abandoned) */
+} ledger_txn;
+
+typedef struct ledger {
+	ledger_txn *ring;        /* circular buffer of transactions in flight */
+	size_t      cap;         /* capacity of ring (power of two) */
+	size_t      head;        /* index of the oldest transaction */
+	size_t      count;       /* transactions in ring */
+	ledger_seq  head_seq;    /* sequence number of ring[head] */
+	ledger_lsn  confirmed;   /* highest confirmable LSN so far (monotonic) */
+	uint64_t    pending;     /* total outstanding messages */
+} ledger;
+
+typedef enum ledger_rc {
+	LEDGER_OK = 0,
+	LEDGER_NOMEM,            /* could not grow the ring */
+	LEDGER_STATE,            /* call out of order: begin while open, commit when none open */
+	LEDGER_UNKNOWN,          /* ack for a sequence number not in flight or with nothing outstanding */
+} ledger_rc;
+
+void      ledger_init(ledger *l, ledger_lsn start);
+void      ledger_free(ledger *l);
+
+/* A Begin: opens a transaction; *seq names it for ledger_add/ack. */
+ledger_rc ledger_begin(ledger *l, ledger_lsn commit_lsn, ledger_seq *seq);
+/* One more message of the open transaction handed to Kafka. */
+ledger_rc ledger_add(ledger *l, ledger_seq seq);
+/* The Commit of the open transaction; end_lsn is the Commit's end LSN. */
+ledger_rc ledger_commit(ledger *l, ledger_lsn end_lsn);
+/*
+ * The stream broke inside a transaction: seal it without an LSN.  Its
+ * messages still count (they must be acknowledged before later transactions
+ * can be confirmed past it), but it never advances the confirmed LSN itself;
+ * the walsender resends it from the confirmed LSN after reconnecting.
+ */
+void      ledger_abandon(ledger *l);
+/* Kafka acknowledged one message of transaction seq. */
+ledger_rc ledger_ack(ledger *l, ledger_seq seq);
+
+/*
+ * Nothing open and nothing pending, and the walsender says it has sent
+ * everything up to pos (keepalive): pos becomes confirmable.  Ignored while
+ * any transaction is open or has outstanding messages.
+ */
+void      ledger_idle_position(ledger *l, ledger_lsn pos);
+
+/* Retire the finished prefix and return the confirmable LSN (monotonic). */
+ledger_lsn ledger_confirmable(ledger *l);
+
+static inline bool ledger_is_open(const ledger *l)
+{
+	return l->count > 0 && !l->ring[(l->head + l->count - 1) & (l->cap - 1)].sealed;
+}
+static inline bool ledger_is_idle(const ledger *l) { return l->count == 0; }
+static inline size_t ledger_txns(const ledger *l) { return l->count; }
+static inline uint64_t ledger_pending(const ledger *l) { return l->pending; }
+/* The transaction named by seq, or NULL when it is no longer in flight. */
+const ledger_txn *ledger_get(const ledger *l, ledger_seq seq);
+
+#endif /* PGOUTBOX_LEDGER_H */

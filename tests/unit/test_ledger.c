@@ -1,0 +1,272 @@
+/*
+ * test_ledger.c — the confirmation rule, checked exhaustively.
+ *
+ * The ledger decides which LSN pgoutbox may confirm to PostgreSQL; a bug
+ * here loses events.  Hand-written cases cover each rule; a randomized run
+ * against a brute-force model covers the combinations.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ledger.h"
+
+static int passed, failed;
+
+#define CHECK(cond) do { \
+	if (cond) passed++; \
+	else { failed++; fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); } \
+} while (0)
+
+static void
+test_single(void)
+{
+	ledger l;
+	ledger_seq s;
+
+	ledger_init(&l, 10);
+	CHECK(ledger_confirmable(&l) == 10);
+	CHECK(ledger_begin(&l, 90, &s) == LEDGER_OK);
+	CHECK(ledger_add(&l, s) == LEDGER_OK);
+	CHECK(ledger_add(&l, s) == LEDGER_OK);
+	CHECK(ledger_pending(&l) == 2);
+	CHECK(ledger_confirmable(&l) == 10);          /* open */
+	CHECK(ledger_commit(&l, 100) == LEDGER_OK);
+	CHECK(ledger_confirmable(&l) == 10);          /* unacknowledged */
+	CHECK(ledger_ack(&l, s) == LEDGER_OK);
+	CHECK(ledger_confirmable(&l) == 10);          /* one left */
+	CHECK(ledger_ack(&l, s) == LEDGER_OK);
+	CHECK(ledger_confirmable(&l) == 100);         /* the Commit's end LSN */
+	CHECK(ledger_is_idle(&l));
+	CHECK(ledger_ack(&l, s) == LEDGER_UNKNOWN);   /* retired */
+	ledger_free(&l);
+}
+
+static void
+test_acked_before_commit(void)
+{
+	ledger l;
+	ledger_seq s;
+
+	ledger_init(&l, 0);
+	ledger_begin(&l, 5, &s);
+	ledger_add(&l, s);
+	CHECK(ledger_ack(&l, s) == LEDGER_OK);
+	CHECK(ledger_confirmable(&l) == 0);           /* acked but Commit not seen */
+	ledger_commit(&l, 50);
+	CHECK(ledger_confirmable(&l) == 50);
+	ledger_free(&l);
+}
+
+static void
+test_out_of_order(void)
+{
+	ledger l;
+	ledger_seq s1, s2, s3;
+
+	ledger_init(&l, 0);
+	ledger_begin(&l, 1, &s1); ledger_add(&l, s1); ledger_add(&l, s1); ledger_commit(&l, 100);
+	ledger_begin(&l, 2, &s2); ledger_add(&l, s2); ledger_commit(&l, 200);
+	ledger_begin(&l, 3, &s3); ledger_commit(&l, 300);    /* no outbox rows */
+	CHECK(s1 != s2 && s2 != s3);
+	CHECK(ledger_ack(&l, s2) == LEDGER_OK);
+	CHECK(ledger_confirmable(&l) == 0);           /* T1 still pending blocks T2, T3 */
+	CHECK(ledger_ack(&l, s1) == LEDGER_OK);
+	CHECK(ledger_confirmable(&l) == 0);
+	CHECK(ledger_ack(&l, s1) == LEDGER_OK);
+	CHECK(ledger_confirmable(&l) == 300);         /* whole prefix, incl. the empty T3 */
+	CHECK(ledger_txns(&l) == 0);
+	ledger_free(&l);
+}
+
+static void
+test_empty_transaction(void)
+{
+	ledger l;
+	ledger_seq s;
+
+	ledger_init(&l, 0);
+	ledger_begin(&l, 7, &s);
+	CHECK(ledger_confirmable(&l) == 0);
+	ledger_commit(&l, 70);
+	CHECK(ledger_confirmable(&l) == 70);
+	ledger_free(&l);
+}
+
+static void
+test_keepalive(void)
+{
+	ledger l;
+	ledger_seq s;
+
+	ledger_init(&l, 100);
+	ledger_idle_position(&l, 150);                /* idle: confirmable */
+	CHECK(ledger_confirmable(&l) == 150);
+	ledger_idle_position(&l, 120);                /* never backwards */
+	CHECK(ledger_confirmable(&l) == 150);
+	ledger_begin(&l, 160, &s);
+	ledger_idle_position(&l, 500);                /* open transaction: ignored */
+	CHECK(ledger_confirmable(&l) == 150);
+	ledger_add(&l, s);
+	ledger_commit(&l, 170);
+	ledger_idle_position(&l, 500);                /* pending ack: ignored */
+	CHECK(ledger_confirmable(&l) == 150);
+	ledger_ack(&l, s);
+	CHECK(ledger_confirmable(&l) == 170);
+	ledger_idle_position(&l, 500);
+	CHECK(ledger_confirmable(&l) == 500);
+	ledger_free(&l);
+}
+
+static void
+test_abandon(void)
+{
+	ledger l;
+	ledger_seq s1, s2;
+
+	ledger_init(&l, 0);
+	ledger_begin(&l, 10, &s1);
+	ledger_add(&l, s1);
+	ledger_abandon(&l);                           /* stream broke mid-transaction */
+	CHECK(!ledger_is_open(&l));
+	ledger_begin(&l, 10, &s2);                    /* resent after reconnect */
+	ledger_add(&l, s2);
+	ledger_commit(&l, 200);
+	CHECK(ledger_ack(&l, s2) == LEDGER_OK);
+	CHECK(ledger_confirmable(&l) == 0);           /* abandoned one still in flight */
+	CHECK(ledger_ack(&l, s1) == LEDGER_OK);
+	CHECK(ledger_confirmable(&l) == 200);
+	ledger_free(&l);
+
+	/* An abandoned transaction alone never advances the LSN. */
+	ledger_init(&l, 5);
+	ledger_begin(&l, 10, &s1);
+	ledger_abandon(&l);
+	CHECK(ledger_confirmable(&l) == 5);
+	ledger_abandon(&l);                           /* nothing open: no-op */
+	CHECK(ledger_txns(&l) == 0);
+	ledger_free(&l);
+}
+
+static void
+test_misuse(void)
+{
+	ledger l;
+	ledger_seq s1, s2;
+
+	ledger_init(&l, 0);
+	CHECK(ledger_commit(&l, 10) == LEDGER_STATE); /* nothing open */
+	CHECK(ledger_ack(&l, 1) == LEDGER_UNKNOWN);
+	CHECK(ledger_begin(&l, 1, &s1) == LEDGER_OK);
+	CHECK(ledger_begin(&l, 2, &s2) == LEDGER_STATE); /* nested */
+	CHECK(ledger_ack(&l, s1) == LEDGER_UNKNOWN);  /* nothing outstanding */
+	ledger_commit(&l, 10);
+	CHECK(ledger_add(&l, s1) == LEDGER_STATE);    /* sealed */
+	CHECK(ledger_ack(&l, s1 + 1000) == LEDGER_UNKNOWN);
+	CHECK(ledger_ack(&l, 0) == LEDGER_UNKNOWN);
+	ledger_free(&l);
+}
+
+/* xorshift: deterministic and seedable, so failures reproduce. */
+static uint64_t rng = 88172645463325252ULL;
+static uint64_t
+next_rand(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+typedef struct model_txn {
+	uint64_t end;
+	unsigned produced, acked;
+	int sealed;     /* 0 open, 1 committed, 2 abandoned */
+	ledger_seq seq;
+} model_txn;
+
+/* Random interleavings of begin/add/commit/abandon/ack/keepalive, with the
+ * confirmable LSN checked after every operation against a direct scan. */
+static void
+test_random_model(void)
+{
+	enum { N = 4000 };
+	model_txn *m = calloc(N, sizeof(*m));
+	ledger l;
+	size_t ntx = 0, retired = 0;
+	uint64_t lsn = 100, expect = 100;
+	int bad = 0;
+
+	ledger_init(&l, 100);
+	for (int iter = 0; iter < 200000 && !bad; iter++) {
+		unsigned op = (unsigned) (next_rand() % 100);
+		int open = ntx > 0 && m[ntx - 1].sealed == 0;
+
+		if (op < 15 && !open && ntx < N) {
+			m[ntx].seq = 0;
+			if (ledger_begin(&l, lsn, &m[ntx].seq) != LEDGER_OK)
+				bad = 1;
+			ntx++;
+		} else if (op < 40 && open) {
+			if (ledger_add(&l, m[ntx - 1].seq) != LEDGER_OK)
+				bad = 1;
+			m[ntx - 1].produced++;
+		} else if (op < 52 && open) {
+			lsn += 1 + next_rand() % 50;
+			m[ntx - 1].end = lsn;
+			m[ntx - 1].sealed = 1;
+			if (ledger_commit(&l, lsn) != LEDGER_OK)
+				bad = 1;
+		} else if (op < 53 && open) {
+			m[ntx - 1].sealed = 2;
+			ledger_abandon(&l);
+		} else if (op < 95 && ntx > retired) {
+			size_t i = retired + (size_t) (next_rand() % (ntx - retired));
+			if (m[i].acked < m[i].produced) {
+				m[i].acked++;
+				if (ledger_ack(&l, m[i].seq) != LEDGER_OK)
+					bad = 1;
+			} else if (ledger_ack(&l, m[i].seq) != LEDGER_UNKNOWN) {
+				bad = 1;                      /* over-ack must be refused */
+			}
+		} else {
+			lsn += next_rand() % 20;
+			if (ntx == retired)
+				expect = lsn > expect ? lsn : expect;
+			ledger_idle_position(&l, lsn);
+		}
+		/* the model: retire the finished prefix */
+		while (retired < ntx && m[retired].sealed && m[retired].acked == m[retired].produced) {
+			if (m[retired].sealed == 1 && m[retired].end > expect)
+				expect = m[retired].end;
+			retired++;
+		}
+		if (ledger_confirmable(&l) != expect) {
+			fprintf(stderr, "iteration %d: ledger %" PRIu64 " model %" PRIu64 "\n",
+			        iter, ledger_confirmable(&l), expect);
+			bad = 1;
+		}
+		if (ledger_txns(&l) != ntx - retired)
+			bad = 1;
+	}
+	CHECK(!bad);
+	CHECK(ntx > 1000);        /* the run exercised many transactions */
+	ledger_free(&l);
+	free(m);
+}
+
+int
+main(void)
+{
+	test_single();
+	test_acked_before_commit();
+	test_out_of_order();
+	test_empty_transaction();
+	test_keepalive();
+	test_abandon();
+	test_misuse();
+	test_random_model();
+	printf("ledger: %d passed, %d failed\n", passed, failed);
+	return failed ? 1 : 0;
+}
