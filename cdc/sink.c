@@ -1,0 +1,308 @@
+/*
+ * sink.c — the Kafka producer on librdkafka.  See sink.h.
+ *
+ * librdkafka's main queue (delivery reports, errors) is wired to a pipe with
+ * rd_kafka_queue_io_event_enable(): librdkafka writes a byte whenever the
+ * queue becomes non-empty, so the main loop can poll() it beside the libpq
+ * socket instead of polling librdkafka on a timer.
+ */
+#include "sink.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct sink {
+	rd_kafka_t       *rk;
+	rd_kafka_queue_t *mainq;
+	int               pipefd[2];
+	sink_delivery_fn  cb;
+	void             *ctx;
+	bool              fatal;
+	rd_kafka_resp_err_t last_err;   /* last transient error logged, to avoid floods */
+};
+
+/*
+ * Delivery errors after which retrying the same message cannot succeed.
+ * Everything else librdkafka retries by itself (with no local timeout it
+ * never gives up on a transient error).
+ */
+static bool
+permanent_error(rd_kafka_resp_err_t err)
+{
+	switch (err) {
+	case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+	case RD_KAFKA_RESP_ERR_INVALID_MSG:
+	case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+	case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+	case RD_KAFKA_RESP_ERR__INVALID_ARG:
+	case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+	case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+	case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+	case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+	case RD_KAFKA_RESP_ERR_INVALID_REQUIRED_ACKS:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static void
+dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+	sink *s = opaque;
+	sink_report rep;
+	rd_kafka_headers_t *hdrs = NULL;
+	const void *id = NULL;
+	size_t id_len = 0;
+
+	(void) rk;
+	memset(&rep, 0, sizeof(rep));
+	rep.ok = m->err == RD_KAFKA_RESP_ERR_NO_ERROR;
+	if (!rep.ok) {
+		rep.permanent = permanent_error(m->err);
+		rep.error = rd_kafka_err2str(m->err);
+		rep.topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "";
+		if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+		    rd_kafka_header_get_last(hdrs, "id", &id, &id_len) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+			rep.id = id;
+			rep.id_len = id_len;
+		}
+	}
+	s->cb(s->ctx, (uint64_t) (uintptr_t) m->_private, &rep);
+}
+
+static void
+error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	sink *s = opaque;
+	char buf[512];
+
+	if (err == RD_KAFKA_RESP_ERR__FATAL) {
+		rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof(buf));
+		s->fatal = true;
+		log_msg(LOG_ERROR, "fatal Kafka producer error: %s: %s",
+		        rd_kafka_err2name(orig), buf);
+		return;
+	}
+	/* Transient: librdkafka reconnects and retries by itself, and its log
+	 * lines already say what happened; only "all brokers down" and a
+	 * change of error are worth a line of our own. */
+	if ((rd_kafka_resp_err_t) err != s->last_err) {
+		log_msg(err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ? LOG_WARNING : LOG_DEBUG,
+		        "Kafka: %s", reason);
+		s->last_err = (rd_kafka_resp_err_t) err;
+	}
+}
+
+/*
+ * librdkafka's own log lines, served on the main thread (log.queue), in
+ * pgoutbox's format.  Syslog levels: 0-2 error, 3-4 warning (librdkafka
+ * reports transient connection failures at 3), 5-6 log, 7 debug.
+ */
+static void
+log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	log_level lvl = level <= 2 ? LOG_ERROR : level <= 4 ? LOG_WARNING :
+	                level <= 6 ? LOG_INFO : LOG_DEBUG;
+
+	(void) rk;
+	log_msg(lvl, "Kafka %s: %s", fac, buf);
+}
+
+static bool
+conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
+         char *errbuf, size_t errlen)
+{
+	char err[256];
+
+	if (rd_kafka_conf_set(conf, name, value, err, sizeof(err)) != RD_KAFKA_CONF_OK) {
+		snprintf(errbuf, errlen, "invalid Kafka property \"%s\": %s", name, err);
+		return false;
+	}
+	return true;
+}
+
+sink *
+sink_new(const char *brokers, const sink_property *props, size_t nprops,
+         sink_delivery_fn cb, void *ctx, char *errbuf, size_t errlen)
+{
+	/*
+	 * Defaults.  No local message timeout: a message waits for the broker as
+	 * long as it takes (the WAL stays in the slot meanwhile), and the bounded
+	 * queue turns a long outage into backpressure instead of memory growth.
+	 */
+	static const sink_property defaults[] = {
+		{"enable.idempotence", "true"},
+		{"acks", "all"},
+		{"partitioner", "murmur2_random"},
+		{"message.timeout.ms", "0"},
+		{"queue.buffering.max.kbytes", "16384"},
+		{"queue.buffering.max.messages", "100000"},
+		{"linger.ms", "5"},
+		{"socket.keepalive.enable", "true"},
+		{"client.id", "pgoutbox"},
+	};
+	rd_kafka_conf_t *conf;
+	sink *s;
+	char err[512];
+
+	s = calloc(1, sizeof(*s));
+	if (s == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	s->pipefd[0] = s->pipefd[1] = -1;
+	s->cb = cb;
+	s->ctx = ctx;
+
+	conf = rd_kafka_conf_new();
+	for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
+		if (!conf_set(conf, defaults[i].name, defaults[i].value, errbuf, errlen))
+			goto error_conf;
+	if (!conf_set(conf, "bootstrap.servers", brokers, errbuf, errlen))
+		goto error_conf;
+	for (size_t i = 0; i < nprops; i++)
+		if (!conf_set(conf, props[i].name, props[i].value, errbuf, errlen))
+			goto error_conf;
+	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
+	rd_kafka_conf_set_error_cb(conf, error_cb);
+	rd_kafka_conf_set_log_cb(conf, log_cb);
+	if (!conf_set(conf, "log.queue", "true", errbuf, errlen))
+		goto error_conf;
+	rd_kafka_conf_set_opaque(conf, s);
+
+	/* rd_kafka_new() takes ownership of conf on success only. */
+	s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+	if (s->rk == NULL) {
+		snprintf(errbuf, errlen, "could not create Kafka producer: %s", err);
+		goto error_conf;
+	}
+
+	if (pipe(s->pipefd) != 0) {
+		snprintf(errbuf, errlen, "could not create pipe: %s", strerror(errno));
+		goto error;
+	}
+	for (int i = 0; i < 2; i++) {
+		int fl = fcntl(s->pipefd[i], F_GETFL);
+		if (fl < 0 || fcntl(s->pipefd[i], F_SETFL, fl | O_NONBLOCK) < 0 ||
+		    fcntl(s->pipefd[i], F_SETFD, FD_CLOEXEC) < 0) {
+			snprintf(errbuf, errlen, "could not configure pipe: %s", strerror(errno));
+			goto error;
+		}
+	}
+	/* Log lines go to the main queue too, so only the main thread prints. */
+	rd_kafka_set_log_queue(s->rk, NULL);
+	s->mainq = rd_kafka_queue_get_main(s->rk);
+	rd_kafka_queue_io_event_enable(s->mainq, s->pipefd[1], "1", 1);
+	return s;
+
+error_conf:
+	rd_kafka_conf_destroy(conf);
+error:
+	sink_free(s);
+	return NULL;
+}
+
+void
+sink_free(sink *s)
+{
+	if (s == NULL)
+		return;
+	if (s->mainq != NULL) {
+		rd_kafka_queue_io_event_enable(s->mainq, -1, NULL, 0);
+		rd_kafka_queue_destroy(s->mainq);
+	}
+	if (s->rk != NULL)
+		rd_kafka_destroy(s->rk);
+	for (int i = 0; i < 2; i++)
+		if (s->pipefd[i] >= 0)
+			close(s->pipefd[i]);
+	free(s);
+}
+
+int
+sink_fd(const sink *s)
+{
+	return s->pipefd[0];
+}
+
+sink_rc
+sink_produce(sink *s, const sink_event *ev, uint64_t opaque, char *errbuf, size_t errlen)
+{
+	rd_kafka_headers_t *hdrs;
+	rd_kafka_resp_err_t err;
+
+	hdrs = rd_kafka_headers_new(ev->nheaders);
+	for (size_t i = 0; i < ev->nheaders; i++) {
+		err = rd_kafka_header_add(hdrs, ev->headers[i].name, -1,
+		                          ev->headers[i].value, (ssize_t) ev->headers[i].len);
+		if (err) {
+			rd_kafka_headers_destroy(hdrs);
+			snprintf(errbuf, errlen, "could not add header \"%s\": %s",
+			         ev->headers[i].name, rd_kafka_err2str(err));
+			return SINK_FAILED;
+		}
+	}
+	err = rd_kafka_producev(s->rk,
+	                        RD_KAFKA_V_TOPIC(ev->topic),
+	                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+	                        RD_KAFKA_V_KEY(ev->key, ev->key_len),
+	                        RD_KAFKA_V_VALUE((void *) ev->value, ev->value ? ev->value_len : 0),
+	                        RD_KAFKA_V_TIMESTAMP(ev->timestamp_ms),
+	                        RD_KAFKA_V_HEADERS(hdrs),
+	                        RD_KAFKA_V_OPAQUE((void *) (uintptr_t) opaque),
+	                        RD_KAFKA_V_END);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		return SINK_OK;     /* headers now belong to the message */
+	rd_kafka_headers_destroy(hdrs);
+	if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+		return SINK_FULL;
+	snprintf(errbuf, errlen, "%s", rd_kafka_err2str(err));
+	return SINK_FAILED;
+}
+
+void
+sink_serve(sink *s)
+{
+	char buf[256];
+
+	/* Drain the wakeup pipe first, then the queue: a report that arrives in
+	 * between writes a new byte, so nothing is missed. */
+	while (read(s->pipefd[0], buf, sizeof(buf)) > 0)
+		;
+	rd_kafka_poll(s->rk, 0);
+}
+
+int
+sink_flush(sink *s, int timeout_ms)
+{
+	rd_kafka_flush(s->rk, timeout_ms);
+	return rd_kafka_outq_len(s->rk);
+}
+
+int
+sink_outstanding(const sink *s)
+{
+	return rd_kafka_outq_len(s->rk);
+}
+
+bool
+sink_fatal(sink *s, char *errbuf, size_t errlen)
+{
+	if (!s->fatal)
+		return false;
+	rd_kafka_fatal_error(s->rk, errbuf, errlen);
+	return true;
+}
+
+const char *
+sink_library_version(void)
+{
+	return rd_kafka_version_str();
+}
