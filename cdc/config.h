@@ -1,0 +1,50 @@
+/*
+ * config.h — pgoutbox's settings: one table, three sources.
+ *
+ * Every setting is described once in config.c's table (name, command-line
+ * spelling, default, documentation).  Values come from the defaults, then
+ * the -c file (`key = value`, `#` comments), then the command line; later
+ * sources win.  Kafka properties (`kafka.<property>` in the file, -X on the
+ * command line) are passed to librdkafka untouched, file first.
+ */
+#ifndef PGOUTBOX_CONFIG_H
+#define PGOUTBOX_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "sink.h"
+
+typedef struct config {
+	char       *conninfo;
+	char       *brokers;
+	char       *slot;
+	char       *publication;
+	char       *table;
+	char       *topic_template;
+	int         log_level;          /* log_level enum */
+	int         shutdown_timeout_s;
+	int         status_interval_ms;
+	uint64_t    endpos;             /* 0: none */
+	sink_property *kafka;           /* owned name/value strings */
+	size_t      nkafka;
+	bool        show_help;
+	bool        show_version;
+} config;
+
+typedef enum config_rc {
+	CONFIG_OK = 0,
+	CONFIG_EXIT,                    /* --help or --version: print and exit 0 */
+	CONFIG_ERROR,                   /* errbuf says what is wrong: exit 1 */
+} config_rc;
+
+config_rc config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen);
+void      config_free(config *cfg);
+void      config_usage(FILE *out);
+
+/* Parse "X/Y" (hex) as PostgreSQL prints LSNs. */
+bool      parse_lsn(const char *s, uint64_t *out);
+
+#endif /* PGOUTBOX_CONFIG_H */

@@ -1,0 +1,542 @@
+/*
+ * main.c — pgoutbox: options, signals and the one event loop.
+ *
+ * Data flows one way: source (libpq) → decoder → outbox → sink (librdkafka);
+ * acknowledgements flow back: sink delivery report → ledger → the flush LSN
+ * that source reports to PostgreSQL.  This loop is the only place that
+ * blocks: it poll()s the replication socket and the pipe librdkafka signals
+ * when delivery reports wait.  Signal handlers only set a flag.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "ledger.h"
+#include "log.h"
+#include "outbox.h"
+#include "pgoutput.h"
+#include "sink.h"
+#include "source.h"
+
+#ifndef PGOUTBOX_VERSION
+#define PGOUTBOX_VERSION "unknown"
+#endif
+
+#define LSN_FMT "%X/%X"
+#define LSN_ARGS(lsn) (unsigned) ((lsn) >> 32), (unsigned) (lsn)
+
+/* Limits that keep one loop turn short and reconnects polite. */
+#define READ_BUDGET          10000   /* messages per loop turn before serving Kafka */
+#define STATUS_MIN_GAP_MS    100     /* fastest pace of status updates after progress */
+#define BACKOFF_MIN_MS       1000
+#define BACKOFF_MAX_MS       30000
+#define BACKPRESSURE_POLL_MS 100
+
+static volatile sig_atomic_t stop_signals = 0;
+
+static void
+on_stop_signal(int sig)
+{
+	(void) sig;
+	stop_signals++;
+}
+
+typedef enum step_rc {
+	STEP_OK = 0,      /* message consumed */
+	STEP_FULL,        /* Kafka's queue is full: keep the message, retry later */
+	STEP_FAIL,        /* unrecoverable: stop, exit 2 */
+} step_rc;
+
+typedef struct app {
+	config       cfg;
+	source      *src;
+	sink        *snk;
+	outbox      *ob;
+	pgo_decoder *dec;
+	ledger       led;
+
+	/* the transaction being received */
+	bool         in_txn;
+	ledger_seq   txn_seq;
+	pgo_lsn      txn_commit_lsn;
+	int64_t      txn_commit_time;
+
+	uint64_t     received;         /* highest WAL position received (write) */
+	uint64_t     reported;         /* last flush position sent to PostgreSQL */
+	int64_t      last_status_ms;
+	bool         reply_due;        /* keepalive asked for a reply */
+
+	uint8_t     *held;             /* CopyData waiting for room in Kafka's queue */
+	size_t       held_len;
+
+	int64_t      next_connect_ms;
+	int          backoff_ms;
+
+	bool         stopping;
+	int64_t      drain_deadline_ms;
+	int          exit_code;
+
+	uint64_t     events, txns;     /* counters for the log */
+	bool         backpressure_logged;
+} app;
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Stop streaming; exit with code once what is in flight has drained. */
+static void
+begin_stop(app *a, int code)
+{
+	if (code > a->exit_code)
+		a->exit_code = code;
+	if (a->stopping)
+		return;
+	a->stopping = true;
+	a->drain_deadline_ms = now_ms() + (int64_t) a->cfg.shutdown_timeout_s * 1000;
+}
+
+/* Kafka's verdict on one message: the seam between sink and ledger. */
+static void
+on_delivery(void *ctx, uint64_t seq, const sink_report *rep)
+{
+	app *a = ctx;
+	const ledger_txn *t;
+
+	if (rep->ok) {
+		if (ledger_ack(&a->led, seq) != LEDGER_OK)
+			log_msg(LOG_WARNING, "delivery report for unknown transaction %" PRIu64, seq);
+		return;
+	}
+	/* Never acknowledged: the ledger will not confirm past this transaction,
+	 * so a restart re-reads it from the slot. */
+	t = ledger_get(&a->led, seq);
+	log_detail(LOG_ERROR,
+	           "pgoutbox stops without confirming past this transaction; fix the cause and restart",
+	           "Kafka did not accept event %.*s for topic \"%s\" (transaction at " LSN_FMT "): %s%s",
+	           (int) rep->id_len, rep->id ? (const char *) rep->id : "(unknown)", rep->topic,
+	           LSN_ARGS(t ? t->commit_lsn : 0), rep->error,
+	           rep->permanent ? "" : " (message.timeout.ms expired)");
+	begin_stop(a, 2);
+}
+
+/* The stream broke: forget the half-received transaction and reconnect. */
+static void
+stream_lost(app *a, const char *why)
+{
+	log_msg(LOG_WARNING, "%s; reconnecting in %d ms", why, a->backoff_ms);
+	source_close(a->src);
+	if (a->in_txn) {
+		ledger_abandon(&a->led);
+		a->in_txn = false;
+	}
+	if (a->held) {
+		source_release(a->held);
+		a->held = NULL;
+	}
+	pgo_decoder_reset_stream(a->dec);
+	a->next_connect_ms = now_ms() + a->backoff_ms;
+	a->backoff_ms = a->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : a->backoff_ms * 2;
+}
+
+static step_rc
+protocol_error(app *a, const pgo_copydata *cd, const char *what, const pgo_error *err)
+{
+	log_detail(LOG_ERROR, "pgoutbox stops without confirming past this position",
+	           "could not decode %s at " LSN_FMT ": %s at byte %zu (%s)", what,
+	           LSN_ARGS(cd ? cd->wal_start : a->received), pgo_rc_name(err->code),
+	           err->offset, err->reason ? err->reason : "");
+	return STEP_FAIL;
+}
+
+static step_rc
+handle_insert(app *a, const pgo_msg *m)
+{
+	sink_event ev;
+	char err[512];
+	outbox_rc orc;
+
+	orc = outbox_map_insert(a->ob, m->u.insert.rel, &m->u.insert.newtup,
+	                        a->txn_commit_time, &ev, err, sizeof(err));
+	if (orc == OUTBOX_IGNORE)
+		return STEP_OK;
+	if (!a->in_txn) {
+		log_msg(LOG_ERROR, "insert outside a transaction in the replication stream");
+		return STEP_FAIL;
+	}
+	if (orc == OUTBOX_UNMAPPABLE) {
+		log_detail(LOG_ERROR,
+		           "pgoutbox stops without confirming past this transaction; fix the row's table or the mapping and restart",
+		           "cannot map event %.*s of transaction at " LSN_FMT ": %s",
+		           ev.nheaders ? (int) ev.headers[0].len : 9,
+		           ev.nheaders ? (const char *) ev.headers[0].value : "(unknown)",
+		           LSN_ARGS(a->txn_commit_lsn), err);
+		return STEP_FAIL;
+	}
+	switch (sink_produce(a->snk, &ev, a->txn_seq, err, sizeof(err))) {
+	case SINK_OK:
+		break;
+	case SINK_FULL:
+		return STEP_FULL;
+	case SINK_FAILED:
+		log_msg(LOG_ERROR, "could not produce event %.*s of transaction at " LSN_FMT ": %s",
+		        (int) ev.headers[0].len, (const char *) ev.headers[0].value,
+		        LSN_ARGS(a->txn_commit_lsn), err);
+		return STEP_FAIL;
+	}
+	if (ledger_add(&a->led, a->txn_seq) != LEDGER_OK) {
+		log_msg(LOG_ERROR, "internal error: could not record an in-flight message");
+		return STEP_FAIL;
+	}
+	a->events++;
+	return STEP_OK;
+}
+
+/*
+ * Act on one CopyData.  Must have no side effect when it returns STEP_FULL,
+ * because the same bytes are fed again once Kafka's queue has room.
+ */
+static step_rc
+step(app *a, const uint8_t *buf, size_t len)
+{
+	pgo_copydata cd;
+	pgo_msg m;
+	pgo_error err;
+
+	if (pgo_decode_copydata(buf, len, &cd, &err) != PGO_OK)
+		return protocol_error(a, NULL, "replication message", &err);
+
+	if (cd.kind == PGO_COPY_KEEPALIVE) {
+		if (cd.wal_end > a->received)
+			a->received = cd.wal_end;
+		/* Everything up to wal_end was sent to us; with nothing in flight
+		 * it is all delivered, so an idle outbox does not pin WAL. */
+		if (!a->in_txn)
+			ledger_idle_position(&a->led, cd.wal_end);
+		if (cd.reply_requested)
+			a->reply_due = true;
+		return STEP_OK;
+	}
+
+	if (pgo_decode_message(a->dec, cd.data.ptr, cd.data.len, &m, &err) != PGO_OK)
+		return protocol_error(a, &cd, "pgoutput message", &err);
+
+	switch (m.type) {
+	case PGO_MSG_BEGIN:
+		if (a->in_txn) {
+			log_msg(LOG_ERROR, "BEGIN inside a transaction at " LSN_FMT, LSN_ARGS(cd.wal_start));
+			return STEP_FAIL;
+		}
+		if (ledger_begin(&a->led, m.u.begin.final_lsn, &a->txn_seq) != LEDGER_OK) {
+			log_msg(LOG_ERROR, "out of memory recording a transaction");
+			return STEP_FAIL;
+		}
+		a->in_txn = true;
+		a->txn_commit_lsn = m.u.begin.final_lsn;
+		a->txn_commit_time = m.u.begin.commit_time;
+		break;
+	case PGO_MSG_COMMIT:
+		if (!a->in_txn || ledger_commit(&a->led, m.u.commit.end_lsn) != LEDGER_OK) {
+			log_msg(LOG_ERROR, "COMMIT without BEGIN at " LSN_FMT, LSN_ARGS(cd.wal_start));
+			return STEP_FAIL;
+		}
+		a->in_txn = false;
+		a->txns++;
+		break;
+	case PGO_MSG_INSERT: {
+		step_rc rc = handle_insert(a, &m);
+		if (rc != STEP_OK)
+			return rc;
+		break;
+	}
+	default:
+		/* Relation and Type messages feed the decoder's cache; updates,
+		 * deletes, truncates and the rest are not outbox events. */
+		break;
+	}
+	if (cd.wal_start > a->received)
+		a->received = cd.wal_start;
+	return STEP_OK;
+}
+
+static void
+send_status(app *a, int64_t now)
+{
+	char err[512];
+	uint64_t flush = ledger_confirmable(&a->led);
+	source_rc rc;
+
+	rc = source_send_status(a->src, a->received > flush ? a->received : flush, flush,
+	                        false, err, sizeof(err));
+	if (rc == SOURCE_LOST) {
+		stream_lost(a, err);
+		return;
+	}
+	if (rc == SOURCE_OK || rc == SOURCE_AGAIN) {
+		if (flush != a->reported)
+			log_msg(LOG_DEBUG, "confirmed " LSN_FMT, LSN_ARGS(flush));
+		a->reported = flush;
+		a->last_status_ms = now;
+		a->reply_due = false;
+	}
+}
+
+static void
+try_connect(app *a)
+{
+	char err[1024];
+	source_rc rc = source_start(a->src, err, sizeof(err));
+
+	if (rc == SOURCE_OK) {
+		log_msg(LOG_INFO, "streaming from slot \"%s\" (publication \"%s\") to Kafka",
+		        a->cfg.slot, a->cfg.publication);
+		a->backoff_ms = BACKOFF_MIN_MS;
+		a->last_status_ms = 0;     /* report our position right away */
+		return;
+	}
+	if (rc == SOURCE_FATAL) {
+		log_msg(LOG_ERROR, "%s", err);
+		begin_stop(a, 2);
+		return;
+	}
+	stream_lost(a, err);
+}
+
+/* Read and act on what the walsender sent, up to a budget. */
+static void
+read_stream(app *a)
+{
+	char err[1024];
+
+	for (int budget = READ_BUDGET; budget > 0 && !a->stopping; budget--) {
+		uint8_t *buf;
+		size_t len;
+		step_rc rc;
+
+		if (a->held != NULL) {
+			buf = a->held;
+			len = a->held_len;
+			a->held = NULL;
+		} else {
+			source_rc src = source_read(a->src, &buf, &len, err, sizeof(err));
+			if (src == SOURCE_AGAIN)
+				return;
+			if (src == SOURCE_FATAL) {
+				log_msg(LOG_ERROR, "%s", err);
+				begin_stop(a, 2);
+				return;
+			}
+			if (src == SOURCE_LOST) {
+				stream_lost(a, err);
+				return;
+			}
+		}
+		rc = step(a, buf, len);
+		if (rc == STEP_FULL) {
+			a->held = buf;
+			a->held_len = len;
+			if (!a->backpressure_logged) {
+				log_msg(LOG_INFO, "Kafka's producer queue is full: pausing the replication stream");
+				a->backpressure_logged = true;
+			}
+			return;
+		}
+		source_release(buf);
+		if (a->backpressure_logged) {
+			log_msg(LOG_INFO, "Kafka's producer queue has room again: resuming");
+			a->backpressure_logged = false;
+		}
+		if (rc == STEP_FAIL) {
+			begin_stop(a, 2);
+			return;
+		}
+	}
+}
+
+static int
+run(app *a)
+{
+	char err[512];
+
+	a->backoff_ms = BACKOFF_MIN_MS;
+	for (;;) {
+		int64_t now = now_ms();
+		int64_t timeout;
+		struct pollfd pfd[2];
+		int nfds = 0;
+		uint64_t confirmable;
+
+		if (stop_signals > 0 && !a->stopping) {
+			log_msg(LOG_INFO, "received shutdown signal: draining in-flight events (up to %d s)",
+			        a->cfg.shutdown_timeout_s);
+			begin_stop(a, 0);
+		}
+		if (stop_signals > 1) {
+			log_msg(LOG_WARNING, "second shutdown signal: exiting without waiting for Kafka");
+			break;
+		}
+		if (sink_fatal(a->snk, err, sizeof(err)))
+			begin_stop(a, 2);
+
+		if (!a->stopping && !source_connected(a->src) && now >= a->next_connect_ms)
+			try_connect(a);
+		if (!a->stopping && source_connected(a->src))
+			read_stream(a);
+
+		sink_serve(a->snk);
+		confirmable = ledger_confirmable(&a->led);
+		now = now_ms();
+		if (source_connected(a->src) &&
+		    (a->reply_due || now - a->last_status_ms >= a->cfg.status_interval_ms ||
+		     (confirmable != a->reported && now - a->last_status_ms >= STATUS_MIN_GAP_MS)))
+			send_status(a, now);
+
+		if (a->cfg.endpos && confirmable >= a->cfg.endpos && !a->stopping) {
+			log_msg(LOG_INFO, "reached end position " LSN_FMT, LSN_ARGS(a->cfg.endpos));
+			begin_stop(a, 0);
+		}
+		if (a->stopping) {
+			if (sink_outstanding(a->snk) == 0 && ledger_pending(&a->led) == 0)
+				break;
+			if (now >= a->drain_deadline_ms) {
+				log_msg(LOG_WARNING, "shutdown timeout: %d messages not acknowledged by Kafka; "
+				        "they will be sent again after restart", sink_outstanding(a->snk));
+				break;
+			}
+		}
+
+		/* Sleep until the socket, Kafka or a timer needs us. */
+		timeout = 1000;
+		if (source_connected(a->src)) {
+			int64_t due = a->last_status_ms + a->cfg.status_interval_ms;
+			if (confirmable != a->reported)
+				due = a->last_status_ms + STATUS_MIN_GAP_MS;
+			if (due - now < timeout)
+				timeout = due - now;
+		} else if (!a->stopping && a->next_connect_ms - now < timeout) {
+			timeout = a->next_connect_ms - now;
+		}
+		if (a->held != NULL && timeout > BACKPRESSURE_POLL_MS)
+			timeout = BACKPRESSURE_POLL_MS;
+		if (timeout < 0)
+			timeout = 0;
+
+		pfd[nfds++] = (struct pollfd) {.fd = sink_fd(a->snk), .events = POLLIN};
+		if (source_connected(a->src)) {
+			short ev = 0;
+			if (!a->stopping && a->held == NULL)
+				ev |= POLLIN;
+			if (source_wants_write(a->src))
+				ev |= POLLOUT;
+			pfd[nfds++] = (struct pollfd) {.fd = source_fd(a->src), .events = ev};
+		}
+		if (poll(pfd, (nfds_t) nfds, (int) timeout) < 0 && errno != EINTR) {
+			log_msg(LOG_ERROR, "poll failed: %s", strerror(errno));
+			begin_stop(a, 2);
+			break;
+		}
+		if (nfds > 1 && (pfd[1].revents & POLLOUT) && source_connected(a->src)) {
+			if (source_flush(a->src, err, sizeof(err)) == SOURCE_LOST)
+				stream_lost(a, err);
+		}
+	}
+
+	/* Confirm what Kafka acknowledged before leaving. */
+	sink_serve(a->snk);
+	if (source_connected(a->src)) {
+		int64_t deadline = now_ms() + 2000;
+
+		send_status(a, now_ms());
+		while (source_connected(a->src) && source_wants_write(a->src) && now_ms() < deadline) {
+			struct pollfd p = {.fd = source_fd(a->src), .events = POLLOUT};
+			poll(&p, 1, 100);
+			if (source_flush(a->src, err, sizeof(err)) == SOURCE_LOST)
+				break;
+		}
+	}
+	log_msg(LOG_INFO, "stopped: %" PRIu64 " events in %" PRIu64 " transactions published, "
+	        "confirmed " LSN_FMT, a->events, a->txns, LSN_ARGS(ledger_confirmable(&a->led)));
+	return a->exit_code;
+}
+
+int
+main(int argc, char **argv)
+{
+	app a;
+	char err[1024];
+	struct sigaction sa;
+	int code;
+
+	memset(&a, 0, sizeof(a));
+	switch (config_load(&a.cfg, argc, argv, err, sizeof(err))) {
+	case CONFIG_OK:
+		break;
+	case CONFIG_EXIT:
+		if (a.cfg.show_help)
+			config_usage(stdout);
+		else
+			printf("pgoutbox %s (librdkafka %s)\n", PGOUTBOX_VERSION, sink_library_version());
+		return 0;
+	case CONFIG_ERROR:
+		fprintf(stderr, "pgoutbox: %s\nTry \"pgoutbox --help\" for more information.\n", err);
+		return 1;
+	}
+	log_set_level((log_level) a.cfg.log_level);
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_stop_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	code = 1;
+	{
+		source_config sc = {
+			.conninfo = a.cfg.conninfo, .slot = a.cfg.slot,
+			.publication = a.cfg.publication, .proto_version = PGO_PROTO_V1,
+		};
+		outbox_config oc = {
+			.table = a.cfg.table, .topic_template = a.cfg.topic_template,
+			.col_id = "id", .col_key = "aggregateid", .col_type = "type",
+			.col_payload = "payload",
+		};
+
+		if ((a.ob = outbox_new(&oc, err, sizeof(err))) == NULL ||
+		    (a.src = source_new(&sc, err, sizeof(err))) == NULL ||
+		    (a.snk = sink_new(a.cfg.brokers, a.cfg.kafka, a.cfg.nkafka, on_delivery, &a,
+		                      err, sizeof(err))) == NULL) {
+			log_msg(LOG_ERROR, "%s", err);
+			goto out;
+		}
+		if ((a.dec = pgo_decoder_new(PGO_PROTO_V1)) == NULL) {
+			log_msg(LOG_ERROR, "out of memory");
+			goto out;
+		}
+	}
+	ledger_init(&a.led, 0);
+	log_msg(LOG_INFO, "pgoutbox %s starting", PGOUTBOX_VERSION);
+	code = run(&a);
+
+out:
+	if (a.held)
+		source_release(a.held);
+	source_free(a.src);
+	sink_free(a.snk);
+	outbox_free(a.ob);
+	pgo_decoder_free(a.dec);
+	ledger_free(&a.led);
+	config_free(&a.cfg);
+	return code;
+}
