@@ -1,0 +1,612 @@
+#!/usr/bin/env bash
+# stack.sh — a throwaway local PostgreSQL 15 and single-node (KRaft) Kafka for
+# pgoutbox's tests and quickstart.
+#
+# Everything lives in one state directory (data, logs, sockets, pid files) and
+# listens on free ports on 127.0.0.1 only; nothing system-wide is touched, so
+# several stacks can run side by side in different state directories.
+#
+#   scripts/stack.sh start [--state DIR] [--pg-only] [--wal-level logical|replica]
+#   scripts/stack.sh stop  [--state DIR] [--clean]
+#   scripts/stack.sh env   [--state DIR]
+#
+# `start` prints shell-sourceable KEY=VALUE lines (also kept in DIR/env) on
+# stdout; progress and errors go to stderr, so `eval "$(scripts/stack.sh start)"`
+# works. Needs the packages and Kafka jars of scripts/install-deps.sh.
+set -euo pipefail
+
+readonly KAFKA_VERSION=3.9.1
+readonly KAFKA_READY_TIMEOUT=90 # seconds
+readonly KAFKA_STOP_TIMEOUT=30  # seconds before SIGKILL
+readonly PG_START_TIMEOUT=60    # seconds
+readonly PORT_ATTEMPTS=3        # a picked port may be taken before we bind it
+
+PGBIN=${PGOUTBOX_PGBIN:-/usr/lib/postgresql/15/bin}
+CACHE=${PGOUTBOX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pgoutbox}
+KAFKA_LIBS=$CACHE/kafka-$KAFKA_VERSION/libs
+PYTHON=/usr/bin/python3
+[[ -x $PYTHON ]] || PYTHON=python3
+readonly PGBIN CACHE KAFKA_LIBS PYTHON
+
+usage() {
+	cat <<'EOF'
+usage: scripts/stack.sh start [--state DIR] [--pg-only] [--wal-level logical|replica]
+       scripts/stack.sh stop  [--state DIR] [--clean]
+       scripts/stack.sh env   [--state DIR]
+
+  start  initialise (first time) and start PostgreSQL and Kafka from DIR, then
+         print their environment (kept in DIR/env, shell-sourceable). If the
+         stack in DIR already runs with the same options, only print it.
+         --pg-only          PostgreSQL only, no Kafka
+         --wal-level LEVEL  logical (default) or replica
+  stop   stop what runs from DIR (exit 0 if nothing does). Keeps DIR's files
+         unless --clean, which removes DIR.
+  env    print DIR/env
+
+DIR defaults to $PGOUTBOX_STATE, else ${TMPDIR:-/tmp}/pgoutbox-stack.
+EOF
+}
+
+die() {
+	printf 'stack.sh: error: %s\n' "$1" >&2
+	shift
+	local line
+	for line in "$@"; do
+		printf 'stack.sh: %s\n' "$line" >&2
+	done
+	exit 1
+}
+
+info() {
+	printf 'stack.sh: %s\n' "$*" >&2
+}
+
+usage_error() {
+	printf 'stack.sh: %s\n' "$1" >&2
+	usage >&2
+	exit 1
+}
+
+# Paths inside the state directory; set by set_state_dir.
+STATE='' PGDIR='' PGDATA='' PGLOG='' KDIR='' KLOG='' ENVFILE=''
+PG_PORT='' KAFKA_PORT=''
+
+set_state_dir() {
+	local dir=$1
+	[[ -n $dir ]] || die "empty state directory"
+	[[ $dir == /* ]] || dir=$PWD/$dir
+	dir=$(realpath -m -- "$dir")
+	# The path ends up in postgresql.conf, server.properties (log.dirs is a
+	# comma list), a JVM option and the env file: keep it plain.
+	[[ $dir =~ ^[A-Za-z0-9._/+@-]+$ ]] ||
+		die "state directory '$dir' contains spaces or special characters" \
+			"use a path made of letters, digits and . _ / + @ -"
+	# PostgreSQL's socket DIR/pg/.s.PGSQL.NNNNN must fit in sun_path (108 bytes).
+	((${#dir} + 20 < 108)) ||
+		die "state directory path is too long for PostgreSQL's Unix socket (${#dir} characters)" \
+			"use a shorter --state (at most 87 characters)"
+	STATE=$dir
+	PGDIR=$STATE/pg
+	PGDATA=$PGDIR/data
+	PGLOG=$PGDIR/postgresql.log
+	KDIR=$STATE/kafka
+	KLOG=$KDIR/server.log
+	ENVFILE=$STATE/env
+}
+
+# Serialise start/stop on one state directory. Daemons are started with fd 9
+# closed so that they never inherit (and hold) the lock.
+lock_state() {
+	exec 9>"$STATE/.lock"
+	flock -w 180 9 || die "another stack.sh has held $STATE/.lock for 3 minutes; giving up"
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+
+is_root() { [[ $(id -u) -eq 0 ]]; }
+
+# Run a PostgreSQL server tool as the postgres user when we are root
+# (PostgreSQL refuses to run as root), from a directory it may enter.
+as_pg() {
+	if is_root; then
+		(cd "$PGDIR" && runuser -u postgres -- "$@")
+	else
+		"$@"
+	fi
+}
+
+pg_running() {
+	[[ -f $PGDATA/PG_VERSION ]] || return 1
+	as_pg "$PGBIN/pg_ctl" status -D "$PGDATA" >/dev/null 2>&1
+}
+
+# When root, give the PostgreSQL directory to postgres and make sure postgres
+# can reach it: add o+x to each directory above it that it cannot traverse.
+pg_prepare_dir() {
+	mkdir -p "$PGDIR"
+	is_root || return 0
+	id postgres >/dev/null 2>&1 ||
+		die "user postgres does not exist (PostgreSQL refuses to run as root)" \
+			"install postgresql-15 (scripts/install-deps.sh), or run as a non-root user"
+	chown -R postgres:postgres "$PGDIR"
+	chmod 700 "$PGDIR"
+	if ! runuser -u postgres -- test -x "$PGDIR"; then
+		local d=$STATE
+		while [[ $d != / ]]; do
+			if ! runuser -u postgres -- test -x "$d"; then
+				[[ $d == "$STATE" || $d == "$STATE"/* ]] ||
+					info "note: adding o+x to $d so that the postgres user can reach $PGDIR"
+				chmod o+x "$d"
+			fi
+			d=$(dirname "$d")
+		done
+		runuser -u postgres -- test -x "$PGDIR" ||
+			die "the postgres user cannot reach $PGDIR" \
+				"choose a --state directory under ${TMPDIR:-/tmp}"
+	fi
+}
+
+# Write stdin to a file in the PostgreSQL directory, owned by postgres when root.
+pg_write_file() {
+	cat >"$1"
+	if is_root; then chown postgres:postgres "$1"; fi
+}
+
+pg_init() {
+	[[ -f $PGDATA/PG_VERSION ]] && return 0
+	rm -rf -- "$PGDATA" # leftover of an interrupted initdb
+	info "initialising PostgreSQL in $PGDATA"
+	if ! as_pg "$PGBIN/initdb" -D "$PGDATA" -A trust -U postgres --no-sync \
+		-E UTF8 --locale=C --no-instructions >"$PGDIR/initdb.log" 2>&1; then
+		cat "$PGDIR/initdb.log" >&2
+		die "initdb failed (output above)"
+	fi
+	# The scram line for pgoutbox_pw comes before the trust lines: tests use
+	# that role to check that passwords are never printed.
+	pg_write_file "$PGDATA/pg_hba.conf" <<'EOF'
+# written by scripts/stack.sh: a throwaway test cluster, trust on loopback
+# TYPE  DATABASE     USER         ADDRESS        METHOD
+host    all          pgoutbox_pw  127.0.0.1/32   scram-sha-256
+host    replication  pgoutbox_pw  127.0.0.1/32   scram-sha-256
+local   all          all                         trust
+host    all          all          127.0.0.1/32   trust
+host    all          all          ::1/128        trust
+local   replication  all                         trust
+host    replication  all          127.0.0.1/32   trust
+host    replication  all          ::1/128        trust
+EOF
+	printf "\n# settings of scripts/stack.sh\ninclude = 'pgoutbox-stack.conf'\n" >>"$PGDATA/postgresql.conf"
+}
+
+# pg_write_conf PORT WAL_LEVEL — the settings this stack owns; rewritten at each start.
+pg_write_conf() {
+	pg_write_file "$PGDATA/pgoutbox-stack.conf" <<EOF
+# written by scripts/stack.sh at each start
+listen_addresses = '127.0.0.1'
+port = $1
+unix_socket_directories = '$PGDIR'
+wal_level = $2
+max_replication_slots = 32
+max_wal_senders = 32
+track_commit_timestamp = on
+fsync = off
+full_page_writes = off
+synchronous_commit = on
+wal_sender_timeout = 60s
+max_prepared_transactions = 16
+logging_collector = off
+EOF
+}
+
+# pg_start WAL_LEVEL — start PostgreSQL on a free port; sets PG_PORT.
+pg_start() {
+	local wal_level=$1 attempt port
+	pg_prepare_dir
+	pg_init
+	for ((attempt = 1; attempt <= PORT_ATTEMPTS; attempt++)); do
+		port=$(pick_ports 1)
+		pg_write_conf "$port" "$wal_level"
+		info "starting PostgreSQL on 127.0.0.1:$port (wal_level=$wal_level)"
+		local mark=0
+		[[ -f $PGLOG ]] && mark=$(wc -l <"$PGLOG")
+		if as_pg "$PGBIN/pg_ctl" start -D "$PGDATA" -l "$PGLOG" -w -t "$PG_START_TIMEOUT" \
+			>"$PGDIR/pg_ctl.log" 2>&1 9>&-; then
+			PG_PORT=$port
+			pg_wait_ready
+			return 0
+		fi
+		if tail -n +"$((mark + 1))" "$PGLOG" 2>/dev/null | grep -q 'could not bind'; then
+			info "port $port was taken meanwhile; picking another"
+			continue
+		fi
+		break
+	done
+	cat "$PGDIR/pg_ctl.log" >&2 || true
+	printf '%s\n' "--- last lines of $PGLOG:" >&2
+	tail -n 30 "$PGLOG" >&2 || true
+	die "PostgreSQL did not start (log above)"
+}
+
+# Poll until PostgreSQL answers a query (pg_ctl -w only waits for the postmaster).
+pg_wait_ready() {
+	local deadline=$((SECONDS + PG_START_TIMEOUT))
+	until "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 1 &&
+		"$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+			-Atc 'SELECT 1' >/dev/null 2>&1; do
+		if ((SECONDS >= deadline)); then
+			tail -n 30 "$PGLOG" >&2 || true
+			die "PostgreSQL on 127.0.0.1:$PG_PORT did not accept connections within ${PG_START_TIMEOUT}s (log above)"
+		fi
+		sleep 0.2
+	done
+}
+
+pg_stop() {
+	pg_running || return 0
+	info "stopping PostgreSQL ($PGDATA)"
+	if ! as_pg "$PGBIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t 60 >/dev/null 2>&1; then
+		info "fast shutdown did not finish in 60 s; using immediate shutdown"
+		as_pg "$PGBIN/pg_ctl" stop -D "$PGDATA" -m immediate -w -t 30 >/dev/null 2>&1 || true
+	fi
+	if pg_running; then
+		info "warning: PostgreSQL in $PGDATA is still running"
+		return 1
+	fi
+}
+
+# --------------------------------------------------------------------- Kafka
+
+# The pid in DIR/kafka/pid, if it is alive and is our broker (not a reused pid).
+kafka_pid() {
+	local pid
+	[[ -f $KDIR/pid ]] || return 1
+	pid=$(<"$KDIR/pid")
+	[[ $pid =~ ^[0-9]+$ ]] || return 1
+	kill -0 "$pid" 2>/dev/null || return 1
+	grep -qaF -- "$KDIR/server.properties" "/proc/$pid/cmdline" 2>/dev/null || return 1
+	printf '%s\n' "$pid"
+}
+
+kafka_running() { kafka_pid >/dev/null; }
+
+kafka_check_prereqs() {
+	command -v java >/dev/null 2>&1 || die "java not found" "run scripts/install-deps.sh"
+	command -v kcat >/dev/null 2>&1 || die "kcat not found" "run scripts/install-deps.sh"
+	[[ -f $KAFKA_LIBS/../.complete && -f $KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar ]] ||
+		die "Kafka $KAFKA_VERSION jars not found in $KAFKA_LIBS" "run scripts/install-deps.sh"
+}
+
+# kafka_write_config PORT CONTROLLER_PORT
+kafka_write_config() {
+	cat >"$KDIR/server.properties" <<EOF
+# written by scripts/stack.sh at each start: single-node KRaft, combined mode
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$2
+listeners=PLAINTEXT://127.0.0.1:$1,CONTROLLER://127.0.0.1:$2
+advertised.listeners=PLAINTEXT://127.0.0.1:$1
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$KDIR/data
+num.partitions=3
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=3
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=3
+min.insync.replicas=1
+group.initial.rebalance.delay.ms=0
+EOF
+}
+
+kafka_write_log4j() {
+	cat >"$KDIR/log4j.properties" <<EOF
+# written by scripts/stack.sh: the broker logs to one file at INFO
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File=$KLOG
+log4j.appender.file.Append=true
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+EOF
+	cat >"$KDIR/tools-log4j.properties" <<'EOF'
+# written by scripts/stack.sh: command-line tools warn on stderr only
+log4j.rootLogger=WARN, stderr
+log4j.appender.stderr=org.apache.log4j.ConsoleAppender
+log4j.appender.stderr.Target=System.err
+log4j.appender.stderr.layout=org.apache.log4j.PatternLayout
+log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n
+EOF
+}
+
+# Format the metadata log once (the cluster id then stays with DIR).
+kafka_format() {
+	[[ -f $KDIR/data/meta.properties ]] && return 0
+	local cluster_id
+	# A Kafka Uuid: 16 random bytes, base64url without padding, not starting with '-'.
+	cluster_id=$("$PYTHON" -c '
+import base64, os
+while True:
+    s = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    if not s.startswith("-"):
+        print(s)
+        break')
+	info "formatting Kafka storage in $KDIR/data (cluster id $cluster_id)"
+	if ! java -Xmx256m -Dlog4j.configuration="file:$KDIR/tools-log4j.properties" \
+		-cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format --ignore-formatted \
+		-t "$cluster_id" -c "$KDIR/server.properties" >"$KDIR/format.log" 2>&1 9>&-; then
+		cat "$KDIR/format.log" >&2
+		die "formatting Kafka storage failed (output above)"
+	fi
+}
+
+# Start the broker in its own session, detached from our stdio; the pid is
+# written by the process itself just before it becomes the JVM.
+kafka_launch() {
+	rm -f -- "$KDIR/pid"
+	# shellcheck disable=SC2016 # $$ and "$@" are for the inner shell
+	setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' kafka-launch "$KDIR/pid" \
+		java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+		-XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+		-Dlog4j.configuration="file:$KDIR/log4j.properties" -Dkafka.logs.dir="$KDIR" \
+		-cp "$KAFKA_LIBS/*" kafka.Kafka "$KDIR/server.properties" \
+		</dev/null >>"$KDIR/stdout.log" 2>&1 9>&- &
+	local deadline=$((SECONDS + 10))
+	until [[ -s $KDIR/pid ]]; do
+		((SECONDS < deadline)) || die "Kafka launcher did not write $KDIR/pid"
+		sleep 0.05
+	done
+}
+
+kafka_fail() {
+	printf '%s\n' "--- last lines of $KLOG:" >&2
+	tail -n 40 "$KLOG" >&2 2>/dev/null || true
+	if [[ -s $KDIR/stdout.log ]]; then
+		printf '%s\n' "--- last lines of $KDIR/stdout.log:" >&2
+		tail -n 20 "$KDIR/stdout.log" >&2 || true
+	fi
+	die "$@"
+}
+
+# Start Kafka on free ports; sets KAFKA_PORT. Polls until broker 1 is listed
+# in the cluster metadata.
+kafka_start() {
+	local attempt ports port cport
+	mkdir -p "$KDIR"
+	kafka_write_log4j
+	for ((attempt = 1; attempt <= PORT_ATTEMPTS; attempt++)); do
+		ports=$(pick_ports 2)
+		port=${ports%% *}
+		cport=${ports##* }
+		kafka_write_config "$port" "$cport"
+		kafka_format
+		info "starting Kafka on 127.0.0.1:$port (controller 127.0.0.1:$cport)"
+		local mark=0
+		[[ -f $KLOG ]] && mark=$(wc -l <"$KLOG")
+		kafka_launch
+		local deadline=$((SECONDS + KAFKA_READY_TIMEOUT))
+		while :; do
+			if kcat -L -b "127.0.0.1:$port" -m 2 2>/dev/null | grep -q 'broker 1 at'; then
+				KAFKA_PORT=$port
+				return 0
+			fi
+			if ! kafka_running; then
+				if tail -n +"$((mark + 1))" "$KLOG" 2>/dev/null | grep -q 'Address already in use'; then
+					info "port $port or $cport was taken meanwhile; picking others"
+					continue 2
+				fi
+				kafka_fail "Kafka exited during startup (logs above)"
+			fi
+			((SECONDS < deadline)) ||
+				kafka_fail "Kafka on 127.0.0.1:$port was not ready within ${KAFKA_READY_TIMEOUT}s (logs above)"
+			sleep 0.5
+		done
+	done
+	kafka_fail "Kafka could not bind free ports after $PORT_ATTEMPTS attempts"
+}
+
+kafka_stop() {
+	local pid
+	pid=$(kafka_pid) || {
+		rm -f -- "$KDIR/pid"
+		return 0
+	}
+	info "stopping Kafka (pid $pid)"
+	kill -TERM "$pid" 2>/dev/null || true
+	local deadline=$((SECONDS + KAFKA_STOP_TIMEOUT))
+	while kill -0 "$pid" 2>/dev/null; do
+		if ((SECONDS >= deadline)); then
+			info "Kafka did not exit within ${KAFKA_STOP_TIMEOUT}s of SIGTERM; sending SIGKILL"
+			kill -KILL "$pid" 2>/dev/null || true
+			deadline=$((SECONDS + 10))
+			while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+			break
+		fi
+		sleep 0.2
+	done
+	rm -f -- "$KDIR/pid"
+}
+
+# ------------------------------------------------------------------- helpers
+
+# pick_ports N — print N distinct free TCP ports on 127.0.0.1, space separated.
+# Each is bound (so certainly free right now) and all are held until all are chosen.
+pick_ports() {
+	"$PYTHON" - "$1" <<'EOF'
+import socket, sys
+held = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    held.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in held))
+EOF
+}
+
+write_env() {
+	local tmp=$ENVFILE.tmp
+	{
+		printf 'PGOUTBOX_STATE=%s\n' "$STATE"
+		printf 'PGHOST=127.0.0.1\n'
+		printf 'PGPORT=%s\n' "$PG_PORT"
+		printf 'PGUSER=postgres\n'
+		printf 'PGDATABASE=postgres\n'
+		printf "PGOUTBOX_PG='host=127.0.0.1 port=%s user=postgres dbname=postgres'\n" "$PG_PORT"
+		printf 'PGOUTBOX_PG_LOG=%s\n' "$PGLOG"
+		if [[ -n ${KAFKA_PORT:-} ]]; then
+			printf 'PGOUTBOX_BROKERS=127.0.0.1:%s\n' "$KAFKA_PORT"
+			printf 'PGOUTBOX_KAFKA_LOG=%s\n' "$KLOG"
+		fi
+	} >"$tmp"
+	mv -f -- "$tmp" "$ENVFILE"
+}
+
+env_value() { # env_value KEY — from DIR/env
+	sed -n "s/^$1=//p" "$ENVFILE" 2>/dev/null | tail -n 1
+}
+
+print_env() {
+	cat "$ENVFILE"
+	local pgport brokers
+	pgport=$(env_value PGPORT)
+	brokers=$(env_value PGOUTBOX_BROKERS)
+	printf '# PostgreSQL: psql -h 127.0.0.1 -p %s -U postgres postgres   (log %s)\n' "$pgport" "$PGLOG"
+	if [[ -n $brokers ]]; then
+		printf '# Kafka: %s   e.g. kcat -L -b %s   (log %s)\n' "$brokers" "$brokers" "$KLOG"
+	fi
+	printf '# use: set -a; . %s; set +a      stop: scripts/stack.sh stop --state %s\n' "$ENVFILE" "$STATE"
+}
+
+# ------------------------------------------------------------------ commands
+
+cmd_start() {
+	local pg_only=$1 wal_level=$2
+	mkdir -p -- "$STATE" || die "could not create state directory $STATE"
+	[[ -f $STATE/.pgoutbox-stack ]] || : >"$STATE/.pgoutbox-stack"
+	lock_state
+
+	[[ -x $PGBIN/initdb ]] || die "PostgreSQL 15 server binaries not found in $PGBIN" \
+		"run scripts/install-deps.sh (or set PGOUTBOX_PGBIN)"
+	[[ $pg_only == 1 ]] || kafka_check_prereqs
+
+	local opts="pg_only=$pg_only wal_level=$wal_level"
+	if pg_running; then
+		if [[ -f $ENVFILE && -f $STATE/options && $(<"$STATE/options") == "$opts" ]] &&
+			{ [[ $pg_only == 1 ]] || kafka_running; }; then
+			info "the stack in $STATE is already running"
+			print_env
+			return 0
+		fi
+		info "the stack in $STATE runs with other options or partly; restarting it"
+	fi
+	kafka_stop
+	pg_stop || die "could not stop the PostgreSQL running from $PGDATA"
+
+	rm -f -- "$ENVFILE" "$STATE/options"
+	# Leave nothing running if any step below fails.
+	trap 'start_failed' EXIT
+	PG_PORT='' KAFKA_PORT=''
+	pg_start "$wal_level"
+	[[ $pg_only == 1 ]] || kafka_start
+	write_env
+	printf '%s\n' "$opts" >"$STATE/options"
+	trap - EXIT
+	info "stack ready in $STATE"
+	print_env
+}
+
+start_failed() {
+	local rc=$?
+	info "start failed; stopping what was started in $STATE"
+	kafka_stop || true
+	pg_stop || true
+	exit "$rc"
+}
+
+cmd_stop() {
+	local clean=$1
+	if [[ ! -d $STATE ]]; then
+		info "nothing to stop: $STATE does not exist"
+		return 0
+	fi
+	lock_state
+	local rc=0
+	kafka_stop || rc=1
+	pg_stop || rc=1
+	if ((rc != 0)); then
+		die "some processes of $STATE could not be stopped"
+	fi
+	if [[ $clean == 1 ]]; then
+		if [[ -f $STATE/.pgoutbox-stack ]]; then
+			rm -rf -- "$STATE"
+			info "removed $STATE"
+		else
+			info "warning: not removing $STATE: it is not a stack.sh state directory"
+		fi
+	fi
+	return 0
+}
+
+cmd_env() {
+	[[ -f $ENVFILE ]] ||
+		die "no stack environment in $STATE" "start one with: scripts/stack.sh start --state $STATE"
+	cat "$ENVFILE"
+}
+
+main() {
+	[[ $# -gt 0 ]] || usage_error "missing command"
+	local cmd=$1
+	shift
+	case $cmd in
+	start | stop | env) ;;
+	-h | --help | help)
+		usage
+		exit 0
+		;;
+	*) usage_error "unknown command '$cmd'" ;;
+	esac
+
+	local state=${PGOUTBOX_STATE:-${TMPDIR:-/tmp}/pgoutbox-stack}
+	local pg_only=0 wal_level=logical clean=0
+	while [[ $# -gt 0 ]]; do
+		case $1 in
+		--state)
+			[[ $# -ge 2 ]] || usage_error "--state needs a directory"
+			state=$2
+			shift
+			;;
+		--state=*) state=${1#--state=} ;;
+		--pg-only) [[ $cmd == start ]] || usage_error "--pg-only is an option of start"; pg_only=1 ;;
+		--wal-level | --wal-level=*)
+			[[ $cmd == start ]] || usage_error "--wal-level is an option of start"
+			if [[ $1 == --wal-level ]]; then
+				[[ $# -ge 2 ]] || usage_error "--wal-level needs logical or replica"
+				wal_level=$2
+				shift
+			else
+				wal_level=${1#--wal-level=}
+			fi
+			[[ $wal_level == logical || $wal_level == replica ]] ||
+				usage_error "--wal-level must be logical or replica, not '$wal_level'"
+			;;
+		--clean) [[ $cmd == stop ]] || usage_error "--clean is an option of stop"; clean=1 ;;
+		-h | --help)
+			usage
+			exit 0
+			;;
+		*) usage_error "unknown option '$1'" ;;
+		esac
+		shift
+	done
+
+	set_state_dir "$state"
+	case $cmd in
+	start) cmd_start "$pg_only" "$wal_level" ;;
+	stop) cmd_stop "$clean" ;;
+	env) cmd_env ;;
+	esac
+}
+
+main "$@"

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# test.sh — the one command that runs all of pgoutbox's tests (.ci/run calls it).
+#
+#   scripts/test.sh [PYTEST ARGS...]        e.g. scripts/test.sh -k cli
+#
+# Installs what is missing (scripts/install-deps.sh); builds build/ and, with
+# AddressSanitizer + UBSan, build-asan/, both with warnings as errors; runs the
+# C unit tests under the sanitizers and under valgrind; then starts a throwaway
+# PostgreSQL + Kafka (scripts/stack.sh) in a fresh state directory and runs the
+# end-to-end tests (pytest tests/e2e) against the sanitizer build of pgoutbox.
+# Extra arguments go to pytest. Prints the time of each step; exits non-zero on
+# the first failure, after printing the tail of the servers' logs.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$PWD
+readonly repo
+# Debian's python3: it has pytest, psycopg2 and confluent_kafka (a python3 found
+# first on PATH, e.g. pyenv's, may not).
+readonly PYTHON=/usr/bin/python3
+readonly VALGRIND='valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite -q'
+
+now_ms() { date +%s%3N; }
+fmt_ms() { printf '%d.%ds' $(($1 / 1000)) $((($1 % 1000) / 100)); }
+
+t0=$(now_ms)
+timings=()
+current='' current_t0=0
+state=''
+show_logs=1 # print the servers' logs if a step fails
+
+# step NAME COMMAND... — run one step, timed.
+step() {
+	current=$1
+	shift
+	printf '\n==> %s\n' "$current"
+	current_t0=$(now_ms)
+	"$@"
+	local d=$(($(now_ms) - current_t0))
+	timings+=("$(printf '  %-34s %8s' "$current" "$(fmt_ms "$d")")")
+	printf '==> %s: ok (%s)\n' "$current" "$(fmt_ms "$d")"
+	current=''
+}
+
+print_log_tail() { # print_log_tail FILE [LINES]
+	local n=${2:-50}
+	[[ -r $1 ]] || return 0
+	printf '\n--- last %d lines of %s\n' "$n" "$1"
+	tail -n "$n" "$1" || true
+}
+
+on_exit() {
+	local rc=$?
+	set +e
+	if [[ -n $current ]]; then
+		timings+=("$(printf '  %-34s %8s  FAILED' "$current" "$(fmt_ms $(($(now_ms) - current_t0)))")")
+		printf '\n==> %s: FAILED (exit %d)\n' "$current" "$rc"
+	fi
+	if [[ -n $state ]]; then
+		if ((rc != 0 && show_logs)); then
+			print_log_tail "$state/pg/postgresql.log"
+			if [[ -r $state/kafka/server.log ]]; then
+				printf '\n--- last warnings and errors in %s\n' "$state/kafka/server.log"
+				grep -E '^\[[^]]*\] (WARN|ERROR|FATAL) ' "$state/kafka/server.log" | tail -n 30
+				print_log_tail "$state/kafka/server.log" 20
+			fi
+		fi
+		if ((rc != 0 && show_logs)); then
+			"$repo/scripts/stack.sh" stop --state "$state"
+			printf '\ntest stack state (logs, data) kept in %s\n' "$state"
+		else
+			"$repo/scripts/stack.sh" stop --state "$state" --clean
+		fi
+	fi
+	printf '\ntimings:\n'
+	local t
+	for t in "${timings[@]}"; do printf '%s\n' "$t"; done
+	printf '  %-34s %8s\n' total "$(fmt_ms $(($(now_ms) - t0)))"
+	if ((rc == 0)); then
+		printf 'scripts/test.sh: all tests passed\n'
+	else
+		printf 'scripts/test.sh: FAILED (exit %d)\n' "$rc" >&2
+	fi
+	exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# meson_setup DIR OPTIONS... — configure DIR, or reconfigure it if it was
+# configured before. A directory left by a setup that failed (no coredata) is
+# started afresh.
+meson_setup() {
+	local dir=$1
+	shift
+	if [[ -f $dir/meson-private/coredata.dat ]]; then
+		meson setup --reconfigure "$dir" "$@"
+	else
+		rm -rf -- "$dir"
+		meson setup "$dir" "$@"
+	fi
+}
+
+build_plain() {
+	meson_setup build --werror
+	meson compile -C build
+}
+
+build_asan() {
+	meson_setup build-asan --werror -Db_sanitize=address,undefined -Db_lundef=false
+	meson compile -C build-asan
+}
+
+start_stack() {
+	state=$(mktemp -d "${TMPDIR:-/tmp}/pgoutbox-test.XXXXXX")
+	scripts/stack.sh start --state "$state"
+	set -a
+	# shellcheck source=/dev/null
+	. "$state/env"
+	set +a
+}
+
+e2e_tests() {
+	export PGOUTBOX_BIN=$repo/build-asan/cdc/pgoutbox
+	export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+	export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+	local rc=0
+	"$PYTHON" -m pytest -v tests/e2e "$@" || rc=$?
+	if ((rc == 5)); then
+		show_logs=0
+		printf 'scripts/test.sh: pytest ran no test (exit 5): check the arguments %s\n' "$*" >&2
+	fi
+	return "$rc"
+}
+
+step "install dependencies" scripts/install-deps.sh
+step "build (build/)" build_plain
+step "build with ASan+UBSan (build-asan/)" build_asan
+step "unit tests, ASan+UBSan" meson test -C build-asan --print-errorlogs
+step "unit tests, valgrind" meson test -C build --print-errorlogs --suite unit --wrapper="$VALGRIND"
+step "start PostgreSQL + Kafka" start_stack
+step "end-to-end tests (pytest)" e2e_tests "$@"
