@@ -391,8 +391,10 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 			cfg->nkafka = 0;
 			goto nomem;
 		}
-		memcpy(cfg->kafka, file.kafka, file.nkafka * sizeof(*cfg->kafka));
-		memcpy(cfg->kafka + file.nkafka, cli.kafka, cli.nkafka * sizeof(*cfg->kafka));
+		if (file.nkafka > 0)
+			memcpy(cfg->kafka, file.kafka, file.nkafka * sizeof(*cfg->kafka));
+		if (cli.nkafka > 0)
+			memcpy(cfg->kafka + file.nkafka, cli.kafka, cli.nkafka * sizeof(*cfg->kafka));
 		file.nkafka = cli.nkafka = 0;   /* strings moved to cfg */
 	}
 	rc = CONFIG_OK;

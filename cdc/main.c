@@ -486,7 +486,7 @@ main(int argc, char **argv)
 		if (a.cfg.show_help)
 			config_usage(stdout);
 		else
-			printf("pgoutbox %s (librdkafka %s)\n", PGOUTBOX_VERSION, sink_library_version());
+			printf("pgoutbox %s\n", PGOUTBOX_VERSION);
 		return 0;
 	case CONFIG_ERROR:
 		fprintf(stderr, "pgoutbox: %s\nTry \"pgoutbox --help\" for more information.\n", err);
@@ -526,7 +526,8 @@ main(int argc, char **argv)
 		}
 	}
 	ledger_init(&a.led, 0);
-	log_msg(LOG_INFO, "pgoutbox %s starting", PGOUTBOX_VERSION);
+	log_msg(LOG_INFO, "pgoutbox %s starting (librdkafka %s)", PGOUTBOX_VERSION,
+	        sink_library_version());
 	code = run(&a);
 
 out:
