@@ -38,7 +38,8 @@ typedef uint64_t pgo_lsn;
 #define PGO_PROTO_V1 1 /* PostgreSQL 10: base protocol */
 #define PGO_PROTO_V2 2 /* PostgreSQL 14: streaming of in-progress transactions */
 #define PGO_PROTO_V3 3 /* PostgreSQL 15: two-phase commit */
-#define PGO_PROTO_V4 4 /* PostgreSQL 16: parallel streaming (Stream Abort LSN/time) */
+#define PGO_PROTO_V4 4 /* PostgreSQL 16: parallel streaming (Stream Abort LSN/time
+                        * when the subscriber asks for streaming = parallel) */
 
 /* ---------------------------------------------------------------------------
  * Errors
@@ -55,7 +56,8 @@ typedef enum pgo_rc {
 
 typedef struct pgo_error {
 	pgo_rc      code;
-	size_t      offset;        /* byte offset in the input where decoding stopped */
+	size_t      offset;        /* byte offset in the input where the bad or short
+	                            * field starts (relative to the buffer passed in) */
 	const char *reason;        /* static string, e.g. "string not terminated" */
 } pgo_error;
 
@@ -106,7 +108,7 @@ typedef enum pgo_msg_type {
 	PGO_MSG_STREAM_START      = 'S', /* v2 */
 	PGO_MSG_STREAM_STOP       = 'E', /* v2 */
 	PGO_MSG_STREAM_COMMIT     = 'c', /* v2 */
-	PGO_MSG_STREAM_ABORT      = 'A', /* v2; v4 adds abort LSN and time */
+	PGO_MSG_STREAM_ABORT      = 'A', /* v2; v4 adds abort LSN and time (parallel only) */
 	PGO_MSG_BEGIN_PREPARE     = 'b', /* v3 */
 	PGO_MSG_PREPARE           = 'P', /* v3 */
 	PGO_MSG_COMMIT_PREPARED   = 'K', /* v3 */
@@ -153,14 +155,16 @@ typedef struct pgo_relation {
 /* Decoded message.  Only the member named by `type` is meaningful. */
 typedef struct pgo_msg {
 	pgo_msg_type type;
-	bool         has_xid;     /* inside a streamed block: `xid` is the streamed xid */
+	bool         has_xid;     /* inside a streamed block: `xid` is the streamed xid
+	                           * (of the change's own transaction: may be a
+	                           * subtransaction of the Stream Start xid) */
 	uint32_t     xid;
 	union {
 		struct { pgo_lsn final_lsn; int64_t commit_time; uint32_t xid; } begin;
 		struct { uint8_t flags; pgo_lsn commit_lsn; pgo_lsn end_lsn; int64_t commit_time; } commit;
 		struct { pgo_lsn commit_lsn; pgo_bytes name; } origin;
 		struct { const pgo_relation *rel; } relation;
-		struct { uint32_t oid; pgo_bytes nspname; pgo_bytes name; } type;
+		struct { uint32_t oid; pgo_bytes nspname; pgo_bytes name; } type; /* nspname: static "pg_catalog" when the wire sends "" */
 		struct { uint32_t relid; const pgo_relation *rel; pgo_tuple newtup; } insert;
 		struct {
 			uint32_t relid; const pgo_relation *rel;
@@ -173,7 +177,7 @@ typedef struct pgo_msg {
 		struct { uint8_t flags; pgo_lsn lsn; pgo_bytes prefix; pgo_bytes content; } message;
 		struct { uint32_t xid; uint8_t first_segment; } stream_start;
 		struct { uint32_t xid; uint8_t flags; pgo_lsn commit_lsn; pgo_lsn end_lsn; int64_t commit_time; } stream_commit;
-		struct { uint32_t xid; uint32_t subxid; bool has_lsn; pgo_lsn abort_lsn; int64_t abort_time; } stream_abort;
+		struct { uint32_t xid; uint32_t subxid; bool has_lsn; pgo_lsn abort_lsn; int64_t abort_time; } stream_abort; /* has_lsn: v4 decoder and the fields were sent */
 		struct { pgo_lsn prepare_lsn; pgo_lsn end_lsn; int64_t prepare_time; uint32_t xid; pgo_bytes gid; } begin_prepare;
 		struct { uint8_t flags; pgo_lsn prepare_lsn; pgo_lsn end_lsn; int64_t prepare_time; uint32_t xid; pgo_bytes gid; } prepare; /* also STREAM_PREPARE */
 		struct { uint8_t flags; pgo_lsn commit_lsn; pgo_lsn end_lsn; int64_t commit_time; uint32_t xid; pgo_bytes gid; } commit_prepared;
@@ -188,14 +192,20 @@ typedef struct pgo_msg {
  * ------------------------------------------------------------------------- */
 typedef struct pgo_decoder pgo_decoder;
 
-/* Returns NULL when out of memory.  proto_version: PGO_PROTO_V1..V4. */
+/*
+ * Returns NULL when out of memory or when proto_version is not
+ * PGO_PROTO_V1..V4.  The version only decides how Stream Abort is read;
+ * messages of a later version than the decoder's are decoded all the same
+ * (the server sends only what the client negotiated).
+ */
 pgo_decoder *pgo_decoder_new(int proto_version);
 void         pgo_decoder_free(pgo_decoder *d);
 
 /*
  * Decode one pgoutput message (the data of one XLogData).  On success fills
- * *out and returns PGO_OK.  On failure returns the code, fills *err, and
- * leaves the relation cache as it was before the call.
+ * *out and returns PGO_OK.  On failure returns the code, fills *err (unless
+ * err is NULL), and leaves the relation cache and the stream state as they
+ * were before the call; *out is then unspecified.
  */
 pgo_rc pgo_decode_message(pgo_decoder *d, const uint8_t *buf, size_t len,
                           pgo_msg *out, pgo_error *err);
