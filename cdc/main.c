@@ -145,7 +145,6 @@ stream_lost(app *a, const char *why)
 		source_release(a->held);
 		a->held = NULL;
 	}
-	pgo_decoder_reset_stream(a->dec);
 	a->next_connect_ms = now_ms() + a->backoff_ms;
 	a->backoff_ms = a->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : a->backoff_ms * 2;
 }
@@ -157,6 +156,21 @@ protocol_error(app *a, const pgo_copydata *cd, const char *what, const pgo_error
 	           "could not decode %s at " LSN_FMT ": %s at byte %zu (%s)", what,
 	           LSN_ARGS(cd ? cd->wal_start : a->received), pgo_rc_name(err->code),
 	           err->offset, err->reason ? err->reason : "");
+	return STEP_FAIL;
+}
+
+/*
+ * pgoutbox never asks for streaming or two-phase decoding, because both send
+ * changes before they commit.  If they arrive anyway, stop rather than risk
+ * publishing a transaction that may still roll back.
+ */
+static step_rc
+unexpected(app *a, const pgo_copydata *cd, const pgo_msg *m, const char *what)
+{
+	(void) a;
+	log_detail(LOG_ERROR, "pgoutbox asks for neither; nothing past this position is confirmed",
+	           "unexpected '%c' message at " LSN_FMT ": %s", (char) m->type,
+	           LSN_ARGS(cd->wal_start), what);
 	return STEP_FAIL;
 }
 
@@ -231,6 +245,8 @@ step(app *a, const uint8_t *buf, size_t len)
 
 	if (pgo_decode_message(a->dec, cd.data.ptr, cd.data.len, &m, &err) != PGO_OK)
 		return protocol_error(a, &cd, "pgoutput message", &err);
+	if (m.has_xid)
+		return unexpected(a, &cd, &m, "a change of a streamed, uncommitted transaction");
 
 	switch (m.type) {
 	case PGO_MSG_BEGIN:
@@ -260,9 +276,21 @@ step(app *a, const uint8_t *buf, size_t len)
 			return rc;
 		break;
 	}
+	case PGO_MSG_STREAM_START:
+	case PGO_MSG_STREAM_STOP:
+	case PGO_MSG_STREAM_COMMIT:
+	case PGO_MSG_STREAM_ABORT:
+	case PGO_MSG_STREAM_PREPARE:
+		return unexpected(a, &cd, &m, "streaming of in-progress transactions");
+	case PGO_MSG_BEGIN_PREPARE:
+	case PGO_MSG_PREPARE:
+	case PGO_MSG_COMMIT_PREPARED:
+	case PGO_MSG_ROLLBACK_PREPARED:
+		return unexpected(a, &cd, &m, "two-phase decoding");
 	default:
-		/* Relation and Type messages feed the decoder's cache; updates,
-		 * deletes, truncates and the rest are not outbox events. */
+		/* Relation and Type messages feed the decoder's cache; Origin,
+		 * updates, deletes, truncates and logical decoding messages are
+		 * not outbox events. */
 		break;
 	}
 	if (cd.wal_start > a->received)
@@ -299,8 +327,18 @@ try_connect(app *a)
 	source_rc rc = source_start(a->src, err, sizeof(err));
 
 	if (rc == SOURCE_OK) {
-		log_msg(LOG_INFO, "streaming from slot \"%s\" (publication \"%s\") to Kafka",
-		        a->cfg.slot, a->cfg.publication);
+		/* A new session describes its relations again; start afresh with
+		 * the protocol version this server speaks. */
+		pgo_decoder_free(a->dec);
+		a->dec = pgo_decoder_new(source_proto_version(a->src));
+		if (a->dec == NULL) {
+			log_msg(LOG_ERROR, "out of memory");
+			source_close(a->src);
+			begin_stop(a, 2);
+			return;
+		}
+		log_msg(LOG_INFO, "streaming from slot \"%s\" (publication \"%s\", protocol %d) to Kafka",
+		        a->cfg.slot, a->cfg.publication, source_proto_version(a->src));
 		a->backoff_ms = BACKOFF_MIN_MS;
 		a->last_status_ms = 0;     /* report our position right away */
 		return;
@@ -505,7 +543,7 @@ main(int argc, char **argv)
 	{
 		source_config sc = {
 			.conninfo = a.cfg.conninfo, .slot = a.cfg.slot,
-			.publication = a.cfg.publication, .proto_version = PGO_PROTO_V1,
+			.publication = a.cfg.publication, .proto_version = 0,
 		};
 		outbox_config oc = {
 			.table = a.cfg.table, .topic_template = a.cfg.topic_template,
@@ -518,10 +556,6 @@ main(int argc, char **argv)
 		    (a.snk = sink_new(a.cfg.brokers, a.cfg.kafka, a.cfg.nkafka, on_delivery, &a,
 		                      err, sizeof(err))) == NULL) {
 			log_msg(LOG_ERROR, "%s", err);
-			goto out;
-		}
-		if ((a.dec = pgo_decoder_new(PGO_PROTO_V1)) == NULL) {
-			log_msg(LOG_ERROR, "out of memory");
 			goto out;
 		}
 	}

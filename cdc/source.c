@@ -23,7 +23,8 @@ struct source {
 	char   *slot;
 	char   *publication;
 	char   *secret;           /* password from the conninfo, for redaction */
-	int     proto_version;
+	int     proto_version;     /* asked for; 0: negotiate */
+	int     proto_running;     /* in use by the current stream */
 	bool    streaming;
 	bool    want_write;       /* output queued that the socket did not take yet */
 };
@@ -254,6 +255,25 @@ lost:
 	return SOURCE_LOST;
 }
 
+/* The highest pgoutput protocol a server of this version speaks. */
+static int
+negotiate_proto(int server_version)
+{
+	if (server_version >= 160000)
+		return PGO_PROTO_V4;
+	if (server_version >= 150000)
+		return PGO_PROTO_V3;
+	if (server_version >= 140000)
+		return PGO_PROTO_V2;
+	return PGO_PROTO_V1;
+}
+
+int
+source_proto_version(const source *s)
+{
+	return s->proto_running;
+}
+
 source_rc
 source_start(source *s, char *errbuf, size_t errlen)
 {
@@ -300,10 +320,19 @@ source_start(source *s, char *errbuf, size_t errlen)
 		rc = SOURCE_LOST;
 		goto out;
 	}
-	/* 0/0: the walsender starts at the slot's confirmed_flush_lsn. */
+	s->proto_running = s->proto_version ? s->proto_version
+	                                    : negotiate_proto(PQserverVersion(s->conn));
+	/*
+	 * 0/0: the walsender starts at the slot's confirmed_flush_lsn.
+	 * Streaming of in-progress transactions and two-phase decoding are never
+	 * asked for: both would send changes before they are committed.
+	 * Logical decoding messages (PostgreSQL 14+) are asked for so that the
+	 * stream shows them; they are ignored unless configured.
+	 */
 	snprintf(cmd, sizeof(cmd),
-	         "START_REPLICATION SLOT %s LOGICAL 0/0 (proto_version '%d', publication_names %s)",
-	         ident, s->proto_version, publit);
+	         "START_REPLICATION SLOT %s LOGICAL 0/0 (proto_version '%d', publication_names %s%s)",
+	         ident, s->proto_running, publit,
+	         s->proto_running >= PGO_PROTO_V2 ? ", messages 'true'" : "");
 	res = PQexec(s->conn, cmd);
 	if (PQresultStatus(res) != PGRES_COPY_BOTH) {
 		rc = classify(res);

@@ -25,7 +25,7 @@ typedef struct source_config {
 	const char *conninfo;      /* user's conninfo or URI; never logged */
 	const char *slot;
 	const char *publication;
-	int         proto_version;
+	int         proto_version;     /* 0: the highest the server speaks */
 } source_config;
 
 /* Returns NULL when out of memory or when conninfo cannot be parsed (errbuf). */
@@ -37,6 +37,8 @@ void    source_free(source *s);
  * most the connect_timeout of the connection string (10 s if unset).
  */
 source_rc source_start(source *s, char *errbuf, size_t errlen);
+/* The pgoutput protocol version of the running stream (valid after start). */
+int       source_proto_version(const source *s);
 void      source_close(source *s);
 bool      source_connected(const source *s);
 
