@@ -115,15 +115,14 @@ ledger_commit(ledger *l, ledger_lsn end_lsn)
 }
 
 void
-ledger_abandon(ledger *l)
+ledger_stream_lost(ledger *l)
 {
-	ledger_txn *t;
-
-	if (!ledger_is_open(l))
-		return;
-	t = slot_of(l, l->count - 1);
-	t->end_lsn = 0;
-	t->sealed = true;
+	l->sent_upto = 0;
+	if (ledger_is_open(l)) {
+		ledger_txn *t = slot_of(l, l->count - 1);
+		t->end_lsn = 0;
+		t->sealed = true;
+	}
 }
 
 ledger_rc
@@ -139,10 +138,10 @@ ledger_ack(ledger *l, ledger_seq seq)
 }
 
 void
-ledger_idle_position(ledger *l, ledger_lsn pos)
+ledger_sent_position(ledger *l, ledger_lsn pos)
 {
-	if (l->count == 0 && pos > l->confirmed)
-		l->confirmed = pos;
+	if (pos > l->sent_upto)
+		l->sent_upto = pos;
 }
 
 ledger_lsn
@@ -159,5 +158,8 @@ ledger_confirmable(ledger *l)
 		l->head_seq++;
 		l->count--;
 	}
+	/* Everything the walsender vouched for was received and acknowledged. */
+	if (l->count == 0 && l->sent_upto > l->confirmed)
+		l->confirmed = l->sent_upto;
 	return l->confirmed;
 }

@@ -41,6 +41,7 @@ typedef struct ledger {
 	size_t      count;       /* transactions in ring */
 	ledger_seq  head_seq;    /* sequence number of ring[head] */
 	ledger_lsn  confirmed;   /* highest confirmable LSN so far (monotonic) */
+	ledger_lsn  sent_upto;   /* highest keepalive position of this stream */
 	uint64_t    pending;     /* total outstanding messages */
 } ledger;
 
@@ -61,21 +62,23 @@ ledger_rc ledger_add(ledger *l, ledger_seq seq);
 /* The Commit of the open transaction; end_lsn is the Commit's end LSN. */
 ledger_rc ledger_commit(ledger *l, ledger_lsn end_lsn);
 /*
- * The stream broke inside a transaction: seal it without an LSN.  Its
+ * The stream broke.  A transaction still open is sealed without an LSN: its
  * messages still count (they must be acknowledged before later transactions
  * can be confirmed past it), but it never advances the confirmed LSN itself;
- * the walsender resends it from the confirmed LSN after reconnecting.
+ * the walsender resends it from the confirmed LSN after reconnecting.  The
+ * keepalive position of the old stream is forgotten too, since what it
+ * vouched for will be sent again.
  */
-void      ledger_abandon(ledger *l);
+void      ledger_stream_lost(ledger *l);
 /* Kafka acknowledged one message of transaction seq. */
 ledger_rc ledger_ack(ledger *l, ledger_seq seq);
 
 /*
- * Nothing open and nothing pending, and the walsender says it has sent
- * everything up to pos (keepalive): pos becomes confirmable.  Ignored while
- * any transaction is open or has outstanding messages.
+ * A keepalive: the walsender has sent everything up to pos.  pos becomes
+ * confirmable as soon as nothing is open or pending, whether that is now or
+ * after the transactions in flight are acknowledged.
  */
-void      ledger_idle_position(ledger *l, ledger_lsn pos);
+void      ledger_sent_position(ledger *l, ledger_lsn pos);
 
 /* Retire the finished prefix and return the confirmable LSN (monotonic). */
 ledger_lsn ledger_confirmable(ledger *l);

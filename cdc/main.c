@@ -137,10 +137,8 @@ stream_lost(app *a, const char *why)
 {
 	log_msg(LOG_WARNING, "%s; reconnecting in %d ms", why, a->backoff_ms);
 	source_close(a->src);
-	if (a->in_txn) {
-		ledger_abandon(&a->led);
-		a->in_txn = false;
-	}
+	ledger_stream_lost(&a->led);
+	a->in_txn = false;
 	if (a->held) {
 		source_release(a->held);
 		a->held = NULL;
@@ -234,10 +232,9 @@ step(app *a, const uint8_t *buf, size_t len)
 	if (cd.kind == PGO_COPY_KEEPALIVE) {
 		if (cd.wal_end > a->received)
 			a->received = cd.wal_end;
-		/* Everything up to wal_end was sent to us; with nothing in flight
-		 * it is all delivered, so an idle outbox does not pin WAL. */
-		if (!a->in_txn)
-			ledger_idle_position(&a->led, cd.wal_end);
+		/* Everything up to wal_end was sent to us: once nothing is in
+		 * flight it is all delivered, so an idle outbox does not pin WAL. */
+		ledger_sent_position(&a->led, cd.wal_end);
 		if (cd.reply_requested)
 			a->reply_due = true;
 		return STEP_OK;

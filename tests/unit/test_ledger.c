@@ -101,20 +101,20 @@ test_keepalive(void)
 	ledger_seq s;
 
 	ledger_init(&l, 100);
-	ledger_idle_position(&l, 150);                /* idle: confirmable */
+	ledger_sent_position(&l, 150);                /* idle: confirmable at once */
 	CHECK(ledger_confirmable(&l) == 150);
-	ledger_idle_position(&l, 120);                /* never backwards */
+	ledger_sent_position(&l, 120);                /* never backwards */
 	CHECK(ledger_confirmable(&l) == 150);
 	ledger_begin(&l, 160, &s);
-	ledger_idle_position(&l, 500);                /* open transaction: ignored */
+	ledger_sent_position(&l, 500);                /* open transaction: not yet */
 	CHECK(ledger_confirmable(&l) == 150);
 	ledger_add(&l, s);
 	ledger_commit(&l, 170);
-	ledger_idle_position(&l, 500);                /* pending ack: ignored */
-	CHECK(ledger_confirmable(&l) == 150);
+	CHECK(ledger_confirmable(&l) == 150);         /* pending ack: not yet */
 	ledger_ack(&l, s);
-	CHECK(ledger_confirmable(&l) == 170);
-	ledger_idle_position(&l, 500);
+	/* Regression: a keepalive that arrived while a transaction was pending
+	 * must be confirmed once it is acknowledged; the walsender sends no new
+	 * keepalive after we reported that position as written. */
 	CHECK(ledger_confirmable(&l) == 500);
 	ledger_free(&l);
 }
@@ -128,7 +128,7 @@ test_abandon(void)
 	ledger_init(&l, 0);
 	ledger_begin(&l, 10, &s1);
 	ledger_add(&l, s1);
-	ledger_abandon(&l);                           /* stream broke mid-transaction */
+	ledger_stream_lost(&l);                       /* stream broke mid-transaction */
 	CHECK(!ledger_is_open(&l));
 	ledger_begin(&l, 10, &s2);                    /* resent after reconnect */
 	ledger_add(&l, s2);
@@ -142,10 +142,21 @@ test_abandon(void)
 	/* An abandoned transaction alone never advances the LSN. */
 	ledger_init(&l, 5);
 	ledger_begin(&l, 10, &s1);
-	ledger_abandon(&l);
+	ledger_stream_lost(&l);
 	CHECK(ledger_confirmable(&l) == 5);
-	ledger_abandon(&l);                           /* nothing open: no-op */
+	ledger_stream_lost(&l);                       /* nothing open: no-op */
 	CHECK(ledger_txns(&l) == 0);
+	ledger_free(&l);
+
+	/* The old stream's keepalive must not be confirmed after a reconnect:
+	 * the transaction it covered is resent and not yet delivered. */
+	ledger_init(&l, 5);
+	ledger_begin(&l, 10, &s1);
+	ledger_add(&l, s1);
+	ledger_sent_position(&l, 400);                /* keepalive mid-transaction */
+	ledger_stream_lost(&l);
+	CHECK(ledger_ack(&l, s1) == LEDGER_OK);       /* old copy acknowledged */
+	CHECK(ledger_confirmable(&l) == 5);           /* not 400: resend still due */
 	ledger_free(&l);
 }
 
@@ -186,7 +197,7 @@ typedef struct model_txn {
 	ledger_seq seq;
 } model_txn;
 
-/* Random interleavings of begin/add/commit/abandon/ack/keepalive, with the
+/* Random interleavings of begin/add/commit/stream loss/ack/keepalive, with the
  * confirmable LSN checked after every operation against a direct scan. */
 static void
 test_random_model(void)
@@ -195,7 +206,7 @@ test_random_model(void)
 	model_txn *m = calloc(N, sizeof(*m));
 	ledger l;
 	size_t ntx = 0, retired = 0;
-	uint64_t lsn = 100, expect = 100;
+	uint64_t lsn = 100, expect = 100, sent = 0;
 	int bad = 0;
 
 	ledger_init(&l, 100);
@@ -220,7 +231,8 @@ test_random_model(void)
 				bad = 1;
 		} else if (op < 53 && open) {
 			m[ntx - 1].sealed = 2;
-			ledger_abandon(&l);
+			sent = 0;
+			ledger_stream_lost(&l);
 		} else if (op < 95 && ntx > retired) {
 			size_t i = retired + (size_t) (next_rand() % (ntx - retired));
 			if (m[i].acked < m[i].produced) {
@@ -232,9 +244,8 @@ test_random_model(void)
 			}
 		} else {
 			lsn += next_rand() % 20;
-			if (ntx == retired)
-				expect = lsn > expect ? lsn : expect;
-			ledger_idle_position(&l, lsn);
+			sent = lsn > sent ? lsn : sent;
+			ledger_sent_position(&l, lsn);
 		}
 		/* the model: retire the finished prefix */
 		while (retired < ntx && m[retired].sealed && m[retired].acked == m[retired].produced) {
@@ -242,6 +253,8 @@ test_random_model(void)
 				expect = m[retired].end;
 			retired++;
 		}
+		if (ntx == retired && sent > expect)
+			expect = sent;
 		if (ledger_confirmable(&l) != expect) {
 			fprintf(stderr, "iteration %d: ledger %" PRIu64 " model %" PRIu64 "\n",
 			        iter, ledger_confirmable(&l), expect);
