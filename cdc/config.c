@@ -23,7 +23,8 @@ typedef struct setting {
 
 enum {
 	S_CONNINFO, S_BROKERS, S_SLOT, S_PUBLICATION, S_TABLE, S_TOPIC_TEMPLATE,
-	S_LOG_LEVEL, S_SHUTDOWN_TIMEOUT, S_STATUS_INTERVAL, S_ENDPOS, S_COUNT
+	S_LOG_LEVEL, S_SHUTDOWN_TIMEOUT, S_STATUS_INTERVAL, S_REPLICATION_TIMEOUT, S_ENDPOS,
+	S_COUNT
 };
 
 static const setting settings[S_COUNT] = {
@@ -45,6 +46,8 @@ static const setting settings[S_COUNT] = {
 		"on SIGTERM, how long to wait for Kafka to acknowledge what is in flight"},
 	[S_STATUS_INTERVAL] = {"status_interval", "status-interval", 0, "MS", "10000",
 		"longest time between two status updates to PostgreSQL"},
+	[S_REPLICATION_TIMEOUT] = {"replication_timeout", "replication-timeout", 0, "SECONDS", "30",
+		"reconnect when the server sent nothing for this long (0: never)"},
 	[S_ENDPOS] = {"endpos", "endpos", 0, "LSN", NULL,
 		"exit 0 once everything up to this LSN is confirmed (like pg_recvlogical --endpos)"},
 };
@@ -80,7 +83,8 @@ config_usage(FILE *out)
 	fprintf(out,
 	        "In the -c file the keys are the setting names (conninfo, brokers, slot,\n"
 	        "publication, table, topic_template, log_level, shutdown_timeout,\n"
-	        "status_interval, endpos) and kafka.<property> for librdkafka.\n\n"
+	        "status_interval, replication_timeout, endpos) and kafka.<property> for\n"
+	        "librdkafka.\n\n"
 	        "Exit status: 0 clean stop, 1 bad configuration or usage, 2 unrecoverable\n"
 	        "runtime failure (slot or publication missing, Kafka refused an event).\n");
 }
@@ -370,6 +374,12 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	}
 	if (!parse_int(vals[S_STATUS_INTERVAL], 100, 3600000, &cfg->status_interval_ms)) {
 		snprintf(errbuf, errlen, "invalid status_interval \"%s\": milliseconds from 100 to 3600000", vals[S_STATUS_INTERVAL]);
+		goto out;
+	}
+	if (!parse_int(vals[S_REPLICATION_TIMEOUT], 0, 86400, &cfg->replication_timeout_s) ||
+	    (cfg->replication_timeout_s > 0 && cfg->replication_timeout_s < 2)) {
+		snprintf(errbuf, errlen, "invalid replication_timeout \"%s\": 0 or seconds from 2 to 86400",
+		         vals[S_REPLICATION_TIMEOUT]);
 		goto out;
 	}
 	if (vals[S_ENDPOS] != NULL && !parse_lsn(vals[S_ENDPOS], &cfg->endpos)) {

@@ -27,6 +27,7 @@ typedef struct config {
 	int         log_level;          /* log_level enum */
 	int         shutdown_timeout_s;
 	int         status_interval_ms;
+	int         replication_timeout_s;  /* 0: off */
 	uint64_t    endpos;             /* 0: none */
 	sink_property *kafka;           /* owned name/value strings */
 	size_t      nkafka;

@@ -125,6 +125,16 @@ ledger_stream_lost(ledger *l)
 	}
 }
 
+void
+ledger_reset(ledger *l)
+{
+	l->head_seq += l->count;    /* old sequence numbers stay unknown */
+	l->count = 0;
+	l->head = 0;
+	l->pending = 0;
+	l->sent_upto = 0;
+}
+
 ledger_rc
 ledger_ack(ledger *l, ledger_seq seq)
 {

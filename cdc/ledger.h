@@ -70,6 +70,12 @@ ledger_rc ledger_commit(ledger *l, ledger_lsn end_lsn);
  * vouched for will be sent again.
  */
 void      ledger_stream_lost(ledger *l);
+/*
+ * Forget every transaction in flight but keep the confirmed LSN: the
+ * producer was rebuilt, its unacknowledged messages are gone, and the
+ * stream restarts from the slot's confirmed position.
+ */
+void      ledger_reset(ledger *l);
 /* Kafka acknowledged one message of transaction seq. */
 ledger_rc ledger_ack(ledger *l, ledger_seq seq);
 

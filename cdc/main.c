@@ -37,6 +37,9 @@
 #define BACKOFF_MIN_MS       1000
 #define BACKOFF_MAX_MS       30000
 #define BACKPRESSURE_POLL_MS 100
+#define SLOT_BUSY_RETRY_MS   1000    /* a standby retries a busy slot this often */
+#define REBUILD_LIMIT        5       /* producer rebuilds allowed per window ... */
+#define REBUILD_WINDOW_MS    600000  /* ... before a fatal error exits 2 */
 
 static volatile sig_atomic_t stop_signals = 0;
 
@@ -84,6 +87,15 @@ typedef struct app {
 
 	uint64_t     events, txns;     /* counters for the log */
 	bool         backpressure_logged;
+	bool         busy_logged;      /* "slot busy" said once per streak */
+
+	int64_t      last_recv_ms;     /* last message from the walsender */
+	bool         ping_sent;        /* status update with reply requested is out */
+
+	int          rebuilds;         /* producer rebuilds in the current window */
+	int64_t      rebuild_window_ms;
+	bool         discard_reports;  /* old producer going away: ignore its reports */
+	uint64_t     test_fatal_after; /* test hook: force a fatal error after N events */
 } app;
 
 static int64_t
@@ -114,6 +126,10 @@ on_delivery(void *ctx, uint64_t seq, const sink_report *rep)
 	app *a = ctx;
 	const ledger_txn *t;
 
+	if (a->discard_reports)
+		return;
+	if (!rep->ok && sink_fatal(a->snk, NULL, 0))
+		return;    /* the producer is being rebuilt; the slot still has it */
 	if (rep->ok) {
 		if (ledger_ack(&a->led, seq) != LEDGER_OK)
 			log_msg(LOG_WARNING, "delivery report for unknown transaction %" PRIu64, seq);
@@ -127,7 +143,7 @@ on_delivery(void *ctx, uint64_t seq, const sink_report *rep)
 	           "Kafka did not accept event %.*s for topic \"%s\" (transaction at " LSN_FMT "): %s%s",
 	           (int) rep->id_len, rep->id ? (const char *) rep->id : "(unknown)", rep->topic,
 	           LSN_ARGS(t ? t->commit_lsn : 0), rep->error,
-	           rep->permanent ? "" : " (message.timeout.ms expired)");
+	           rep->permanent ? "" : " (gave up retrying)");
 	begin_stop(a, 2);
 }
 
@@ -200,6 +216,7 @@ handle_insert(app *a, const pgo_msg *m)
 	case SINK_OK:
 		break;
 	case SINK_FULL:
+	case SINK_FATAL:       /* held until the producer is rebuilt */
 		return STEP_FULL;
 	case SINK_FAILED:
 		log_msg(LOG_ERROR, "could not produce event %.*s of transaction at " LSN_FMT ": %s",
@@ -212,6 +229,8 @@ handle_insert(app *a, const pgo_msg *m)
 		return STEP_FAIL;
 	}
 	a->events++;
+	if (a->test_fatal_after && a->events == a->test_fatal_after)
+		sink_test_fatal(a->snk);
 	return STEP_OK;
 }
 
@@ -296,14 +315,14 @@ step(app *a, const uint8_t *buf, size_t len)
 }
 
 static void
-send_status(app *a, int64_t now)
+send_status(app *a, int64_t now, bool reply)
 {
 	char err[512];
 	uint64_t flush = ledger_confirmable(&a->led);
 	source_rc rc;
 
 	rc = source_send_status(a->src, a->received > flush ? a->received : flush, flush,
-	                        false, err, sizeof(err));
+	                        reply, err, sizeof(err));
 	if (rc == SOURCE_LOST) {
 		stream_lost(a, err);
 		return;
@@ -338,11 +357,23 @@ try_connect(app *a)
 		        a->cfg.slot, a->cfg.publication, source_proto_version(a->src));
 		a->backoff_ms = BACKOFF_MIN_MS;
 		a->last_status_ms = 0;     /* report our position right away */
+		a->last_recv_ms = now_ms();
+		a->ping_sent = false;
+		a->busy_logged = false;
 		return;
 	}
 	if (rc == SOURCE_FATAL) {
 		log_msg(LOG_ERROR, "%s", err);
 		begin_stop(a, 2);
+		return;
+	}
+	if (rc == SOURCE_BUSY) {
+		/* Another pgoutbox holds the slot: stand by and take over quickly
+		 * once it is gone, without the growing back-off. */
+		if (!a->busy_logged)
+			log_msg(LOG_INFO, "%s; standing by, retrying every %d ms", err, SLOT_BUSY_RETRY_MS);
+		a->busy_logged = true;
+		a->next_connect_ms = now_ms() + SLOT_BUSY_RETRY_MS;
 		return;
 	}
 	stream_lost(a, err);
@@ -372,10 +403,12 @@ read_stream(app *a)
 				begin_stop(a, 2);
 				return;
 			}
-			if (src == SOURCE_LOST) {
+			if (src != SOURCE_OK) {
 				stream_lost(a, err);
 				return;
 			}
+			a->last_recv_ms = now_ms();
+			a->ping_sent = false;
 		}
 		rc = step(a, buf, len);
 		if (rc == STEP_FULL) {
@@ -397,6 +430,83 @@ read_stream(app *a)
 			return;
 		}
 	}
+}
+
+/*
+ * Detect a silent connection (a network that drops packets, a frozen
+ * server): ask for a reply after half the replication timeout without a
+ * message, give up on the stream after the whole timeout.  While Kafka's
+ * queue is full pgoutbox does not read, so silence then proves nothing.
+ */
+static void
+check_liveness(app *a, int64_t now)
+{
+	int64_t timeout = (int64_t) a->cfg.replication_timeout_s * 1000;
+	char why[128];
+
+	if (timeout == 0 || a->stopping || !source_connected(a->src))
+		return;
+	if (a->held != NULL) {
+		a->last_recv_ms = now;
+		return;
+	}
+	if (now - a->last_recv_ms >= timeout) {
+		snprintf(why, sizeof(why), "no message from the server for %d s",
+		         a->cfg.replication_timeout_s);
+		stream_lost(a, why);
+	} else if (now - a->last_recv_ms >= timeout / 2 && !a->ping_sent) {
+		send_status(a, now, true);
+		a->ping_sent = true;
+	}
+}
+
+/*
+ * The producer hit a fatal error (e.g. the idempotence guarantee broke).
+ * Its unacknowledged messages are lost to it, but not to us: nothing past
+ * them was confirmed, so a new producer and a new stream from the slot's
+ * confirmed position deliver them again.  Repeated failures exit 2.
+ */
+static void
+rebuild_producer(app *a, const char *cause)
+{
+	char err[512];
+	int64_t now = now_ms();
+
+	if (now - a->rebuild_window_ms > REBUILD_WINDOW_MS) {
+		a->rebuild_window_ms = now;
+		a->rebuilds = 0;
+	}
+	if (++a->rebuilds > REBUILD_LIMIT) {
+		log_msg(LOG_ERROR, "Kafka producer failed fatally %d times in %d minutes: giving up",
+		        REBUILD_LIMIT + 1, REBUILD_WINDOW_MS / 60000);
+		begin_stop(a, 2);
+		return;
+	}
+	log_detail(LOG_WARNING, cause,
+	           "rebuilding the Kafka producer after a fatal error; resuming from the slot's confirmed position " LSN_FMT,
+	           LSN_ARGS(ledger_confirmable(&a->led)));
+	if (source_connected(a->src))
+		send_status(a, now, false);        /* keep what was acknowledged */
+	source_close(a->src);
+	if (a->held) {
+		source_release(a->held);
+		a->held = NULL;
+	}
+	a->in_txn = false;
+	a->backpressure_logged = false;
+	a->discard_reports = true;
+	sink_free(a->snk);
+	a->discard_reports = false;
+	ledger_reset(&a->led);
+	a->snk = sink_new(a->cfg.brokers, a->cfg.kafka, a->cfg.nkafka, on_delivery, a,
+	                  err, sizeof(err));
+	if (a->snk == NULL) {
+		log_msg(LOG_ERROR, "%s", err);
+		a->exit_code = 2;
+		a->stopping = true;
+		return;
+	}
+	a->next_connect_ms = now;
 }
 
 static int
@@ -421,8 +531,10 @@ run(app *a)
 			log_msg(LOG_WARNING, "second shutdown signal: exiting without waiting for Kafka");
 			break;
 		}
-		if (sink_fatal(a->snk, err, sizeof(err)))
-			begin_stop(a, 2);
+		if (!a->stopping && sink_fatal(a->snk, err, sizeof(err)))
+			rebuild_producer(a, err);
+		if (a->snk == NULL)
+			break;
 
 		if (!a->stopping && !source_connected(a->src) && now >= a->next_connect_ms)
 			try_connect(a);
@@ -435,14 +547,16 @@ run(app *a)
 		if (source_connected(a->src) &&
 		    (a->reply_due || now - a->last_status_ms >= a->cfg.status_interval_ms ||
 		     (confirmable != a->reported && now - a->last_status_ms >= STATUS_MIN_GAP_MS)))
-			send_status(a, now);
+			send_status(a, now, false);
+		check_liveness(a, now);
 
 		if (a->cfg.endpos && confirmable >= a->cfg.endpos && !a->stopping) {
 			log_msg(LOG_INFO, "reached end position " LSN_FMT, LSN_ARGS(a->cfg.endpos));
 			begin_stop(a, 0);
 		}
 		if (a->stopping) {
-			if (sink_outstanding(a->snk) == 0 && ledger_pending(&a->led) == 0)
+			/* Nothing left to report: what is still pending was refused. */
+			if (sink_outstanding(a->snk) == 0)
 				break;
 			if (now >= a->drain_deadline_ms) {
 				log_msg(LOG_WARNING, "shutdown timeout: %d messages not acknowledged by Kafka; "
@@ -488,11 +602,12 @@ run(app *a)
 	}
 
 	/* Confirm what Kafka acknowledged before leaving. */
-	sink_serve(a->snk);
+	if (a->snk != NULL)
+		sink_serve(a->snk);
 	if (source_connected(a->src)) {
 		int64_t deadline = now_ms() + 2000;
 
-		send_status(a, now_ms());
+		send_status(a, now_ms(), false);
 		while (source_connected(a->src) && source_wants_write(a->src) && now_ms() < deadline) {
 			struct pollfd p = {.fd = source_fd(a->src), .events = POLLOUT};
 			poll(&p, 1, 100);
@@ -557,6 +672,12 @@ main(int argc, char **argv)
 		}
 	}
 	ledger_init(&a.led, 0);
+	{
+		/* Test hook for the fault tests; not a setting. */
+		const char *v = getenv("PGOUTBOX_TEST_FATAL_AFTER");
+		if (v != NULL)
+			a.test_fatal_after = strtoull(v, NULL, 10);
+	}
 	log_msg(LOG_INFO, "pgoutbox %s starting (librdkafka %s)", PGOUTBOX_VERSION,
 	        sink_library_version());
 	code = run(&a);

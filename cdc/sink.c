@@ -218,8 +218,12 @@ sink_free(sink *s)
 		rd_kafka_queue_io_event_enable(s->mainq, -1, NULL, 0);
 		rd_kafka_queue_destroy(s->mainq);
 	}
-	if (s->rk != NULL)
+	if (s->rk != NULL) {
+		/* Whatever was not delivered is dropped here; the caller confirmed
+		 * nothing past it, so the slot still holds it. */
+		rd_kafka_purge(s->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
 		rd_kafka_destroy(s->rk);
+	}
 	for (int i = 0; i < 2; i++)
 		if (s->pipefd[i] >= 0)
 			close(s->pipefd[i]);
@@ -263,6 +267,10 @@ sink_produce(sink *s, const sink_event *ev, uint64_t opaque, char *errbuf, size_
 	rd_kafka_headers_destroy(hdrs);
 	if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
 		return SINK_FULL;
+	if (err == RD_KAFKA_RESP_ERR__FATAL) {
+		s->fatal = true;   /* error_cb may not have been served yet */
+		return SINK_FATAL;
+	}
 	snprintf(errbuf, errlen, "%s", rd_kafka_err2str(err));
 	return SINK_FAILED;
 }
@@ -297,8 +305,16 @@ sink_fatal(sink *s, char *errbuf, size_t errlen)
 {
 	if (!s->fatal)
 		return false;
-	rd_kafka_fatal_error(s->rk, errbuf, errlen);
+	if (errbuf != NULL && errlen > 0)
+		rd_kafka_fatal_error(s->rk, errbuf, errlen);
 	return true;
+}
+
+void
+sink_test_fatal(sink *s)
+{
+	rd_kafka_test_fatal_error(s->rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+	                          "forced by PGOUTBOX_TEST_FATAL_AFTER");
 }
 
 const char *

@@ -61,6 +61,7 @@ typedef enum sink_rc {
 	SINK_OK = 0,
 	SINK_FULL,                 /* local queue full: back off, serve reports, retry */
 	SINK_FAILED,               /* refused at once; errbuf says why */
+	SINK_FATAL,                /* the producer failed fatally: see sink_fatal() */
 } sink_rc;
 
 /*
@@ -91,8 +92,11 @@ int   sink_flush(sink *s, int timeout_ms);
 /* Messages produced but not reported yet. */
 int   sink_outstanding(const sink *s);
 
-/* True once the producer hit a fatal error; errbuf gets the cause. */
+/* True once the producer hit a fatal error; errbuf (may be NULL) gets the cause. */
 bool  sink_fatal(sink *s, char *errbuf, size_t errlen);
+
+/* Test hook: make the producer fail fatally, as an idempotence violation would. */
+void  sink_test_fatal(sink *s);
 
 /* librdkafka's version string. */
 const char *sink_library_version(void);

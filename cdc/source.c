@@ -166,6 +166,8 @@ classify(const PGresult *res)
 		return SOURCE_FATAL;
 	if (strcmp(state, "42501") == 0)     /* insufficient_privilege */
 		return SOURCE_FATAL;
+	if (strcmp(state, "55006") == 0)     /* object_in_use: slot active elsewhere */
+		return SOURCE_BUSY;
 	return SOURCE_LOST;
 }
 

@@ -18,6 +18,7 @@ typedef enum source_rc {
 	SOURCE_OK = 0,
 	SOURCE_AGAIN,       /* nothing to read now / output not fully sent yet */
 	SOURCE_LOST,        /* connection failed or broke: retry later */
+	SOURCE_BUSY,        /* the slot is in use by another process: retry soon */
 	SOURCE_FATAL,       /* cannot continue (slot missing or invalidated, ...) */
 } source_rc;
 

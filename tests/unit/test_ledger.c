@@ -161,6 +161,29 @@ test_abandon(void)
 }
 
 static void
+test_reset(void)
+{
+	ledger l;
+	ledger_seq s1, s2, s3;
+
+	ledger_init(&l, 0);
+	ledger_begin(&l, 10, &s1); ledger_add(&l, s1); ledger_commit(&l, 100);
+	ledger_ack(&l, s1);
+	CHECK(ledger_confirmable(&l) == 100);
+	ledger_begin(&l, 110, &s2); ledger_add(&l, s2); ledger_commit(&l, 200);
+	ledger_sent_position(&l, 300);
+	ledger_reset(&l);                             /* producer rebuilt */
+	CHECK(ledger_confirmable(&l) == 100);         /* kept, not advanced */
+	CHECK(ledger_pending(&l) == 0 && ledger_txns(&l) == 0);
+	CHECK(ledger_ack(&l, s2) == LEDGER_UNKNOWN);  /* old producer's report */
+	CHECK(ledger_begin(&l, 110, &s3) == LEDGER_OK);
+	CHECK(s3 != s2);                              /* sequence numbers never reused */
+	ledger_add(&l, s3); ledger_commit(&l, 200); ledger_ack(&l, s3);
+	CHECK(ledger_confirmable(&l) == 200);
+	ledger_free(&l);
+}
+
+static void
 test_misuse(void)
 {
 	ledger l;
@@ -278,6 +301,7 @@ main(void)
 	test_empty_transaction();
 	test_keepalive();
 	test_abandon();
+	test_reset();
 	test_misuse();
 	test_random_model();
 	printf("ledger: %d passed, %d failed\n", passed, failed);
