@@ -988,7 +988,7 @@ outbox_map_message(outbox *ob, uint8_t flags, pgo_bytes prefix, pgo_bytes conten
 	const ob_map *m = &ob->msg_map;
 	const char *vals[OUTBOX_MAX_TEMPLATE_REFS];
 	size_t lens[OUTBOX_MAX_TEMPLATE_REFS];
-	const char *why = "";
+	const char *why = "", *why_id = "", *why_type = "", *why_key = "";
 	const json_t *payload, *headers;
 	json_error_t jerr;
 	ev_fields f;
@@ -1017,21 +1017,22 @@ outbox_map_message(outbox *ob, uint8_t flags, pgo_bytes prefix, pgo_bytes conten
 	if (!json_is_object(ob->msg))
 		UNMAPPABLE("logical message content is not a JSON object");
 
+	/* What can be read goes in first, as for rows. */
 	memset(&f, 0, sizeof(f));
-	if ((f.id = json_str_field(ob->msg, "id", &f.id_len, &why)) != NULL)
+	if ((f.id = json_str_field(ob->msg, "id", &f.id_len, &why_id)) != NULL)
 		add_header(ev, "id", f.id, f.id_len);
-	if ((f.type = json_str_field(ob->msg, "type", &f.type_len, &why)) != NULL)
+	if ((f.type = json_str_field(ob->msg, "type", &f.type_len, &why_type)) != NULL)
 		add_header(ev, "type", f.type, f.type_len);
-	if ((f.aggid = json_str_field(ob->msg, "aggregateid", &f.aggid_len, &why)) != NULL) {
+	if ((f.aggid = json_str_field(ob->msg, "aggregateid", &f.aggid_len, &why_key)) != NULL) {
 		ev->key = f.aggid_len ? (const void *) f.aggid : (const void *) "";
 		ev->key_len = f.aggid_len;
 	}
-	if (json_str_field(ob->msg, "id", &f.id_len, &why) == NULL)
-		UNMAPPABLE("field \"id\" of the logical message is %s", why);
-	if (json_str_field(ob->msg, "aggregateid", &f.aggid_len, &why) == NULL)
-		UNMAPPABLE("field \"aggregateid\" of the logical message is %s", why);
-	if (json_str_field(ob->msg, "type", &f.type_len, &why) == NULL)
-		UNMAPPABLE("field \"type\" of the logical message is %s", why);
+	if (f.id == NULL)
+		UNMAPPABLE("field \"id\" of the logical message is %s", why_id);
+	if (f.aggid == NULL)
+		UNMAPPABLE("field \"aggregateid\" of the logical message is %s", why_key);
+	if (f.type == NULL)
+		UNMAPPABLE("field \"type\" of the logical message is %s", why_type);
 	if ((f.aggtype = json_str_field(ob->msg, "aggregatetype", &f.aggtype_len, &why)) == NULL)
 		UNMAPPABLE("field \"aggregatetype\" of the logical message is %s", why);
 	if ((payload = json_object_get(ob->msg, "payload")) == NULL)
