@@ -530,6 +530,7 @@ build_mapping(config *cfg, outbox_mapping *m, const char *const *vals, const lay
 	outbox_header_map *h;
 	size_t nh = 0;
 	const layer *layers[2] = {file, cli};
+	char what[300] = "";
 
 	memcpy(v, vals, sizeof(v));
 	/* At most every global header plus every override header. */
@@ -575,14 +576,15 @@ build_mapping(config *cfg, outbox_mapping *m, const char *const *vals, const lay
 			goto nomem;
 	m->headers = h;
 	m->nheaders = nh;
+	if (nsp != NULL)
+		snprintf(what, sizeof(what), " for table %s.%s", nsp, rel);
 	if (!outbox_format_parse(v[S_VALUE_FORMAT], &m->format)) {
-		snprintf(errbuf, errlen, "invalid value_format \"%s\"%s%s%s: use raw, envelope or cloudevents",
-		         v[S_VALUE_FORMAT], nsp ? " for table " : "", nsp ? nsp : "", nsp ? "" : "");
+		snprintf(errbuf, errlen, "invalid value_format \"%s\"%s: use raw, envelope or cloudevents",
+		         v[S_VALUE_FORMAT], what);
 		return false;
 	}
 	if (nh > OUTBOX_MAX_EXTRA_HEADERS) {
-		snprintf(errbuf, errlen, "%zu headers mapped%s%s%s%s: at most %d", nh,
-		         nsp ? " for table " : "", nsp ? nsp : "", nsp ? "." : "", nsp ? rel : "",
+		snprintf(errbuf, errlen, "%zu headers mapped%s: at most %d", nh, what,
 		         OUTBOX_MAX_EXTRA_HEADERS);
 		return false;
 	}
