@@ -19,74 +19,159 @@ typedef struct setting {
 	const char *meta;       /* argument placeholder for --help */
 	const char *def;        /* default, or NULL when required / unset */
 	const char *doc;
+	bool        per_table;  /* may be set per table: table.<schema>.<table>.<name> */
 } setting;
 
 enum {
-	S_CONNINFO, S_BROKERS, S_SLOT, S_PUBLICATION, S_TABLE, S_TOPIC_TEMPLATE,
+	S_CONNINFO, S_BROKERS, S_SLOT, S_PUBLICATION, S_TABLE, S_TOPIC_TEMPLATE, S_TOPIC_PREFIX,
+	S_ID_COLUMN, S_KEY_COLUMN, S_TYPE_COLUMN, S_PAYLOAD_COLUMN, S_AGGTYPE_COLUMN,
+	S_VALUE_FORMAT, S_CE_SOURCE, S_MESSAGES_PREFIX, S_ON_ERROR, S_DLQ_TOPIC,
 	S_LOG_LEVEL, S_SHUTDOWN_TIMEOUT, S_STATUS_INTERVAL, S_REPLICATION_TIMEOUT, S_ENDPOS,
 	S_COUNT
 };
 
 static const setting settings[S_COUNT] = {
 	[S_CONNINFO] = {"conninfo", "dbname", 'd', "CONNINFO", NULL,
-		"PostgreSQL connection string or URI (required; replication=database is added)"},
+		"PostgreSQL connection string or URI (required; replication=database is added)", false},
 	[S_BROKERS] = {"brokers", "brokers", 'b', "BROKERS", NULL,
-		"Kafka bootstrap servers, host:port[,host:port...] (required)"},
+		"Kafka bootstrap servers, host:port[,host:port...] (required)", false},
 	[S_SLOT] = {"slot", "slot", 0, "NAME", "pgoutbox",
-		"logical replication slot (plugin pgoutput)"},
+		"logical replication slot (plugin pgoutput)", false},
 	[S_PUBLICATION] = {"publication", "publication", 0, "NAME", "pgoutbox",
-		"publication that contains the outbox table"},
-	[S_TABLE] = {"table", "table", 0, "SCHEMA.TABLE", "public.outbox",
-		"the outbox table"},
+		"publication that contains the outbox table(s)", false},
+	[S_TABLE] = {"table", "table", 0, "TABLE[,TABLE...]", "public.outbox",
+		"the outbox table(s): [schema.]table, quoted identifiers allowed", false},
 	[S_TOPIC_TEMPLATE] = {"topic_template", "topic-template", 0, "TEMPLATE",
-		"outbox.event.${aggregatetype}", "Kafka topic; ${column} is replaced by the row's value"},
+		"outbox.event.${aggregatetype}",
+		"Kafka topic; ${column} is replaced by the row's value (a message's JSON field); "
+		"no ${...}: one fixed topic", true},
+	[S_TOPIC_PREFIX] = {"topic_prefix", "topic-prefix", 0, "PREFIX", "",
+		"prepended to every topic name", true},
+	[S_ID_COLUMN] = {"id_column", "id-column", 0, "COLUMN", "id",
+		"column holding the event id (the id header)", true},
+	[S_KEY_COLUMN] = {"key_column", "key-column", 0, "COLUMN", "aggregateid",
+		"column holding the Kafka message key", true},
+	[S_TYPE_COLUMN] = {"type_column", "type-column", 0, "COLUMN", "type",
+		"column holding the event type (the type header)", true},
+	[S_PAYLOAD_COLUMN] = {"payload_column", "payload-column", 0, "COLUMN", "payload",
+		"column holding the payload (the value)", true},
+	[S_AGGTYPE_COLUMN] = {"aggregatetype_column", "aggregatetype-column", 0, "COLUMN",
+		"aggregatetype", "column holding the aggregate type (the envelope's aggregatetype)", true},
+	[S_VALUE_FORMAT] = {"value_format", "value-format", 0, "FORMAT", "raw",
+		"raw (the payload text), envelope (JSON with id, type, aggregate, payload, commit time, "
+		"LSN, xid) or cloudevents (CloudEvents 1.0 Kafka binary mode)", true},
+	[S_CE_SOURCE] = {"cloudevents_source", "cloudevents-source", 0, "URI", NULL,
+		"ce_source header (default /pgoutbox/<database>/<schema.table>, "
+		"for messages /pgoutbox/<database>/message/<prefix>)", true},
+	[S_MESSAGES_PREFIX] = {"messages_prefix", "messages-prefix", 0, "PREFIX", "",
+		"publish transactional logical messages with this prefix as events (empty: off)", false},
+	[S_ON_ERROR] = {"on_error", "on-error", 0, "POLICY", "stop",
+		"an event that cannot be mapped or that Kafka refuses: stop (exit 2, confirm nothing "
+		"past it) or dlq (send it to dlq_topic and go on)", false},
+	[S_DLQ_TOPIC] = {"dlq_topic", "dlq-topic", 0, "TOPIC", "pgoutbox.dlq",
+		"dead-letter topic for on_error = dlq", false},
 	[S_LOG_LEVEL] = {"log_level", "log-level", 0, "LEVEL", "log",
-		"debug, log, warning or error (-v is debug)"},
+		"debug, log, warning or error (-v is debug)", false},
 	[S_SHUTDOWN_TIMEOUT] = {"shutdown_timeout", "shutdown-timeout", 0, "SECONDS", "30",
-		"on SIGTERM, how long to wait for Kafka to acknowledge what is in flight"},
+		"on SIGTERM, how long to wait for Kafka to acknowledge what is in flight", false},
 	[S_STATUS_INTERVAL] = {"status_interval", "status-interval", 0, "MS", "10000",
-		"longest time between two status updates to PostgreSQL"},
+		"longest time between two status updates to PostgreSQL", false},
 	[S_REPLICATION_TIMEOUT] = {"replication_timeout", "replication-timeout", 0, "SECONDS", "30",
-		"reconnect when the server sent nothing for this long (0: never)"},
+		"reconnect when the server sent nothing for this long (0: never)", false},
 	[S_ENDPOS] = {"endpos", "endpos", 0, "LSN", NULL,
-		"exit 0 once everything up to this LSN is confirmed (like pg_recvlogical --endpos)"},
+		"exit 0 once everything up to this LSN is confirmed (like pg_recvlogical --endpos)", false},
 };
+
+/* Print text wrapped at 79 columns, starting at column col; continuation
+ * lines are indented by indent. */
+static void
+print_wrapped(FILE *out, const char *text, int col, int indent)
+{
+	const char *p = text;
+	bool space = false;
+
+	while (*p) {
+		int w = (int) strcspn(p, " ");
+
+		if (space && col + 1 + w > 79) {
+			fprintf(out, "\n%*s", indent, "");
+			col = indent;
+			space = false;
+		}
+		if (space) {
+			fputc(' ', out);
+			col++;
+		}
+		fprintf(out, "%.*s", w, p);
+		col += w;
+		p += w;
+		while (*p == ' ')
+			p++;
+		space = true;
+	}
+	fputc('\n', out);
+}
 
 void
 config_usage(FILE *out)
 {
+	static const char *const extra[][2] = {
+		{"    --header=NAME=COLUMN", "add header NAME with the column's value to each event "
+		 "(repeatable; file key header.NAME = COLUMN)"},
+		{"    --table-option=SCHEMA.TABLE.SETTING=VALUE", "a setting for one outbox table only "
+		 "(repeatable; file key table.SCHEMA.TABLE.SETTING = VALUE); SETTING is one of "
+		 "topic_template, topic_prefix, *_column, value_format, cloudevents_source or header.NAME"},
+		{"-c, --config=FILE", "read settings from a key = value file (command line wins)"},
+		{"-X, --kafka=PROPERTY=VALUE", "set a librdkafka property (repeatable; file key "
+		 "kafka.PROPERTY = VALUE)"},
+		{"-v, --verbose", "log debug messages"},
+		{"-V, --version", "print the version and exit"},
+		{"-h, --help", "print this help and exit"},
+	};
+
 	fprintf(out,
 	        "pgoutbox delivers transactional-outbox events from a PostgreSQL logical\n"
 	        "replication slot to Kafka, confirming the slot only after Kafka acknowledged.\n\n"
 	        "Usage:\n"
 	        "  pgoutbox -d CONNINFO -b BROKERS [OPTION]...\n\nOptions:\n");
 	for (int i = 0; i < S_COUNT; i++) {
-		char opt[64];
+		char opt[96], doc[600];
 		const setting *s = &settings[i];
 
 		if (s->shortopt)
 			snprintf(opt, sizeof(opt), "-%c, --%s=%s", s->shortopt, s->longopt, s->meta);
 		else
 			snprintf(opt, sizeof(opt), "    --%s=%s", s->longopt, s->meta);
-		fprintf(out, "  %-34s %s", opt, s->doc);
-		if (s->def)
-			fprintf(out, " (default: %s)", s->def);
-		fputc('\n', out);
+		snprintf(doc, sizeof(doc), "%s%s%s%s", s->doc, s->def ? " (default: " : "",
+		         s->def ? (*s->def ? s->def : "empty") : "", s->def ? ")" : "");
+		if (strlen(opt) > 34) {
+			fprintf(out, "  %s\n%37s", opt, "");
+		} else {
+			fprintf(out, "  %-34s ", opt);
+		}
+		print_wrapped(out, doc, 37, 37);
 	}
-	fprintf(out,
-	        "  %-34s %s\n  %-34s %s\n  %-34s %s\n  %-34s %s\n  %-34s %s\n\n",
-	        "-c, --config=FILE", "read settings from a key = value file (command line wins)",
-	        "-X, --kafka=PROPERTY=VALUE", "set a librdkafka property (repeatable)",
-	        "-v, --verbose", "log debug messages",
-	        "-V, --version", "print the version and exit",
-	        "-h, --help", "print this help and exit");
-	fprintf(out,
-	        "In the -c file the keys are the setting names (conninfo, brokers, slot,\n"
-	        "publication, table, topic_template, log_level, shutdown_timeout,\n"
-	        "status_interval, replication_timeout, endpos) and kafka.<property> for\n"
-	        "librdkafka.\n\n"
-	        "Exit status: 0 clean stop, 1 bad configuration or usage, 2 unrecoverable\n"
-	        "runtime failure (slot or publication missing, Kafka refused an event).\n");
+	for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++) {
+		if (strlen(extra[i][0]) > 34)
+			fprintf(out, "  %s\n%37s", extra[i][0], "");
+		else
+			fprintf(out, "  %-34s ", extra[i][0]);
+		print_wrapped(out, extra[i][1], 37, 37);
+	}
+	fputc('\n', out);
+	print_wrapped(out,
+	              "In the -c file the keys are the setting names (conninfo, brokers, slot, "
+	              "publication, table, topic_template, topic_prefix, id_column, key_column, "
+	              "type_column, payload_column, aggregatetype_column, value_format, "
+	              "cloudevents_source, messages_prefix, on_error, dlq_topic, log_level, "
+	              "shutdown_timeout, status_interval, replication_timeout, endpos), header.<name> for extra headers, "
+	              "table.<schema>.<table>.<setting> for per-table settings and kafka.<property> "
+	              "for librdkafka.", 0, 0);
+	fputc('\n', out);
+	print_wrapped(out,
+	              "Exit status: 0 clean stop, 1 bad configuration or usage, 2 unrecoverable "
+	              "runtime failure (slot or publication missing, Kafka refused an event or an "
+	              "event cannot be mapped and on_error = stop).", 0, 0);
 }
 
 bool
@@ -107,6 +192,7 @@ parse_lsn(const char *s, uint64_t *out)
 	return true;
 }
 
+
 static bool
 parse_int(const char *s, int min, int max, int *out)
 {
@@ -121,11 +207,30 @@ parse_int(const char *s, int min, int max, int *out)
 	return true;
 }
 
+/* A per-table setting: table.<schema>.<table>.<setting> = value. */
+typedef struct override {
+	char *nsp, *rel;
+	char *key;           /* as written, for errors */
+	int   idx;           /* setting; -1: a header */
+	char *header;        /* idx == -1: header name */
+	char *value;         /* idx == -1: column ("" drops the header for this table) */
+} override;
+
+/* A header mapping: header.<name> = <column>. */
+typedef struct hdr {
+	char *name;
+	char *column;
+} hdr;
+
 /* Sources of values while loading; vals[i] owned strings or NULL. */
 typedef struct layer {
 	char          *vals[S_COUNT];
 	sink_property *kafka;
 	size_t         nkafka;
+	hdr           *hdrs;
+	size_t         nhdrs;
+	override      *ovr;
+	size_t         novr;
 } layer;
 
 static void
@@ -138,6 +243,19 @@ layer_free(layer *l)
 		free((char *) l->kafka[i].value);
 	}
 	free(l->kafka);
+	for (size_t i = 0; i < l->nhdrs; i++) {
+		free(l->hdrs[i].name);
+		free(l->hdrs[i].column);
+	}
+	free(l->hdrs);
+	for (size_t i = 0; i < l->novr; i++) {
+		free(l->ovr[i].nsp);
+		free(l->ovr[i].rel);
+		free(l->ovr[i].key);
+		free(l->ovr[i].header);
+		free(l->ovr[i].value);
+	}
+	free(l->ovr);
 	memset(l, 0, sizeof(*l));
 }
 
@@ -172,6 +290,108 @@ layer_add_kafka(layer *l, const char *name, size_t nlen, const char *value)
 	return true;
 }
 
+/* header.<name> = <column>; a later one for the same name replaces it. */
+static bool
+layer_add_header(layer *l, const char *name, size_t nlen, const char *column)
+{
+	hdr *nh;
+	char *n = strndup(name, nlen), *c = strdup(column);
+
+	if (n == NULL || c == NULL)
+		goto nomem;
+	for (size_t i = 0; i < l->nhdrs; i++)
+		if (strcmp(l->hdrs[i].name, n) == 0) {
+			free(n);
+			free(l->hdrs[i].column);
+			l->hdrs[i].column = c;
+			return true;
+		}
+	if ((nh = realloc(l->hdrs, (l->nhdrs + 1) * sizeof(*nh))) == NULL)
+		goto nomem;
+	l->hdrs = nh;
+	nh[l->nhdrs++] = (hdr) {n, c};
+	return true;
+nomem:
+	free(n);
+	free(c);
+	return false;
+}
+
+static int
+setting_by_name(const char *name, size_t len)
+{
+	for (int i = 0; i < S_COUNT; i++)
+		if (strlen(settings[i].name) == len && strncmp(settings[i].name, name, len) == 0)
+			return i;
+	return -1;
+}
+
+/*
+ * A per-table setting "SCHEMA.TABLE.SETTING" with its value, or (value ==
+ * NULL) "SCHEMA.TABLE.SETTING=VALUE" as --table-option takes it.  SCHEMA and
+ * TABLE are identifiers as in `table` (quoted ones may hold dots); SETTING is
+ * a per-table setting or header.NAME.
+ */
+static bool
+layer_add_override(layer *l, const char *spec, const char *value, char *errbuf, size_t errlen)
+{
+	override o = {0};
+	const char *p = spec, *name, *end;
+	override *no;
+	char err[256];
+
+	o.idx = -1;
+	if (!outbox_parse_table(&p, true, &o.nsp, &o.rel, err, sizeof(err))) {
+		snprintf(errbuf, errlen, "invalid per-table setting \"table.%s\": %s", spec, err);
+		return false;
+	}
+	if (*p != '.') {
+		snprintf(errbuf, errlen, "invalid per-table setting \"table.%s\": expected "
+		         "table.SCHEMA.TABLE.SETTING", spec);
+		goto error;
+	}
+	name = p + 1;
+	end = value ? name + strlen(name) : strchr(name, '=');
+	if (end == NULL) {
+		snprintf(errbuf, errlen, "--table-option expects SCHEMA.TABLE.SETTING=VALUE, got \"%s\"", spec);
+		goto error;
+	}
+	if (!value)
+		value = end + 1;
+	if ((size_t) (end - name) > 7 && strncmp(name, "header.", 7) == 0) {
+		o.header = strndup(name + 7, (size_t) (end - name - 7));
+		if (o.header == NULL)
+			goto nomem;
+	} else {
+		o.idx = setting_by_name(name, (size_t) (end - name));
+		if (o.idx < 0 || !settings[o.idx].per_table) {
+			snprintf(errbuf, errlen, "\"%.*s\" cannot be set per table (in \"table.%s\"): use "
+			         "topic_template, topic_prefix, id_column, key_column, type_column, "
+			         "payload_column, aggregatetype_column, value_format, cloudevents_source "
+			         "or header.NAME", (int) (end - name), name, spec);
+			goto error;
+		}
+	}
+	o.key = strndup(spec, (size_t) (end - spec));
+	o.value = strdup(value);
+	if (o.key == NULL || o.value == NULL)
+		goto nomem;
+	if ((no = realloc(l->ovr, (l->novr + 1) * sizeof(*no))) == NULL)
+		goto nomem;
+	l->ovr = no;
+	no[l->novr++] = o;
+	return true;
+nomem:
+	snprintf(errbuf, errlen, "out of memory");
+error:
+	free(o.nsp);
+	free(o.rel);
+	free(o.key);
+	free(o.header);
+	free(o.value);
+	return false;
+}
+
 static char *
 trim(char *s)
 {
@@ -185,21 +405,13 @@ trim(char *s)
 	return s;
 }
 
-static int
-setting_by_name(const char *name)
-{
-	for (int i = 0; i < S_COUNT; i++)
-		if (strcmp(settings[i].name, name) == 0)
-			return i;
-	return -1;
-}
-
 /* Read a key = value file into l.  Values may be wrapped in single or double quotes. */
 static bool
 load_file(layer *l, const char *path, char *errbuf, size_t errlen)
 {
 	FILE *f = fopen(path, "r");
 	char line[8192];
+	char err[512];
 	int lineno = 0;
 
 	if (f == NULL) {
@@ -237,7 +449,19 @@ load_file(layer *l, const char *path, char *errbuf, size_t errlen)
 				goto nomem;
 			continue;
 		}
-		idx = setting_by_name(key);
+		if (strncmp(key, "header.", 7) == 0 && key[7] != '\0') {
+			if (!layer_add_header(l, key + 7, strlen(key + 7), val))
+				goto nomem;
+			continue;
+		}
+		if (strncmp(key, "table.", 6) == 0 && key[6] != '\0') {
+			if (!layer_add_override(l, key + 6, val, err, sizeof(err))) {
+				snprintf(errbuf, errlen, "%s:%d: %s", path, lineno, err);
+				goto error;
+			}
+			continue;
+		}
+		idx = setting_by_name(key, strlen(key));
 		if (idx < 0) {
 			snprintf(errbuf, errlen, "%s:%d: unknown setting \"%s\"", path, lineno, key);
 			goto error;
@@ -258,11 +482,205 @@ error:
 	return false;
 }
 
+/* Keep p (malloc'ed, may be NULL) until config_free; NULL when p is NULL or out of memory. */
+static void *
+own(config *cfg, void *p)
+{
+	void **n;
+
+	if (p == NULL)
+		return NULL;
+	if ((n = realloc(cfg->owned, (cfg->nowned + 1) * sizeof(*n))) == NULL) {
+		free(p);
+		return NULL;
+	}
+	cfg->owned = n;
+	n[cfg->nowned++] = p;
+	return p;
+}
+
+/* "nsp"."rel" with quotes doubled: what outbox_parse_table() reads back as is. */
+static char *
+quote_table(const char *nsp, const char *rel)
+{
+	char *out = malloc(2 * (strlen(nsp) + strlen(rel)) + 6), *o = out;
+	const char *parts[2] = {nsp, rel};
+
+	if (out == NULL)
+		return NULL;
+	for (int i = 0; i < 2; i++) {
+		if (i)
+			*o++ = '.';
+		*o++ = '"';
+		for (const char *s = parts[i]; *s; s++) {
+			if (*s == '"')
+				*o++ = '"';
+			*o++ = *s;
+		}
+		*o++ = '"';
+	}
+	*o = '\0';
+	return out;
+}
+
+/* One mapping: the global values with the overrides for (nsp, rel) applied
+ * (nsp == NULL: the global mapping only, for logical messages). */
+static bool
+build_mapping(config *cfg, outbox_mapping *m, const char *const *vals, const layer *file,
+              const layer *cli, const char *nsp, const char *rel, char *errbuf, size_t errlen)
+{
+	const char *v[S_COUNT];
+	outbox_header_map *h;
+	size_t nh = 0;
+	const layer *layers[2] = {file, cli};
+	char what[300] = "";
+
+	memcpy(v, vals, sizeof(v));
+	/* At most every global header plus every override header. */
+	if ((h = own(cfg, calloc(file->nhdrs + cli->nhdrs + file->novr + cli->novr + 1, sizeof(*h)))) == NULL)
+		goto nomem;
+	for (int li = 0; li < 2; li++)
+		for (size_t i = 0; i < layers[li]->nhdrs; i++) {
+			const hdr *g = &layers[li]->hdrs[i];
+			size_t j;
+			for (j = 0; j < nh && strcmp(h[j].name, g->name) != 0; j++)
+				;
+			h[j] = (outbox_header_map) {g->name, g->column};
+			if (j == nh)
+				nh++;
+		}
+	for (int li = 0; nsp != NULL && li < 2; li++)
+		for (size_t i = 0; i < layers[li]->novr; i++) {
+			const override *o = &layers[li]->ovr[i];
+			size_t j;
+
+			if (strcmp(o->nsp, nsp) != 0 || strcmp(o->rel, rel) != 0)
+				continue;
+			if (o->idx >= 0) {
+				v[o->idx] = o->value;
+				continue;
+			}
+			for (j = 0; j < nh && strcmp(h[j].name, o->header) != 0; j++)
+				;
+			if (*o->value == '\0') {            /* drop a global header here */
+				if (j < nh)
+					memmove(&h[j], &h[j + 1], (nh - j - 1) * sizeof(*h));
+				nh -= j < nh;
+				continue;
+			}
+			h[j] = (outbox_header_map) {o->header, o->value};
+			if (j == nh)
+				nh++;
+		}
+	/* Strings of the layers die with them: copy what the mapping keeps. */
+	for (size_t i = 0; i < nh; i++)
+		if (!(h[i].name = own(cfg, strdup(h[i].name))) ||
+		    !(h[i].column = own(cfg, strdup(h[i].column))))
+			goto nomem;
+	m->headers = h;
+	m->nheaders = nh;
+	if (nsp != NULL)
+		snprintf(what, sizeof(what), " for table %s.%s", nsp, rel);
+	if (!outbox_format_parse(v[S_VALUE_FORMAT], &m->format)) {
+		snprintf(errbuf, errlen, "invalid value_format \"%s\"%s: use raw, envelope or cloudevents",
+		         v[S_VALUE_FORMAT], what);
+		return false;
+	}
+	if (nh > OUTBOX_MAX_EXTRA_HEADERS) {
+		snprintf(errbuf, errlen, "%zu headers mapped%s: at most %d", nh, what,
+		         OUTBOX_MAX_EXTRA_HEADERS);
+		return false;
+	}
+#define COPY(field, idx) \
+	if (!(m->field = v[idx] ? own(cfg, strdup(v[idx])) : NULL) && v[idx]) goto nomem
+	COPY(topic_template, S_TOPIC_TEMPLATE);
+	COPY(topic_prefix, S_TOPIC_PREFIX);
+	COPY(col_id, S_ID_COLUMN);
+	COPY(col_key, S_KEY_COLUMN);
+	COPY(col_type, S_TYPE_COLUMN);
+	COPY(col_payload, S_PAYLOAD_COLUMN);
+	COPY(col_aggregatetype, S_AGGTYPE_COLUMN);
+	COPY(ce_source, S_CE_SOURCE);
+#undef COPY
+	return true;
+nomem:
+	snprintf(errbuf, errlen, "out of memory");
+	return false;
+}
+
+/* The `table` list and every table's mapping; overrides must name a listed table. */
+static bool
+build_tables(config *cfg, const char *const *vals, const layer *file, const layer *cli,
+             char *errbuf, size_t errlen)
+{
+	const char *p = vals[S_TABLE];
+	const layer *layers[2] = {file, cli};
+	char *nsp[OUTBOX_MAX_TABLES], *rel[OUTBOX_MAX_TABLES];
+	size_t n = 0;
+	char err[256];
+	bool ok = false;
+
+	for (;;) {
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (n == OUTBOX_MAX_TABLES) {
+			snprintf(errbuf, errlen, "more than %d outbox tables", OUTBOX_MAX_TABLES);
+			goto out;
+		}
+		if (!outbox_parse_table(&p, false, &nsp[n], &rel[n], err, sizeof(err))) {
+			snprintf(errbuf, errlen, "invalid table \"%s\": %s", vals[S_TABLE], err);
+			goto out;
+		}
+		n++;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '\0')
+			break;
+		if (*p != ',') {
+			snprintf(errbuf, errlen, "invalid table \"%s\": expected [schema.]table[, ...]", vals[S_TABLE]);
+			goto out;
+		}
+		p++;
+	}
+	for (int li = 0; li < 2; li++)
+		for (size_t i = 0; i < layers[li]->novr; i++) {
+			const override *o = &layers[li]->ovr[i];
+			size_t j;
+			for (j = 0; j < n && !(strcmp(o->nsp, nsp[j]) == 0 && strcmp(o->rel, rel[j]) == 0); j++)
+				;
+			if (j == n) {
+				snprintf(errbuf, errlen, "per-table setting \"table.%s\" names %s.%s, which is not "
+				         "one of the outbox tables (table = %s)", o->key, o->nsp, o->rel,
+				         vals[S_TABLE]);
+				goto out;
+			}
+		}
+	if ((cfg->tables = calloc(n, sizeof(*cfg->tables))) == NULL)
+		goto nomem;
+	for (size_t i = 0; i < n; i++) {
+		if ((cfg->tables[i].table = own(cfg, quote_table(nsp[i], rel[i]))) == NULL)
+			goto nomem;
+		cfg->ntables++;
+		if (!build_mapping(cfg, &cfg->tables[i].map, vals, file, cli, nsp[i], rel[i], errbuf, errlen))
+			goto out;
+	}
+	ok = true;
+	goto out;
+nomem:
+	snprintf(errbuf, errlen, "out of memory");
+out:
+	for (size_t i = 0; i < n; i++) {
+		free(nsp[i]);
+		free(rel[i]);
+	}
+	return ok;
+}
+
 config_rc
 config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 {
 	enum { OPT_BASE = 256 };
-	struct option longopts[S_COUNT + 8];
+	struct option longopts[S_COUNT + 10];
 	char shortopts[64] = "+c:X:vVh";
 	layer cli = {0}, file = {0};
 	const char *config_path = NULL;
@@ -282,6 +700,8 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	}
 	longopts[n++] = (struct option) {"config", required_argument, NULL, 'c'};
 	longopts[n++] = (struct option) {"kafka", required_argument, NULL, 'X'};
+	longopts[n++] = (struct option) {"header", required_argument, NULL, 'H'};
+	longopts[n++] = (struct option) {"table-option", required_argument, NULL, 'T'};
 	longopts[n++] = (struct option) {"verbose", no_argument, NULL, 'v'};
 	longopts[n++] = (struct option) {"version", no_argument, NULL, 'V'};
 	longopts[n++] = (struct option) {"help", no_argument, NULL, 'h'};
@@ -318,6 +738,20 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 				goto nomem;
 			break;
 		}
+		case 'H': {
+			const char *eq = strchr(optarg, '=');
+			if (eq == NULL || eq == optarg) {
+				snprintf(errbuf, errlen, "--header expects NAME=COLUMN, got \"%s\"", optarg);
+				goto out;
+			}
+			if (!layer_add_header(&cli, optarg, (size_t) (eq - optarg), eq + 1))
+				goto nomem;
+			break;
+		}
+		case 'T':
+			if (!layer_add_override(&cli, optarg, NULL, errbuf, errlen))
+				goto out;
+			break;
 		case 'v':
 			if (!layer_set(&cli, S_LOG_LEVEL, "debug"))
 				goto nomem;
@@ -386,13 +820,33 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 		snprintf(errbuf, errlen, "invalid endpos \"%s\": expected an LSN such as 0/16B3748", vals[S_ENDPOS]);
 		goto out;
 	}
+	if (strcmp(vals[S_ON_ERROR], "stop") == 0) {
+		cfg->on_error_dlq = false;
+	} else if (strcmp(vals[S_ON_ERROR], "dlq") == 0) {
+		cfg->on_error_dlq = true;
+	} else {
+		snprintf(errbuf, errlen, "invalid on_error \"%s\": use stop or dlq", vals[S_ON_ERROR]);
+		goto out;
+	}
+	if (!outbox_topic_valid(vals[S_DLQ_TOPIC], strlen(vals[S_DLQ_TOPIC]))) {
+		snprintf(errbuf, errlen, "invalid dlq_topic \"%s\": not a valid Kafka topic name", vals[S_DLQ_TOPIC]);
+		goto out;
+	}
 	if (!(cfg->conninfo = strdup(vals[S_CONNINFO])) ||
 	    !(cfg->brokers = strdup(vals[S_BROKERS])) ||
 	    !(cfg->slot = strdup(vals[S_SLOT])) ||
 	    !(cfg->publication = strdup(vals[S_PUBLICATION])) ||
 	    !(cfg->table = strdup(vals[S_TABLE])) ||
-	    !(cfg->topic_template = strdup(vals[S_TOPIC_TEMPLATE])))
+	    !(cfg->topic_template = strdup(vals[S_TOPIC_TEMPLATE])) ||
+	    !(cfg->messages_prefix = own(cfg, strdup(vals[S_MESSAGES_PREFIX]))) ||
+	    !(cfg->dlq_topic = own(cfg, strdup(vals[S_DLQ_TOPIC]))))
 		goto nomem;
+	if (!build_tables(cfg, vals, &file, &cli, errbuf, errlen) ||
+	    !build_mapping(cfg, &cfg->messages, vals, &file, &cli, NULL, NULL, errbuf, errlen))
+		goto out;
+	/* A message carries its own headers, not columns. */
+	cfg->messages.headers = NULL;
+	cfg->messages.nheaders = 0;
 	/* Kafka properties: file first, then command line, so the latter wins. */
 	cfg->nkafka = file.nkafka + cli.nkafka;
 	if (cfg->nkafka > 0) {
@@ -436,8 +890,16 @@ config_free(config *cfg)
 		free((char *) cfg->kafka[i].value);
 	}
 	free(cfg->kafka);
+	free(cfg->tables);
+	for (size_t i = 0; i < cfg->nowned; i++)
+		free(cfg->owned[i]);
+	free(cfg->owned);
 	cfg->conninfo = cfg->brokers = cfg->slot = cfg->publication = NULL;
 	cfg->table = cfg->topic_template = NULL;
 	cfg->kafka = NULL;
 	cfg->nkafka = 0;
+	cfg->tables = NULL;
+	cfg->ntables = 0;
+	cfg->owned = NULL;
+	cfg->nowned = 0;
 }

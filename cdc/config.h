@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "outbox.h"
 #include "sink.h"
 
 typedef struct config {
@@ -22,8 +23,20 @@ typedef struct config {
 	char       *brokers;
 	char       *slot;
 	char       *publication;
-	char       *table;
-	char       *topic_template;
+	char       *table;              /* as given: one or more comma-separated tables */
+	char       *topic_template;     /* global value (tables may override it) */
+	/* The outbox mapping: one entry per table, global settings with the
+	 * table.<schema>.<table>.<setting> overrides applied; the messages
+	 * mapping from the global settings.  Strings and arrays are owned by
+	 * the config (see owned). */
+	outbox_table *tables;
+	size_t      ntables;
+	outbox_mapping messages;
+	const char *messages_prefix;    /* "" when off */
+	bool        on_error_dlq;       /* on_error = dlq (else stop) */
+	const char *dlq_topic;
+	void      **owned;              /* everything the pointers above point into */
+	size_t      nowned;
 	int         log_level;          /* log_level enum */
 	int         shutdown_timeout_s;
 	int         status_interval_ms;

@@ -102,6 +102,20 @@ ledger_add(ledger *l, ledger_seq seq)
 }
 
 ledger_rc
+ledger_add_to(ledger *l, ledger_seq seq)
+{
+	ledger_txn *t = find(l, seq);
+
+	if (t == NULL || (t->sealed && t->outstanding == 0))
+		return LEDGER_STATE;
+	if (t->outstanding == UINT32_MAX)
+		return LEDGER_NOMEM;
+	t->outstanding++;
+	l->pending++;
+	return LEDGER_OK;
+}
+
+ledger_rc
 ledger_commit(ledger *l, ledger_lsn end_lsn)
 {
 	ledger_txn *t;

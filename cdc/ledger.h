@@ -59,6 +59,15 @@ void      ledger_free(ledger *l);
 ledger_rc ledger_begin(ledger *l, ledger_lsn commit_lsn, ledger_seq *seq);
 /* One more message of the open transaction handed to Kafka. */
 ledger_rc ledger_add(ledger *l, ledger_seq seq);
+/*
+ * One more message for transaction seq, which may be sealed already, as long
+ * as it is still in flight because one of its messages is unacknowledged.
+ * For a dead-letter copy produced from the delivery report of a refused
+ * message: add the copy first, then ack the refused one, and the transaction
+ * stays unconfirmable until the copy is acknowledged.  LEDGER_STATE when seq
+ * is not in flight or has nothing outstanding.
+ */
+ledger_rc ledger_add_to(ledger *l, ledger_seq seq);
 /* The Commit of the open transaction; end_lsn is the Commit's end LSN. */
 ledger_rc ledger_commit(ledger *l, ledger_lsn end_lsn);
 /*

@@ -56,6 +56,24 @@ typedef enum step_rc {
 	STEP_FAIL,        /* unrecoverable: stop, exit 2 */
 } step_rc;
 
+/*
+ * A message's opaque: the ledger sequence number of its transaction and
+ * which source (outbox table, logical messages, or a dead-letter copy) it
+ * came from, so that a delivery report can dead-letter it.
+ */
+#define OPAQUE_SOURCE_BITS 16
+#define SOURCE_DLQ         0xFFFFu
+#define OPAQUE(seq, src)   (((uint64_t) (seq) << OPAQUE_SOURCE_BITS) | (uint64_t) (src))
+#define OPAQUE_SEQ(op)     ((ledger_seq) ((op) >> OPAQUE_SOURCE_BITS))
+#define OPAQUE_SRC(op)     ((unsigned) ((op) & SOURCE_DLQ))
+
+/* A dead-letter copy that found Kafka's queue full; already counted in the ledger. */
+typedef struct deferred {
+	struct deferred *next;
+	sink_event      *ev;        /* owned (sink_event_dup) */
+	uint64_t         opaque;
+} deferred;
+
 typedef struct app {
 	config       cfg;
 	source      *src;
@@ -67,8 +85,9 @@ typedef struct app {
 	/* the transaction being received */
 	bool         in_txn;
 	ledger_seq   txn_seq;
-	pgo_lsn      txn_commit_lsn;
-	int64_t      txn_commit_time;
+	outbox_txn   txn;              /* commit LSN, time and xid of it */
+
+	deferred    *dlq_head, *dlq_tail;   /* dead-letter copies waiting for room */
 
 	uint64_t     received;         /* highest WAL position received (write) */
 	uint64_t     reported;         /* last flush position sent to PostgreSQL */
@@ -86,6 +105,7 @@ typedef struct app {
 	int          exit_code;
 
 	uint64_t     events, txns;     /* counters for the log */
+	uint64_t     dead_letters;
 	bool         backpressure_logged;
 	bool         busy_logged;      /* "slot busy" said once per streak */
 
@@ -119,18 +139,137 @@ begin_stop(app *a, int code)
 	a->drain_deadline_ms = now_ms() + (int64_t) a->cfg.shutdown_timeout_s * 1000;
 }
 
+/* Queue a dead-letter copy that Kafka's queue had no room for. */
+static bool
+defer_dead_letter(app *a, const sink_event *ev, uint64_t opaque)
+{
+	deferred *d = malloc(sizeof(*d));
+
+	if (d == NULL || (d->ev = sink_event_dup(ev)) == NULL) {
+		free(d);
+		return false;
+	}
+	d->next = NULL;
+	d->opaque = opaque;
+	if (a->dlq_tail)
+		a->dlq_tail->next = d;
+	else
+		a->dlq_head = d;
+	a->dlq_tail = d;
+	return true;
+}
+
+/* Produce the dead-letter copies that waited for room; false on a hard failure. */
+static bool
+flush_deferred(app *a)
+{
+	char err[512];
+
+	while (a->dlq_head != NULL) {
+		deferred *d = a->dlq_head;
+
+		switch (sink_produce(a->snk, d->ev, d->opaque, err, sizeof(err))) {
+		case SINK_OK:
+			break;
+		case SINK_FULL:
+		case SINK_FATAL:   /* a rebuilt producer starts afresh without them */
+			return true;
+		case SINK_FAILED:
+			log_msg(LOG_ERROR, "could not produce to dead-letter topic \"%s\": %s",
+			        a->cfg.dlq_topic, err);
+			return false;
+		}
+		a->dlq_head = d->next;
+		if (a->dlq_head == NULL)
+			a->dlq_tail = NULL;
+		free(d->ev);
+		free(d);
+	}
+	return true;
+}
+
+static void
+free_deferred(app *a)
+{
+	while (a->dlq_head != NULL) {
+		deferred *d = a->dlq_head;
+		a->dlq_head = d->next;
+		free(d->ev);
+		free(d);
+	}
+	a->dlq_tail = NULL;
+}
+
+/*
+ * Kafka refused a message for good and on_error = dlq: produce its
+ * dead-letter copy from here (the report still holds the original key, value
+ * and headers).  The copy joins the same transaction in the ledger before
+ * the refused message is acked, so the transaction is confirmed only once
+ * the copy is acknowledged.  False when that cannot be done.
+ */
+static bool
+dead_letter_refused(app *a, ledger_seq seq, unsigned src, const sink_report *rep)
+{
+	const ledger_txn *t = ledger_get(&a->led, seq);
+	sink_event ev;
+	outbox_dlq_buf buf;
+	char err[512];
+	const char *name;
+	bool is_message;
+
+	if (t == NULL || src == SOURCE_DLQ || src >= outbox_sources(a->ob))
+		return false;
+	memset(&ev, 0, sizeof(ev));
+	ev.key = rep->key;
+	ev.key_len = rep->key_len;
+	ev.value = rep->value;
+	ev.value_len = rep->value_len;
+	ev.timestamp_ms = rep->timestamp_ms;
+	ev.nheaders = rep->nheaders;
+	memcpy(ev.headers, rep->headers, rep->nheaders * sizeof(ev.headers[0]));
+	name = outbox_source_name(a->ob, src, &is_message);
+	outbox_dead_letter(&ev, a->cfg.dlq_topic, rep->error, rep->topic, t->commit_lsn,
+	                   is_message, name, &buf);
+	if (ledger_add_to(&a->led, seq) != LEDGER_OK)
+		return false;
+	switch (sink_produce(a->snk, &ev, OPAQUE(seq, SOURCE_DLQ), err, sizeof(err))) {
+	case SINK_OK:
+		break;
+	case SINK_FULL:
+	case SINK_FATAL:
+		if (!defer_dead_letter(a, &ev, OPAQUE(seq, SOURCE_DLQ))) {
+			log_msg(LOG_ERROR, "out of memory keeping a dead-letter copy");
+			return false;
+		}
+		break;
+	case SINK_FAILED:
+		log_msg(LOG_ERROR, "could not produce to dead-letter topic \"%s\": %s",
+		        a->cfg.dlq_topic, err);
+		return false;
+	}
+	log_msg(LOG_WARNING, "event %.*s of transaction at " LSN_FMT " sent to dead-letter topic "
+	        "\"%s\": Kafka refused it for topic \"%s\": %s",
+	        (int) rep->id_len, rep->id ? (const char *) rep->id : "(unknown)",
+	        LSN_ARGS(t->commit_lsn), a->cfg.dlq_topic, rep->topic, rep->error);
+	a->dead_letters++;
+	return true;
+}
+
 /* Kafka's verdict on one message: the seam between sink and ledger. */
 static void
-on_delivery(void *ctx, uint64_t seq, const sink_report *rep)
+on_delivery(void *ctx, uint64_t opaque, const sink_report *rep)
 {
 	app *a = ctx;
+	ledger_seq seq = OPAQUE_SEQ(opaque);
+	unsigned src = OPAQUE_SRC(opaque);
 	const ledger_txn *t;
 
 	if (a->discard_reports)
 		return;
 	if (!rep->ok && sink_fatal(a->snk, NULL, 0))
 		return;    /* the producer is being rebuilt; the slot still has it */
-	if (rep->ok) {
+	if (rep->ok || (rep->permanent && a->cfg.on_error_dlq && src != SOURCE_DLQ &&
+	                dead_letter_refused(a, seq, src, rep))) {
 		if (ledger_ack(&a->led, seq) != LEDGER_OK)
 			log_msg(LOG_WARNING, "delivery report for unknown transaction %" PRIu64, seq);
 		return;
@@ -140,7 +279,8 @@ on_delivery(void *ctx, uint64_t seq, const sink_report *rep)
 	t = ledger_get(&a->led, seq);
 	log_detail(LOG_ERROR,
 	           "pgoutbox stops without confirming past this transaction; fix the cause and restart",
-	           "Kafka did not accept event %.*s for topic \"%s\" (transaction at " LSN_FMT "): %s%s",
+	           "Kafka did not accept %sevent %.*s for topic \"%s\" (transaction at " LSN_FMT "): %s%s",
+	           src == SOURCE_DLQ ? "the dead-letter copy of " : "",
 	           (int) rep->id_len, rep->id ? (const char *) rep->id : "(unknown)", rep->topic,
 	           LSN_ARGS(t ? t->commit_lsn : 0), rep->error,
 	           rep->permanent ? "" : " (gave up retrying)");
@@ -188,31 +328,55 @@ unexpected(app *a, const pgo_copydata *cd, const pgo_msg *m, const char *what)
 	return STEP_FAIL;
 }
 
+/*
+ * Hand one mapped (or unmappable) outbox event to Kafka.  An unmappable one
+ * stops pgoutbox (on_error = stop) or goes to the dead-letter topic
+ * (on_error = dlq).  No side effect when it returns STEP_FULL.
+ */
 static step_rc
-handle_insert(app *a, const pgo_msg *m)
+publish(app *a, outbox_rc orc, sink_event *ev, unsigned src, const char *why)
 {
-	sink_event ev;
 	char err[512];
-	outbox_rc orc;
+	const char *name;
+	bool is_message;
+	outbox_dlq_buf buf;
+	uint64_t opaque = OPAQUE(a->txn_seq, src);
+	int id_len = ev->nheaders ? (int) ev->headers[0].len : 9;
+	const char *id = ev->nheaders ? (const char *) ev->headers[0].value : "(unknown)";
 
-	orc = outbox_map_insert(a->ob, m->u.insert.rel, &m->u.insert.newtup,
-	                        a->txn_commit_time, &ev, err, sizeof(err));
-	if (orc == OUTBOX_IGNORE)
+	switch (orc) {
+	case OUTBOX_IGNORE:
 		return STEP_OK;
+	case OUTBOX_NOMEM:
+		log_msg(LOG_ERROR, "%s", why);
+		return STEP_FAIL;
+	case OUTBOX_EVENT:
+		break;
+	case OUTBOX_UNMAPPABLE:
+		/* The id header, when readable, is the first one. */
+		if (ev->nheaders == 0 || strcmp(ev->headers[0].name, "id") != 0) {
+			id_len = 9;
+			id = "(unknown)";
+		}
+		name = outbox_source_name(a->ob, src, &is_message);
+		if (!a->cfg.on_error_dlq) {
+			log_detail(LOG_ERROR,
+			           "pgoutbox stops without confirming past this transaction; fix the event or the mapping and restart, or set on_error = dlq",
+			           "cannot map event %.*s of transaction at " LSN_FMT " (%s %s): %s",
+			           id_len, id, LSN_ARGS(a->txn.commit_lsn),
+			           is_message ? "logical message prefix" : "table", name, why);
+			return STEP_FAIL;
+		}
+		outbox_dead_letter(ev, a->cfg.dlq_topic, why, ev->topic, a->txn.commit_lsn,
+		                   is_message, name, &buf);
+		opaque = OPAQUE(a->txn_seq, SOURCE_DLQ);
+		break;
+	}
 	if (!a->in_txn) {
-		log_msg(LOG_ERROR, "insert outside a transaction in the replication stream");
+		log_msg(LOG_ERROR, "outbox event outside a transaction in the replication stream");
 		return STEP_FAIL;
 	}
-	if (orc == OUTBOX_UNMAPPABLE) {
-		log_detail(LOG_ERROR,
-		           "pgoutbox stops without confirming past this transaction; fix the row's table or the mapping and restart",
-		           "cannot map event %.*s of transaction at " LSN_FMT ": %s",
-		           ev.nheaders ? (int) ev.headers[0].len : 9,
-		           ev.nheaders ? (const char *) ev.headers[0].value : "(unknown)",
-		           LSN_ARGS(a->txn_commit_lsn), err);
-		return STEP_FAIL;
-	}
-	switch (sink_produce(a->snk, &ev, a->txn_seq, err, sizeof(err))) {
+	switch (sink_produce(a->snk, ev, opaque, err, sizeof(err))) {
 	case SINK_OK:
 		break;
 	case SINK_FULL:
@@ -220,18 +384,53 @@ handle_insert(app *a, const pgo_msg *m)
 		return STEP_FULL;
 	case SINK_FAILED:
 		log_msg(LOG_ERROR, "could not produce event %.*s of transaction at " LSN_FMT ": %s",
-		        (int) ev.headers[0].len, (const char *) ev.headers[0].value,
-		        LSN_ARGS(a->txn_commit_lsn), err);
+		        id_len, id, LSN_ARGS(a->txn.commit_lsn), err);
 		return STEP_FAIL;
 	}
 	if (ledger_add(&a->led, a->txn_seq) != LEDGER_OK) {
 		log_msg(LOG_ERROR, "internal error: could not record an in-flight message");
 		return STEP_FAIL;
 	}
-	a->events++;
-	if (a->test_fatal_after && a->events == a->test_fatal_after)
-		sink_test_fatal(a->snk);
+	if (orc == OUTBOX_UNMAPPABLE) {
+		log_msg(LOG_WARNING, "event %.*s of transaction at " LSN_FMT " sent to dead-letter topic "
+		        "\"%s\": %s", id_len, id, LSN_ARGS(a->txn.commit_lsn), a->cfg.dlq_topic, why);
+		a->dead_letters++;
+	} else {
+		a->events++;
+		if (a->test_fatal_after && a->events == a->test_fatal_after)
+			sink_test_fatal(a->snk);
+	}
 	return STEP_OK;
+}
+
+static step_rc
+handle_insert(app *a, const pgo_msg *m)
+{
+	sink_event ev;
+	char err[512];
+	unsigned src = 0;
+	outbox_rc orc;
+
+	orc = outbox_map_insert(a->ob, m->u.insert.rel, &m->u.insert.newtup, &a->txn, &ev, &src,
+	                        err, sizeof(err));
+	return publish(a, orc, &ev, src, err);
+}
+
+static step_rc
+handle_message(app *a, const pgo_msg *m)
+{
+	sink_event ev;
+	char err[512];
+	unsigned src = 0;
+	outbox_rc orc;
+
+	/* Transactional messages come between Begin and Commit; others are
+	 * sent at once, whether or not their transaction commits: never events. */
+	if (!(m->u.message.flags & PGO_MESSAGE_TRANSACTIONAL) || !a->in_txn)
+		return STEP_OK;
+	orc = outbox_map_message(a->ob, m->u.message.flags, m->u.message.prefix,
+	                         m->u.message.content, &a->txn, &ev, &src, err, sizeof(err));
+	return publish(a, orc, &ev, src, err);
 }
 
 /*
@@ -275,8 +474,9 @@ step(app *a, const uint8_t *buf, size_t len)
 			return STEP_FAIL;
 		}
 		a->in_txn = true;
-		a->txn_commit_lsn = m.u.begin.final_lsn;
-		a->txn_commit_time = m.u.begin.commit_time;
+		a->txn.commit_lsn = m.u.begin.final_lsn;
+		a->txn.commit_time = m.u.begin.commit_time;
+		a->txn.xid = m.u.begin.xid;
 		break;
 	case PGO_MSG_COMMIT:
 		if (!a->in_txn || ledger_commit(&a->led, m.u.commit.end_lsn) != LEDGER_OK) {
@@ -292,6 +492,20 @@ step(app *a, const uint8_t *buf, size_t len)
 			return rc;
 		break;
 	}
+	case PGO_MSG_MESSAGE: {
+		step_rc rc = handle_message(a, &m);
+		if (rc != STEP_OK)
+			return rc;
+		break;
+	}
+	case PGO_MSG_RELATION:
+		/* Resolve the outbox mapping's column indexes once per Relation. */
+		if (!outbox_relation(a->ob, m.u.relation.rel)) {
+			log_msg(LOG_ERROR, "out of memory resolving relation %s.%s",
+			        m.u.relation.rel->nspname, m.u.relation.rel->relname);
+			return STEP_FAIL;
+		}
+		break;
 	case PGO_MSG_STREAM_START:
 	case PGO_MSG_STREAM_STOP:
 	case PGO_MSG_STREAM_COMMIT:
@@ -304,9 +518,8 @@ step(app *a, const uint8_t *buf, size_t len)
 	case PGO_MSG_ROLLBACK_PREPARED:
 		return unexpected(a, &cd, &m, "two-phase decoding");
 	default:
-		/* Relation and Type messages feed the decoder's cache; Origin,
-		 * updates, deletes, truncates and logical decoding messages are
-		 * not outbox events. */
+		/* Type messages feed the decoder's cache; Origin, updates,
+		 * deletes and truncates are not outbox events. */
 		break;
 	}
 	if (cd.wal_start > a->received)
@@ -347,7 +560,8 @@ try_connect(app *a)
 		 * the protocol version this server speaks. */
 		pgo_decoder_free(a->dec);
 		a->dec = pgo_decoder_new(source_proto_version(a->src));
-		if (a->dec == NULL) {
+		outbox_forget_relations(a->ob);
+		if (a->dec == NULL || !outbox_set_database(a->ob, source_database(a->src))) {
 			log_msg(LOG_ERROR, "out of memory");
 			source_close(a->src);
 			begin_stop(a, 2);
@@ -493,6 +707,7 @@ rebuild_producer(app *a, const char *cause)
 		a->held = NULL;
 	}
 	a->in_txn = false;
+	free_deferred(a);          /* dead-letter copies of the old stream */
 	a->backpressure_logged = false;
 	a->discard_reports = true;
 	sink_free(a->snk);
@@ -535,10 +750,12 @@ run(app *a)
 			rebuild_producer(a, err);
 		if (a->snk == NULL)
 			break;
+		if (a->dlq_head != NULL && !flush_deferred(a))
+			begin_stop(a, 2);
 
 		if (!a->stopping && !source_connected(a->src) && now >= a->next_connect_ms)
 			try_connect(a);
-		if (!a->stopping && source_connected(a->src))
+		if (!a->stopping && source_connected(a->src) && a->dlq_head == NULL)
 			read_stream(a);
 
 		sink_serve(a->snk);
@@ -576,7 +793,7 @@ run(app *a)
 		} else if (!a->stopping && a->next_connect_ms - now < timeout) {
 			timeout = a->next_connect_ms - now;
 		}
-		if (a->held != NULL && timeout > BACKPRESSURE_POLL_MS)
+		if ((a->held != NULL || a->dlq_head != NULL) && timeout > BACKPRESSURE_POLL_MS)
 			timeout = BACKPRESSURE_POLL_MS;
 		if (timeout < 0)
 			timeout = 0;
@@ -616,7 +833,8 @@ run(app *a)
 		}
 	}
 	log_msg(LOG_INFO, "stopped: %" PRIu64 " events in %" PRIu64 " transactions published, "
-	        "confirmed " LSN_FMT, a->events, a->txns, LSN_ARGS(ledger_confirmable(&a->led)));
+	        "%" PRIu64 " sent to the dead-letter topic, confirmed " LSN_FMT, a->events, a->txns,
+	        a->dead_letters, LSN_ARGS(ledger_confirmable(&a->led)));
 	return a->exit_code;
 }
 
@@ -658,9 +876,8 @@ main(int argc, char **argv)
 			.publication = a.cfg.publication, .proto_version = 0,
 		};
 		outbox_config oc = {
-			.table = a.cfg.table, .topic_template = a.cfg.topic_template,
-			.col_id = "id", .col_key = "aggregateid", .col_type = "type",
-			.col_payload = "payload",
+			.tables = a.cfg.tables, .ntables = a.cfg.ntables,
+			.messages_prefix = a.cfg.messages_prefix, .messages = a.cfg.messages,
 		};
 
 		if ((a.ob = outbox_new(&oc, err, sizeof(err))) == NULL ||
@@ -685,6 +902,7 @@ main(int argc, char **argv)
 out:
 	if (a.held)
 		source_release(a.held);
+	free_deferred(&a);
 	source_free(a.src);
 	sink_free(a.snk);
 	outbox_free(a.ob);

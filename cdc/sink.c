@@ -68,10 +68,23 @@ dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 		rep.permanent = permanent_error(m->err);
 		rep.error = rd_kafka_err2str(m->err);
 		rep.topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "";
-		if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-		    rd_kafka_header_get_last(hdrs, "id", &id, &id_len) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-			rep.id = id;
-			rep.id_len = id_len;
+		rep.key = m->key;
+		rep.key_len = m->key_len;
+		rep.value = m->payload;
+		rep.value_len = m->len;
+		rep.timestamp_ms = rd_kafka_message_timestamp(m, NULL);
+		if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+			const char *name;
+			const void *val;
+			size_t len;
+
+			if (rd_kafka_header_get_last(hdrs, "id", &id, &id_len) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+				rep.id = id;
+				rep.id_len = id_len;
+			}
+			for (size_t i = 0; rep.nheaders < SINK_MAX_HEADERS &&
+			     rd_kafka_header_get_all(hdrs, i, &name, &val, &len) == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+				rep.headers[rep.nheaders++] = (sink_header) {name, val, len};
 		}
 	}
 	s->cb(s->ctx, (uint64_t) (uintptr_t) m->_private, &rep);
@@ -273,6 +286,34 @@ sink_produce(sink *s, const sink_event *ev, uint64_t opaque, char *errbuf, size_
 	}
 	snprintf(errbuf, errlen, "%s", rd_kafka_err2str(err));
 	return SINK_FAILED;
+}
+
+sink_event *
+sink_event_dup(const sink_event *ev)
+{
+	size_t need = sizeof(*ev) + strlen(ev->topic) + 1 + ev->key_len + ev->value_len;
+	sink_event *copy;
+	char *p;
+
+	for (size_t i = 0; i < ev->nheaders; i++)
+		need += strlen(ev->headers[i].name) + 1 + ev->headers[i].len;
+	if ((copy = malloc(need)) == NULL)
+		return NULL;
+	*copy = *ev;
+	p = (char *) (copy + 1);
+#define DUP(dst, src, n) do { if ((n) > 0) memcpy(p, (src), (n)); (dst) = p; p += (n); } while (0)
+	DUP(copy->topic, ev->topic, strlen(ev->topic) + 1);
+	if (ev->key != NULL)
+		DUP(copy->key, ev->key, ev->key_len);
+	if (ev->value != NULL)
+		DUP(copy->value, ev->value, ev->value_len);
+	for (size_t i = 0; i < ev->nheaders; i++) {
+		DUP(copy->headers[i].name, ev->headers[i].name, strlen(ev->headers[i].name) + 1);
+		if (ev->headers[i].value != NULL)
+			DUP(copy->headers[i].value, ev->headers[i].value, ev->headers[i].len);
+	}
+#undef DUP
+	return copy;
 }
 
 void

@@ -27,7 +27,13 @@ typedef struct sink_header {
 	size_t      len;
 } sink_header;
 
-#define SINK_MAX_HEADERS 8
+/*
+ * Headers one message may carry: the contract's id and type, the six of
+ * CloudEvents binary mode, up to OUTBOX_MAX_EXTRA_HEADERS mapped ones and
+ * the four a dead-letter copy adds.  A fixed bound keeps sink_event free of
+ * allocations; the configuration is checked against it at load time.
+ */
+#define SINK_MAX_HEADERS 32
 
 typedef struct sink_event {
 	const char *topic;         /* NUL-terminated */
@@ -40,7 +46,12 @@ typedef struct sink_event {
 	sink_header headers[SINK_MAX_HEADERS];
 } sink_event;
 
-/* What a delivery report says. */
+/*
+ * What a delivery report says.  When !ok, the refused message itself is
+ * described too (key, value, headers), so that the caller can produce a
+ * dead-letter copy from inside the callback.  Every pointer is a view into
+ * librdkafka's message, valid only until the callback returns.
+ */
 typedef struct sink_report {
 	bool        ok;
 	bool        permanent;     /* !ok: the broker refuses this message for good */
@@ -48,6 +59,13 @@ typedef struct sink_report {
 	const char *topic;
 	const void *id;            /* value of the "id" header, when present */
 	size_t      id_len;
+	const void *key;           /* !ok: the message's key (NULL: none) */
+	size_t      key_len;
+	const void *value;         /* !ok: its value (NULL: tombstone) */
+	size_t      value_len;
+	int64_t     timestamp_ms;
+	size_t      nheaders;      /* !ok: its headers, at most SINK_MAX_HEADERS */
+	sink_header headers[SINK_MAX_HEADERS];
 } sink_report;
 
 typedef void (*sink_delivery_fn)(void *ctx, uint64_t opaque, const sink_report *rep);
@@ -76,9 +94,20 @@ void  sink_free(sink *s);
 /* File descriptor that becomes readable when reports or errors wait. */
 int   sink_fd(const sink *s);
 
-/* Hand one event to librdkafka (it copies everything). */
+/*
+ * Hand one event to librdkafka (it copies everything).  May be called from
+ * inside the delivery callback (to produce a dead-letter copy); it never
+ * blocks and never serves callbacks itself.
+ */
 sink_rc sink_produce(sink *s, const sink_event *ev, uint64_t opaque,
                      char *errbuf, size_t errlen);
+
+/*
+ * A deep copy of ev in one allocation (topic, key, value, header names and
+ * values), for an event that must outlive the views it was built from; free
+ * it with free().  NULL when out of memory.
+ */
+sink_event *sink_event_dup(const sink_event *ev);
 
 /* Serve delivery reports and errors that wait; never blocks. */
 void  sink_serve(sink *s);

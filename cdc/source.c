@@ -276,6 +276,14 @@ source_proto_version(const source *s)
 	return s->proto_running;
 }
 
+const char *
+source_database(const source *s)
+{
+	const char *db = s->conn ? PQdb(s->conn) : NULL;
+
+	return db ? db : "";
+}
+
 source_rc
 source_start(source *s, char *errbuf, size_t errlen)
 {

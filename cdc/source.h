@@ -40,6 +40,8 @@ void    source_free(source *s);
 source_rc source_start(source *s, char *errbuf, size_t errlen);
 /* The pgoutput protocol version of the running stream (valid after start). */
 int       source_proto_version(const source *s);
+/* The database of the running stream (valid after start), e.g. for CloudEvents sources. */
+const char *source_database(const source *s);
 void      source_close(source *s);
 bool      source_connected(const source *s);
 

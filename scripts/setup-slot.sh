@@ -3,7 +3,8 @@
 # settings and privileges pgoutbox needs, then create the publication
 # (FOR TABLE <table> WITH (publish = 'insert')) and the logical replication
 # slot (plugin pgoutput). --create-table also creates the default outbox table;
-# --drop removes slot and publication (never the table).
+# --create-emit-function installs outbox_emit() (scripts/outbox_emit.sql) for the
+# table-less outbox; --drop removes slot and publication (never the table).
 #
 # Idempotent: a second run changes nothing and exits 0. Every failed check says
 # what to change and makes the script exit 1. The connection string is never
@@ -15,7 +16,8 @@ PSQL=${PSQL:-psql}
 usage() {
 	cat <<'EOF'
 usage: scripts/setup-slot.sh -d CONNINFO [--table public.outbox] [--publication pgoutbox]
-                             [--slot pgoutbox] [--create-table] [--drop]
+                             [--slot pgoutbox] [--create-table] [--create-emit-function]
+                             [--drop]
 
 Prepare a PostgreSQL database for pgoutbox: check wal_level, free replication
 slots and WAL senders, the role's REPLICATION attribute and its SELECT
@@ -30,6 +32,9 @@ nothing.
   --slot NAME             logical replication slot to create or check
                           (default pgoutbox)
   --create-table          create the default outbox table (and its schema) if missing
+  --create-emit-function  install outbox_emit(aggregatetype, aggregateid, type,
+                          payload [, headers [, prefix]]) from outbox_emit.sql,
+                          for events sent as logical messages (messages_prefix)
   --drop                  drop the slot and the publication instead (never the table)
   -h, --help              show this help
 
@@ -50,7 +55,7 @@ usage_error() {
 # --------------------------------------------------------------- arguments
 
 conninfo='' table_arg=public.outbox publication=pgoutbox slot=pgoutbox
-create_table=0 drop=0
+create_table=0 drop=0 create_emit=0
 
 need_value() { # need_value OPTION ARGC
 	[[ $2 -ge 2 ]] || usage_error "option $1 needs a value"
@@ -84,6 +89,7 @@ while [[ $# -gt 0 ]]; do
 		;;
 	--slot=*) slot=${1#*=} ;;
 	--create-table) create_table=1 ;;
+	--create-emit-function) create_emit=1 ;;
 	--drop) drop=1 ;;
 	-h | --help)
 		usage
@@ -96,6 +102,9 @@ done
 
 [[ -n $conninfo ]] || usage_error "missing -d CONNINFO"
 [[ $drop == 0 || $create_table == 0 ]] || usage_error "--drop and --create-table cannot be combined"
+[[ $drop == 0 || $create_emit == 0 ]] || usage_error "--drop and --create-emit-function cannot be combined"
+emit_sql=$(dirname "${BASH_SOURCE[0]}")/outbox_emit.sql
+[[ $create_emit == 0 || -r $emit_sql ]] || usage_error "--create-emit-function: cannot read $emit_sql"
 [[ -n $table_arg ]] || usage_error "--table must not be empty"
 [[ $slot =~ ^[a-z0-9_]{1,63}$ ]] ||
 	usage_error "invalid slot name '$slot': use 1 to 63 lower-case letters, digits and underscores"
@@ -422,6 +431,12 @@ else
 	lsn=$(run_sql <<<"SELECT lsn FROM pg_create_logical_replication_slot(:'slot', 'pgoutput');") ||
 		fail_sql "could not create replication slot $slot"
 	msg "created logical replication slot $slot (plugin pgoutput) at $lsn"
+fi
+
+if [[ $create_emit == 1 ]]; then
+	run_sql >/dev/null <"$emit_sql" ||
+		fail_sql "could not create function outbox_emit()" "the role needs CREATE on a schema in its search_path"
+	msg "created or replaced function outbox_emit() (use with pgoutbox's messages_prefix)"
 fi
 
 msg "ready: run pgoutbox with --slot $slot --publication $(printf %q "$publication")"

@@ -292,6 +292,39 @@ test_random_model(void)
 	free(m);
 }
 
+/* A dead-letter copy added from the delivery report of a refused message. */
+static void
+test_add_to_sealed(void)
+{
+	ledger l;
+	ledger_seq s1, s2;
+
+	ledger_init(&l, 0);
+	ledger_begin(&l, 10, &s1);
+	ledger_add(&l, s1);
+	ledger_commit(&l, 20);
+	ledger_begin(&l, 30, &s2);
+	ledger_add(&l, s2);
+	ledger_commit(&l, 40);
+	CHECK(ledger_add(&l, s1) == LEDGER_STATE);      /* sealed: ledger_add refuses */
+	CHECK(ledger_add_to(&l, s1) == LEDGER_OK);      /* the copy, before the refused one's ack */
+	CHECK(ledger_ack(&l, s1) == LEDGER_OK);         /* the refused message is done */
+	CHECK(ledger_ack(&l, s2) == LEDGER_OK);
+	CHECK(ledger_pending(&l) == 1);
+	CHECK(ledger_confirmable(&l) == 0);             /* the copy is still out */
+	CHECK(ledger_ack(&l, s1) == LEDGER_OK);
+	CHECK(ledger_confirmable(&l) == 40);
+	CHECK(ledger_add_to(&l, s1) == LEDGER_STATE);   /* retired */
+	/* sealed with nothing outstanding may be retired any moment: refused */
+	ledger_begin(&l, 50, &s1);
+	ledger_commit(&l, 60);
+	CHECK(ledger_add_to(&l, s1) == LEDGER_STATE);
+	/* open: allowed, like ledger_add */
+	ledger_begin(&l, 70, &s2);
+	CHECK(ledger_add_to(&l, s2) == LEDGER_OK);
+	ledger_free(&l);
+}
+
 int
 main(void)
 {
@@ -303,6 +336,7 @@ main(void)
 	test_abandon();
 	test_reset();
 	test_misuse();
+	test_add_to_sealed();
 	test_random_model();
 	printf("ledger: %d passed, %d failed\n", passed, failed);
 	return failed ? 1 : 0;
