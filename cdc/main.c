@@ -822,15 +822,12 @@ run(app *a)
 	if (a->snk != NULL)
 		sink_serve(a->snk);
 	if (source_connected(a->src)) {
-		int64_t deadline = now_ms() + 2000;
-
+		/* End the COPY and wait (bounded) for the server to end it too: it
+		 * answers only after processing our last status update, so the
+		 * slot shows the confirmed position once pgoutbox has exited. */
 		send_status(a, now_ms(), false);
-		while (source_connected(a->src) && source_wants_write(a->src) && now_ms() < deadline) {
-			struct pollfd p = {.fd = source_fd(a->src), .events = POLLOUT};
-			poll(&p, 1, 100);
-			if (source_flush(a->src, err, sizeof(err)) == SOURCE_LOST)
-				break;
-		}
+		if (source_finish(a->src, 5000, err, sizeof(err)) != SOURCE_OK)
+			log_msg(LOG_WARNING, "could not end replication cleanly: %s", err);
 	}
 	log_msg(LOG_INFO, "stopped: %" PRIu64 " events in %" PRIu64 " transactions published, "
 	        "%" PRIu64 " sent to the dead-letter topic, confirmed " LSN_FMT, a->events, a->txns,

@@ -10,6 +10,7 @@
 #include "log.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -491,4 +492,88 @@ source_flush(source *s, char *errbuf, size_t errlen)
 	set_error(s, errbuf, errlen, "could not send data: ", PQerrorMessage(s->conn));
 	source_close(s);
 	return SOURCE_LOST;
+}
+
+static int64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wait until the socket is ready or the deadline passes; false on timeout. */
+static bool
+wait_socket(source *s, int64_t deadline)
+{
+	struct pollfd p = {.fd = PQsocket(s->conn), .events = POLLIN};
+	int64_t left = deadline - mono_ms();
+
+	if (left <= 0)
+		return false;
+	if (s->want_write)
+		p.events |= POLLOUT;
+	return poll(&p, 1, (int) left) > 0 || left > 0;
+}
+
+source_rc
+source_finish(source *s, int timeout_ms, char *errbuf, size_t errlen)
+{
+	int64_t deadline = mono_ms() + timeout_ms;
+	source_rc rc = SOURCE_OK;
+	char *buf;
+	int r;
+
+	if (!source_connected(s))
+		return SOURCE_LOST;
+	if (PQputCopyEnd(s->conn, NULL) < 0) {
+		set_error(s, errbuf, errlen, "could not end COPY: ", PQerrorMessage(s->conn));
+		rc = SOURCE_LOST;
+		goto out;
+	}
+	/* Data still in flight from the server is read and dropped until its
+	 * CopyDone arrives (PQgetCopyData returns -1). */
+	for (;;) {
+		if (source_flush(s, errbuf, errlen) == SOURCE_LOST)
+			return SOURCE_LOST;   /* closed by source_flush */
+		r = PQgetCopyData(s->conn, &buf, 1);
+		if (r > 0) {
+			PQfreemem(buf);
+			continue;
+		}
+		if (r == -1)
+			break;
+		if (r == -2) {
+			set_error(s, errbuf, errlen, "could not end COPY: ", PQerrorMessage(s->conn));
+			rc = SOURCE_LOST;
+			goto out;
+		}
+		if (mono_ms() >= deadline || !wait_socket(s, deadline)) {
+			snprintf(errbuf, errlen, "the server did not end replication within %d ms", timeout_ms);
+			rc = SOURCE_AGAIN;
+			goto out;
+		}
+		if (PQconsumeInput(s->conn) == 0) {
+			set_error(s, errbuf, errlen, "could not end COPY: ", PQerrorMessage(s->conn));
+			rc = SOURCE_LOST;
+			goto out;
+		}
+	}
+	/* Collect the command's results without blocking past the deadline. */
+	for (;;) {
+		PGresult *res;
+
+		while (PQisBusy(s->conn)) {
+			if (!wait_socket(s, deadline) || PQconsumeInput(s->conn) == 0)
+				goto out;
+		}
+		res = PQgetResult(s->conn);
+		if (res == NULL)
+			break;
+		PQclear(res);
+	}
+out:
+	source_close(s);
+	return rc;
 }

@@ -63,6 +63,13 @@ source_rc source_send_status(source *s, uint64_t written, uint64_t flushed,
 /* Push queued output; SOURCE_AGAIN while some remains. */
 source_rc source_flush(source *s, char *errbuf, size_t errlen);
 
+/*
+ * End streaming: send CopyDone and wait up to timeout_ms for the server's,
+ * which it sends after processing everything we sent before (the final
+ * status update included).  Closes the connection.
+ */
+source_rc source_finish(source *s, int timeout_ms, char *errbuf, size_t errlen);
+
 /* The password in the conninfo (or ""), for redacting error messages. */
 const char *source_secret(const source *s);
 
