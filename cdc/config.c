@@ -49,6 +49,16 @@ static const setting settings[S_COUNT] = {
 		"exit 0 once everything up to this LSN is confirmed (like pg_recvlogical --endpos)"},
 };
 
+/*
+ * Settings that SIGHUP changes in a running daemon; every other setting keeps
+ * the value it started with (a reload that changes one says so in the log).
+ * Kept apart from the rows above so that a row added elsewhere needs no new
+ * field: a setting is restart-only unless listed here.
+ */
+static const bool reloadable[S_COUNT] = {
+	[S_LOG_LEVEL] = true,
+};
+
 void
 config_usage(FILE *out)
 {
@@ -77,6 +87,12 @@ config_usage(FILE *out)
 	        "-v, --verbose", "log debug messages",
 	        "-V, --version", "print the version and exit",
 	        "-h, --help", "print this help and exit");
+	fprintf(out,
+	        "  %-34s %s\n\n", "--check",
+	        "verify PostgreSQL and Kafka, print each result, exit (0: all passed)");
+	fprintf(out,
+	        "SIGHUP re-reads the -c file and applies the settings marked reloadable in\n"
+	        "the documentation (log_level); a file with errors is logged and ignored.\n\n");
 	fprintf(out,
 	        "In the -c file the keys are the setting names (conninfo, brokers, slot,\n"
 	        "publication, table, topic_template, log_level, shutdown_timeout,\n"
@@ -258,7 +274,7 @@ config_rc
 config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 {
 	enum { OPT_BASE = 256 };
-	struct option longopts[S_COUNT + 8];
+	struct option longopts[S_COUNT + 9];
 	char shortopts[64] = "+c:X:vVh";
 	layer cli = {0}, file = {0};
 	const char *config_path = NULL;
@@ -283,10 +299,16 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	longopts[n++] = (struct option) {"help", no_argument, NULL, 'h'};
 	longopts[n++] = (struct option) {"metrics", required_argument, NULL, 'm'};
 	longopts[n++] = (struct option) {"check", no_argument, NULL, 'k'};
+	/* Hidden: the table as text, so tests can hold the docs to it. */
+	longopts[n++] = (struct option) {"list-settings", no_argument, NULL, 'L'};
 	longopts[n] = (struct option) {NULL, 0, NULL, 0};
 
 	opterr = 0;
+#ifdef __GLIBC__
+	optind = 0;     /* glibc: a full restart, as SIGHUP parses the command line again */
+#else
 	optind = 1;
+#endif
 	while ((c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
 		int idx = -1;
 
@@ -328,8 +350,11 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 			snprintf(errbuf, errlen, "--metrics is not supported by this version yet");
 			goto out;
 		case 'k':
-			snprintf(errbuf, errlen, "--check is not supported by this version yet");
-			goto out;
+			cfg->check = true;
+			break;
+		case 'L':
+			cfg->list_settings = true;
+			break;
 		case ':':
 			snprintf(errbuf, errlen, "option \"%s\" requires an argument", argv[optind - 1]);
 			goto out;
@@ -342,7 +367,7 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 		snprintf(errbuf, errlen, "unexpected argument \"%s\"", argv[optind]);
 		goto out;
 	}
-	if (cfg->show_help || cfg->show_version) {
+	if (cfg->show_help || cfg->show_version || cfg->list_settings) {
 		rc = CONFIG_EXIT;
 		goto out;
 	}
@@ -376,6 +401,12 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 		snprintf(errbuf, errlen, "invalid endpos \"%s\": expected an LSN such as 0/16B3748", vals[S_ENDPOS]);
 		goto out;
 	}
+	/* The effective text of every setting, to tell what a reload changes. */
+	if (!(cfg->values = calloc(S_COUNT, sizeof(*cfg->values))))
+		goto nomem;
+	for (int i = 0; i < S_COUNT; i++)
+		if (vals[i] != NULL && !(cfg->values[i] = strdup(vals[i])))
+			goto nomem;
 	if (!(cfg->conninfo = strdup(vals[S_CONNINFO])) ||
 	    !(cfg->brokers = strdup(vals[S_BROKERS])) ||
 	    !(cfg->slot = strdup(vals[S_SLOT])) ||
@@ -426,8 +457,87 @@ config_free(config *cfg)
 		free((char *) cfg->kafka[i].value);
 	}
 	free(cfg->kafka);
+	if (cfg->values != NULL) {
+		for (int i = 0; i < S_COUNT; i++) {
+			if (i == S_CONNINFO && cfg->values[i] != NULL)
+				memset(cfg->values[i], 0, strlen(cfg->values[i]));
+			free(cfg->values[i]);
+		}
+		free(cfg->values);
+	}
+	cfg->values = NULL;
 	cfg->conninfo = cfg->brokers = cfg->slot = cfg->publication = NULL;
 	cfg->table = cfg->topic_template = NULL;
 	cfg->kafka = NULL;
 	cfg->nkafka = 0;
+}
+
+void
+config_list_settings(FILE *out)
+{
+	for (int i = 0; i < S_COUNT; i++)
+		fprintf(out, "%s\t%s\t%s\t%s\n", settings[i].name,
+		        settings[i].def ? settings[i].def : "",
+		        reloadable[i] ? "reload" : "restart", settings[i].doc);
+}
+
+static bool
+same_text(const char *a, const char *b)
+{
+	return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static bool
+same_kafka(const config *a, const config *b)
+{
+	if (a->nkafka != b->nkafka)
+		return false;
+	for (size_t i = 0; i < a->nkafka; i++)
+		if (strcmp(a->kafka[i].name, b->kafka[i].name) != 0 ||
+		    strcmp(a->kafka[i].value, b->kafka[i].value) != 0)
+			return false;
+	return true;
+}
+
+/* Move the typed value of reloadable setting idx from next to cur. */
+static void
+take_value(config *cur, const config *next, int idx)
+{
+	switch (idx) {
+	case S_LOG_LEVEL:
+		cur->log_level = next->log_level;
+		break;
+	default:
+		break;
+	}
+}
+
+int
+config_reload(config *cur, config *next)
+{
+	int changed = 0;
+
+	for (int i = 0; i < S_COUNT; i++) {
+		char *tmp;
+
+		if (same_text(cur->values[i], next->values[i]))
+			continue;
+		if (!reloadable[i]) {
+			/* Never the value: conninfo may hold a password. */
+			log_msg(LOG_WARNING, "setting \"%s\" cannot be changed without restarting; "
+			        "keeping the running value", settings[i].name);
+			continue;
+		}
+		log_msg(LOG_INFO, "setting \"%s\" changed to \"%s\"", settings[i].name,
+		        next->values[i] ? next->values[i] : "");
+		take_value(cur, next, i);
+		tmp = cur->values[i];
+		cur->values[i] = next->values[i];
+		next->values[i] = tmp;
+		changed++;
+	}
+	if (!same_kafka(cur, next))
+		log_msg(LOG_WARNING, "Kafka properties cannot be changed without restarting; "
+		        "keeping the running ones");
+	return changed;
 }

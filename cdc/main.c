@@ -39,12 +39,20 @@
 #define BACKPRESSURE_POLL_MS 100
 
 static volatile sig_atomic_t stop_signals = 0;
+static volatile sig_atomic_t reload_requested = 0;
 
 static void
 on_stop_signal(int sig)
 {
 	(void) sig;
 	stop_signals++;
+}
+
+static void
+on_hup_signal(int sig)
+{
+	(void) sig;
+	reload_requested = 1;
 }
 
 typedef enum step_rc {
@@ -55,6 +63,8 @@ typedef enum step_rc {
 
 typedef struct app {
 	config       cfg;
+	int          argc;             /* the command line, parsed again on SIGHUP */
+	char       **argv;
 	source      *src;
 	sink        *snk;
 	outbox      *ob;
@@ -129,6 +139,36 @@ on_delivery(void *ctx, uint64_t seq, const sink_report *rep)
 	           LSN_ARGS(t ? t->commit_lsn : 0), rep->error,
 	           rep->permanent ? "" : " (message.timeout.ms expired)");
 	begin_stop(a, 2);
+}
+
+/*
+ * SIGHUP: load the command line and the -c file again.  A configuration with
+ * errors is reported and changes nothing; otherwise the reloadable settings
+ * take effect at once.
+ */
+static void
+reload_config(app *a)
+{
+	config next;
+	char err[1024];
+
+	switch (config_load(&next, a->argc, a->argv, err, sizeof(err))) {
+	case CONFIG_OK:
+		break;
+	case CONFIG_EXIT:
+		config_free(&next);
+		return;
+	case CONFIG_ERROR:
+		log_detail(LOG_ERROR, "the running configuration is kept",
+		           "could not reload the configuration: %s", err);
+		return;
+	}
+	if (config_reload(&a->cfg, &next) == 0)
+		log_msg(LOG_INFO, "configuration reloaded: no reloadable setting changed");
+	else
+		log_msg(LOG_INFO, "configuration reloaded");
+	config_free(&next);
+	log_set_level((log_level) a->cfg.log_level);
 }
 
 /* The stream broke: forget the half-received transaction and reconnect. */
@@ -417,6 +457,11 @@ run(app *a)
 			        a->cfg.shutdown_timeout_s);
 			begin_stop(a, 0);
 		}
+		if (reload_requested) {
+			reload_requested = 0;
+			log_msg(LOG_INFO, "received SIGHUP: reloading the configuration");
+			reload_config(a);
+		}
 		if (stop_signals > 1) {
 			log_msg(LOG_WARNING, "second shutdown signal: exiting without waiting for Kafka");
 			break;
@@ -514,12 +559,16 @@ main(int argc, char **argv)
 	int code;
 
 	memset(&a, 0, sizeof(a));
+	a.argc = argc;
+	a.argv = argv;
 	switch (config_load(&a.cfg, argc, argv, err, sizeof(err))) {
 	case CONFIG_OK:
 		break;
 	case CONFIG_EXIT:
 		if (a.cfg.show_help)
 			config_usage(stdout);
+		else if (a.cfg.list_settings)
+			config_list_settings(stdout);
 		else
 			printf("pgoutbox %s\n", PGOUTBOX_VERSION);
 		return 0;
@@ -528,12 +577,19 @@ main(int argc, char **argv)
 		return 1;
 	}
 	log_set_level((log_level) a.cfg.log_level);
+	if (a.cfg.check) {
+		fprintf(stderr, "pgoutbox: --check is not supported by this version yet\n");
+		config_free(&a.cfg);
+		return 1;
+	}
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_stop_signal;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = on_hup_signal;
+	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
 	code = 1;
