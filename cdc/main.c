@@ -550,6 +550,133 @@ run(app *a)
 	return a->exit_code;
 }
 
+/* --check ---------------------------------------------------------------- */
+
+#define CHECK_KAFKA_TIMEOUT_MS 5000
+#define CHECK_MAX_COLUMNS      16
+
+typedef struct check_ctx {
+	const config *cfg;
+	const char   *pg_secret;
+	int           fails, warns;
+} check_ctx;
+
+/* Print one result; whatever the libraries said, no password gets through. */
+static void
+print_check(void *ctx, check_status st, const char *check, const char *detail)
+{
+	check_ctx *c = ctx;
+	char line[2048];
+	size_t n;
+
+	/* One line per item: libpq's multi-line messages are joined. */
+	for (n = 0; *detail != '\0' && n + 1 < sizeof(line); detail++) {
+		if (*detail == '\n' || *detail == '\t' || *detail == '\r') {
+			if (n > 0 && line[n - 1] != ' ')
+				line[n++] = ' ';
+			continue;
+		}
+		line[n++] = *detail;
+	}
+	line[n] = '\0';
+	redact_secret(line, sizeof(line), c->pg_secret);
+	for (size_t i = 0; i < c->cfg->nkafka; i++)
+		if (strstr(c->cfg->kafka[i].name, "password") || strstr(c->cfg->kafka[i].name, "secret"))
+			redact_secret(line, sizeof(line), c->cfg->kafka[i].value);
+	if (st == CHECK_FAIL)
+		c->fails++;
+	else if (st == CHECK_WARN)
+		c->warns++;
+	printf("%-4s  %s: %s\n", st == CHECK_OK ? "ok" : st == CHECK_WARN ? "warn" : "FAIL",
+	       check, line);
+	fflush(stdout);
+}
+
+/*
+ * The columns the template routes by: each ${name} not listed yet, copied
+ * into buf (NUL separated) and appended to cols[0..n).  Returns the new count.
+ */
+static size_t
+template_columns(const char *tpl, char *buf, size_t buflen, const char **cols, size_t n,
+                 size_t max)
+{
+	size_t used = 0;
+	const char *p = tpl;
+
+	while (n < max && (p = strstr(p, "${")) != NULL) {
+		const char *end = strchr(p + 2, '}');
+		size_t len;
+
+		if (end == NULL)
+			break;
+		len = (size_t) (end - p - 2);
+		if (used + len + 1 > buflen)
+			break;
+		memcpy(buf + used, p + 2, len);
+		buf[used + len] = '\0';
+		p = end + 1;
+		for (size_t i = 0; i < n && buf[used] != '\0'; i++)
+			if (strcmp(cols[i], buf + used) == 0)
+				buf[used] = '\0';
+		if (buf[used] == '\0')
+			continue;
+		cols[n++] = buf + used;
+		used += len + 1;
+	}
+	return n;
+}
+
+/*
+ * --check: configuration errors exit 1, a failed check 2, all passed
+ * (warnings allowed) 0.  Blocking is fine here: nothing streams.
+ */
+static int
+run_check(const config *cfg)
+{
+	static const char *const notnull[] = {"id", "aggregateid", NULL};
+	const char *cols[CHECK_MAX_COLUMNS + 1] = {"id", "aggregateid", "type", "payload"};
+	char colbuf[1024], err[1024];
+	check_ctx c = {.cfg = cfg};
+	source_config sc = {
+		.conninfo = cfg->conninfo, .slot = cfg->slot, .publication = cfg->publication,
+	};
+	source_check_spec spec = {.table = cfg->table, .columns = cols, .notnull = notnull};
+	outbox_config oc = {
+		.table = cfg->table, .topic_template = cfg->topic_template,
+		.col_id = "id", .col_key = "aggregateid", .col_type = "type", .col_payload = "payload",
+	};
+	outbox *ob;
+	source *src;
+	size_t ncols;
+	int kafka;
+
+	/* The mapping is validated as the daemon would. */
+	if ((ob = outbox_new(&oc, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "pgoutbox: %s\n", err);
+		return 1;
+	}
+	outbox_free(ob);
+	if ((src = source_new(&sc, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "pgoutbox: %s\n", err);
+		return 1;
+	}
+	c.pg_secret = source_secret(src);
+	ncols = template_columns(cfg->topic_template, colbuf, sizeof(colbuf), cols, 4,
+	                         CHECK_MAX_COLUMNS);
+	cols[ncols] = NULL;
+	source_check(src, &spec, print_check, &c);
+	source_free(src);
+
+	kafka = sink_check(cfg->brokers, cfg->kafka, cfg->nkafka,
+	                   strstr(cfg->topic_template, "${") ? NULL : cfg->topic_template,
+	                   CHECK_KAFKA_TIMEOUT_MS, print_check, &c);
+	if (kafka < 0)
+		return 1;
+	printf("%s: %d failed, %d warning(s)\n", c.fails ? "check failed" : "all checks passed",
+	       c.fails, c.warns);
+	return c.fails ? 2 : 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -578,9 +705,9 @@ main(int argc, char **argv)
 	}
 	log_set_level((log_level) a.cfg.log_level);
 	if (a.cfg.check) {
-		fprintf(stderr, "pgoutbox: --check is not supported by this version yet\n");
+		code = run_check(&a.cfg);
 		config_free(&a.cfg);
-		return 1;
+		return code;
 	}
 
 	memset(&sa, 0, sizeof(sa));

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "check.h"
+
 typedef struct sink sink;
 
 typedef struct sink_header {
@@ -93,6 +95,18 @@ int   sink_outstanding(const sink *s);
 
 /* True once the producer hit a fatal error; errbuf gets the cause. */
 bool  sink_fatal(sink *s, char *errbuf, size_t errlen);
+
+/*
+ * --check: with a short-lived client configured like the producer (so TLS
+ * and SASL apply), ask the cluster for metadata within timeout_ms and report
+ * the brokers; then whether events' topics can come into being: when
+ * fixed_topic is set (a template without ${...}), whether it exists,
+ * otherwise the brokers' auto.create.topics.enable if DescribeConfigs shows
+ * it.  Whether the principal may write is only known when producing, and is
+ * said so.  Blocks up to about twice timeout_ms.  Returns the failed items.
+ */
+int   sink_check(const char *brokers, const sink_property *props, size_t nprops,
+                 const char *fixed_topic, int timeout_ms, check_report_fn report, void *ctx);
 
 /* librdkafka's version string. */
 const char *sink_library_version(void);

@@ -154,3 +154,22 @@ def test_sighup_invalid_file_keeps_running(outbox_db, pgoutbox, tmp_path):
     p.terminate()
     p.expect_exit(util.EXIT_OK, SHUTDOWN_TIMEOUT + 10)
     util.check_delivery(db.kafka_messages(), db.rows())
+def test_sample_keys_are_known(pgoutbox, tmp_path):
+    """Uncommenting the sample's settings gives a file pgoutbox accepts."""
+    settings = list_settings(pgoutbox)
+    lines = []
+    for line in SAMPLE.read_text().splitlines():
+        m = re.match(r"^#([a-z_][a-z0-9_.]*)\s*=\s*(.*)$", line)
+        if m and not m.group(1).startswith("kafka.") and m.group(2):
+            assert m.group(1) in settings, "sample names unknown setting %s" % m.group(1)
+            if m.group(1) not in ("conninfo", "brokers"):
+                lines.append(line[1:])
+    conf = tmp_path / "sample.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    # --check loads the file, then finds no server: exit 2 (checks failed), not 1 (bad config).
+    p = pgoutbox.run("-c", conf, "-d", "host=127.0.0.1 port=%d dbname=x connect_timeout=2"
+                     % util.free_port(), "-b", "127.0.0.1:%d" % util.free_port(), "--check",
+                     timeout=30)
+    assert p.returncode == util.EXIT_RUNTIME, p.describe()
+
+
