@@ -28,6 +28,7 @@ typedef struct config {
 	int         shutdown_timeout_s;
 	int         status_interval_ms;
 	uint64_t    endpos;             /* 0: none */
+	char       *metrics;            /* listen address, or NULL: off */
 	sink_property *kafka;           /* owned name/value strings */
 	size_t      nkafka;
 	bool        show_help;

@@ -19,6 +19,7 @@
 #include "config.h"
 #include "ledger.h"
 #include "log.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "pgoutput.h"
 #include "sink.h"
@@ -94,6 +95,11 @@ typedef struct app {
 
 	uint64_t     events, txns;     /* counters for the log */
 	bool         backpressure_logged;
+
+	metrics_stats st;              /* what /metrics shows; kept whether served or not */
+	metrics     *mx;               /* the listener, NULL when metrics are off */
+	char        *mx_addr;          /* the address mx listens on */
+	int64_t      backpressure_since_ms;   /* 0: not paused */
 } app;
 
 static int64_t
@@ -103,6 +109,46 @@ now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t
+wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Listen for metrics on addr (NULL: off), replacing the current listener.
+ * On failure the current one stays and false is returned with errbuf set.
+ */
+static bool
+metrics_listen(app *a, const char *addr, char *errbuf, size_t errlen)
+{
+	metrics *m = NULL;
+	char *copy = NULL;
+
+	if ((a->mx_addr == NULL && addr == NULL) ||
+	    (a->mx_addr != NULL && addr != NULL && strcmp(a->mx_addr, addr) == 0))
+		return true;
+	if (addr != NULL) {
+		if ((copy = strdup(addr)) == NULL) {
+			snprintf(errbuf, errlen, "out of memory");
+			return false;
+		}
+		if ((m = metrics_new(addr, PGOUTBOX_VERSION, &a->st, errbuf, errlen)) == NULL) {
+			free(copy);
+			return false;
+		}
+		log_msg(LOG_INFO, "serving metrics on http://%s/metrics", addr);
+	}
+	metrics_free(a->mx);
+	free(a->mx_addr);
+	a->mx = m;
+	a->mx_addr = copy;
+	return true;
 }
 
 /* Stop streaming; exit with code once what is in flight has drained. */
@@ -127,8 +173,13 @@ on_delivery(void *ctx, uint64_t seq, const sink_report *rep)
 	if (rep->ok) {
 		if (ledger_ack(&a->led, seq) != LEDGER_OK)
 			log_msg(LOG_WARNING, "delivery report for unknown transaction %" PRIu64, seq);
+		a->st.events++;
+		a->st.bytes += rep->bytes;
+		if (rep->timestamp_ms >= 0)
+			metrics_observe_latency(&a->st, (double) (wall_ms() - rep->timestamp_ms) / 1000.0);
 		return;
 	}
+	metrics_count_error(&a->st, rep->error_name ? rep->error_name : "UNKNOWN");
 	/* Never acknowledged: the ledger will not confirm past this transaction,
 	 * so a restart re-reads it from the slot. */
 	t = ledger_get(&a->led, seq);
@@ -169,6 +220,9 @@ reload_config(app *a)
 		log_msg(LOG_INFO, "configuration reloaded");
 	config_free(&next);
 	log_set_level((log_level) a->cfg.log_level);
+	if (!metrics_listen(a, a->cfg.metrics, err, sizeof(err)))
+		log_detail(LOG_ERROR, a->mx_addr ? "metrics stay on the previous address" : "metrics stay off",
+		           "%s", err);
 }
 
 /* The stream broke: forget the half-received transaction and reconnect. */
@@ -176,6 +230,8 @@ static void
 stream_lost(app *a, const char *why)
 {
 	log_msg(LOG_WARNING, "%s; reconnecting in %d ms", why, a->backoff_ms);
+	snprintf(a->st.health, sizeof(a->st.health), "not streaming: %s", why);
+	a->st.reconnects++;
 	source_close(a->src);
 	ledger_stream_lost(&a->led);
 	a->in_txn = false;
@@ -269,6 +325,8 @@ step(app *a, const uint8_t *buf, size_t len)
 	if (pgo_decode_copydata(buf, len, &cd, &err) != PGO_OK)
 		return protocol_error(a, NULL, "replication message", &err);
 
+	if (cd.wal_end > a->st.server_wal_end)
+		a->st.server_wal_end = cd.wal_end;
 	if (cd.kind == PGO_COPY_KEEPALIVE) {
 		if (cd.wal_end > a->received)
 			a->received = cd.wal_end;
@@ -378,10 +436,12 @@ try_connect(app *a)
 		        a->cfg.slot, a->cfg.publication, source_proto_version(a->src));
 		a->backoff_ms = BACKOFF_MIN_MS;
 		a->last_status_ms = 0;     /* report our position right away */
+		a->st.health[0] = '\0';
 		return;
 	}
 	if (rc == SOURCE_FATAL) {
 		log_msg(LOG_ERROR, "%s", err);
+		snprintf(a->st.health, sizeof(a->st.health), "stopping: %.200s", err);
 		begin_stop(a, 2);
 		return;
 	}
@@ -421,6 +481,8 @@ read_stream(app *a)
 		if (rc == STEP_FULL) {
 			a->held = buf;
 			a->held_len = len;
+			if (a->backpressure_since_ms == 0)
+				a->backpressure_since_ms = now_ms();
 			if (!a->backpressure_logged) {
 				log_msg(LOG_INFO, "Kafka's producer queue is full: pausing the replication stream");
 				a->backpressure_logged = true;
@@ -428,6 +490,10 @@ read_stream(app *a)
 			return;
 		}
 		source_release(buf);
+		if (a->backpressure_since_ms != 0) {
+			a->st.backpressure_seconds += (double) (now_ms() - a->backpressure_since_ms) / 1000.0;
+			a->backpressure_since_ms = 0;
+		}
 		if (a->backpressure_logged) {
 			log_msg(LOG_INFO, "Kafka's producer queue has room again: resuming");
 			a->backpressure_logged = false;
@@ -448,8 +514,8 @@ run(app *a)
 	for (;;) {
 		int64_t now = now_ms();
 		int64_t timeout;
-		struct pollfd pfd[2];
-		int nfds = 0;
+		struct pollfd pfd[2 + METRICS_MAX_CLIENTS + 1];
+		int nfds = 0, src_idx = -1, mx_idx = 0, mx_n = 0;
 		uint64_t confirmable;
 
 		if (stop_signals > 0 && !a->stopping) {
@@ -486,6 +552,17 @@ run(app *a)
 			log_msg(LOG_INFO, "reached end position " LSN_FMT, LSN_ARGS(a->cfg.endpos));
 			begin_stop(a, 0);
 		}
+		/* What /metrics and /healthz show. */
+		a->st.in_flight = (uint64_t) sink_outstanding(a->snk);
+		a->st.received_lsn = a->received;
+		a->st.confirmed_lsn = a->reported;
+		a->st.txns = a->txns;
+		a->st.streaming = source_connected(a->src) && !a->stopping;
+		if (a->stopping && a->st.health[0] == '\0')
+			snprintf(a->st.health, sizeof(a->st.health), "stopping");
+		else if (!a->st.streaming && a->st.health[0] == '\0')
+			snprintf(a->st.health, sizeof(a->st.health), "connecting to PostgreSQL");
+
 		if (a->stopping) {
 			if (sink_outstanding(a->snk) == 0 && ledger_pending(&a->led) == 0)
 				break;
@@ -509,6 +586,11 @@ run(app *a)
 		}
 		if (a->held != NULL && timeout > BACKPRESSURE_POLL_MS)
 			timeout = BACKPRESSURE_POLL_MS;
+		if (a->mx != NULL) {
+			int64_t due = metrics_next_deadline(a->mx);
+			if (due >= 0 && due - now < timeout)
+				timeout = due - now;
+		}
 		if (timeout < 0)
 			timeout = 0;
 
@@ -519,17 +601,25 @@ run(app *a)
 				ev |= POLLIN;
 			if (source_wants_write(a->src))
 				ev |= POLLOUT;
+			src_idx = nfds;
 			pfd[nfds++] = (struct pollfd) {.fd = source_fd(a->src), .events = ev};
+		}
+		if (a->mx != NULL) {
+			mx_idx = nfds;
+			mx_n = metrics_pollfds(a->mx, pfd + nfds, (int) (sizeof(pfd) / sizeof(pfd[0])) - nfds);
+			nfds += mx_n;
 		}
 		if (poll(pfd, (nfds_t) nfds, (int) timeout) < 0 && errno != EINTR) {
 			log_msg(LOG_ERROR, "poll failed: %s", strerror(errno));
 			begin_stop(a, 2);
 			break;
 		}
-		if (nfds > 1 && (pfd[1].revents & POLLOUT) && source_connected(a->src)) {
+		if (src_idx >= 0 && (pfd[src_idx].revents & POLLOUT) && source_connected(a->src)) {
 			if (source_flush(a->src, err, sizeof(err)) == SOURCE_LOST)
 				stream_lost(a, err);
 		}
+		if (a->mx != NULL && mx_n > 0)
+			metrics_serve(a->mx, pfd + mx_idx, mx_n, now_ms());
 	}
 
 	/* Confirm what Kafka acknowledged before leaving. */
@@ -742,6 +832,11 @@ main(int argc, char **argv)
 	ledger_init(&a.led, 0);
 	log_msg(LOG_INFO, "pgoutbox %s starting (librdkafka %s)", PGOUTBOX_VERSION,
 	        sink_library_version());
+	if (!metrics_listen(&a, a.cfg.metrics, err, sizeof(err))) {
+		log_msg(LOG_ERROR, "%s", err);
+		code = 1;
+		goto out;
+	}
 	code = run(&a);
 
 out:
@@ -752,6 +847,8 @@ out:
 	outbox_free(a.ob);
 	pgo_decoder_free(a.dec);
 	ledger_free(&a.led);
+	metrics_free(a.mx);
+	free(a.mx_addr);
 	config_free(&a.cfg);
 	return code;
 }

@@ -50,6 +50,9 @@ typedef struct sink_report {
 	const char *topic;
 	const void *id;            /* value of the "id" header, when present */
 	size_t      id_len;
+	const char *error_name;    /* !ok: librdkafka's error name, e.g. "MSG_SIZE_TOO_LARGE" */
+	size_t      bytes;         /* key + value length */
+	int64_t     timestamp_ms;  /* the message's timestamp (the commit time); -1 if none */
 } sink_report;
 
 typedef void (*sink_delivery_fn)(void *ctx, uint64_t opaque, const sink_report *rep);
