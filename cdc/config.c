@@ -25,7 +25,7 @@ typedef struct setting {
 enum {
 	S_CONNINFO, S_BROKERS, S_SLOT, S_PUBLICATION, S_TABLE, S_TOPIC_TEMPLATE,
 	S_LOG_LEVEL, S_SHUTDOWN_TIMEOUT, S_STATUS_INTERVAL, S_ENDPOS,
-	S_METRICS,
+	S_METRICS, S_LOG_FORMAT, S_STATS_INTERVAL,
 	S_COUNT
 };
 
@@ -52,6 +52,10 @@ static const setting settings[S_COUNT] = {
 		"exit 0 once everything up to this LSN is confirmed (like pg_recvlogical --endpos)"},
 	[S_METRICS] = {"metrics", "metrics", 0, "[HOST:]PORT", NULL,
 		"serve Prometheus /metrics and /healthz over HTTP (a bare port binds 127.0.0.1; default off)"},
+	[S_LOG_FORMAT] = {"log_format", "log-format", 0, "FORMAT", "text",
+		"text (PostgreSQL style) or json (one object per line: ts, level, pid, msg, detail)"},
+	[S_STATS_INTERVAL] = {"stats_interval", "stats-interval", 0, "SECONDS", "60",
+		"seconds between one-line stats summaries in the log (0: none)"},
 };
 
 /*
@@ -63,6 +67,8 @@ static const setting settings[S_COUNT] = {
 static const bool reloadable[S_COUNT] = {
 	[S_LOG_LEVEL] = true,
 	[S_METRICS] = true,
+	[S_LOG_FORMAT] = true,
+	[S_STATS_INTERVAL] = true,
 };
 
 void
@@ -98,11 +104,12 @@ config_usage(FILE *out)
 	        "verify PostgreSQL and Kafka, print each result, exit (0: all passed)");
 	fprintf(out,
 	        "SIGHUP re-reads the -c file and applies the settings marked reloadable in\n"
-	        "the documentation (log_level, metrics); a file with errors is logged and ignored.\n\n");
+	        "the documentation (log_level, log_format, stats_interval, metrics); a file with errors is logged and ignored.\n\n");
 	fprintf(out,
 	        "In the -c file the keys are the setting names (conninfo, brokers, slot,\n"
 	        "publication, table, topic_template, log_level, shutdown_timeout,\n"
-	        "status_interval, endpos, metrics) and kafka.<property> for librdkafka.\n\n"
+	        "status_interval, endpos, metrics, log_format,\n"
+	        "stats_interval) and kafka.<property> for librdkafka.\n\n"
 	        "Exit status: 0 clean stop, 1 bad configuration or usage, 2 unrecoverable\n"
 	        "runtime failure (slot or publication missing, Kafka refused an event).\n");
 }
@@ -391,6 +398,15 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 		goto out;
 	}
 	cfg->log_level = c;
+	if ((c = log_format_parse(vals[S_LOG_FORMAT])) < 0) {
+		snprintf(errbuf, errlen, "invalid log_format \"%s\": use text or json", vals[S_LOG_FORMAT]);
+		goto out;
+	}
+	cfg->log_format = c;
+	if (!parse_int(vals[S_STATS_INTERVAL], 0, 86400, &cfg->stats_interval_s)) {
+		snprintf(errbuf, errlen, "invalid stats_interval \"%s\": seconds from 0 to 86400", vals[S_STATS_INTERVAL]);
+		goto out;
+	}
 	if (!parse_int(vals[S_SHUTDOWN_TIMEOUT], 0, 86400, &cfg->shutdown_timeout_s)) {
 		snprintf(errbuf, errlen, "invalid shutdown_timeout \"%s\": seconds from 0 to 86400", vals[S_SHUTDOWN_TIMEOUT]);
 		goto out;
@@ -518,6 +534,12 @@ take_value(config *cur, config *next, int idx)
 	switch (idx) {
 	case S_LOG_LEVEL:
 		cur->log_level = next->log_level;
+		break;
+	case S_LOG_FORMAT:
+		cur->log_format = next->log_format;
+		break;
+	case S_STATS_INTERVAL:
+		cur->stats_interval_s = next->stats_interval_s;
 		break;
 	case S_METRICS:
 		tmp = cur->metrics;

@@ -25,6 +25,8 @@ typedef struct config {
 	char       *table;
 	char       *topic_template;
 	int         log_level;          /* log_level enum */
+	int         log_format;         /* log_format enum */
+	int         stats_interval_s;   /* 0: no stats lines */
 	int         shutdown_timeout_s;
 	int         status_interval_ms;
 	uint64_t    endpos;             /* 0: none */

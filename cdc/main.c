@@ -100,6 +100,8 @@ typedef struct app {
 	metrics     *mx;               /* the listener, NULL when metrics are off */
 	char        *mx_addr;          /* the address mx listens on */
 	int64_t      backpressure_since_ms;   /* 0: not paused */
+	int64_t      next_stats_ms;
+	uint64_t     stats_events;     /* events published at the last stats line */
 } app;
 
 static int64_t
@@ -220,6 +222,8 @@ reload_config(app *a)
 		log_msg(LOG_INFO, "configuration reloaded");
 	config_free(&next);
 	log_set_level((log_level) a->cfg.log_level);
+	log_set_format((log_format) a->cfg.log_format);
+	a->next_stats_ms = 0;      /* restart the stats period */
 	if (!metrics_listen(a, a->cfg.metrics, err, sizeof(err)))
 		log_detail(LOG_ERROR, a->mx_addr ? "metrics stay on the previous address" : "metrics stay off",
 		           "%s", err);
@@ -505,6 +509,22 @@ read_stream(app *a)
 	}
 }
 
+/* The periodic one-line summary (stats_interval). */
+static void
+log_stats(app *a)
+{
+	const metrics_stats *st = &a->st;
+
+	log_msg(LOG_INFO, "stats: %s, %" PRIu64 " events (+%" PRIu64 ") in %" PRIu64 " transactions "
+	        "published, %" PRIu64 " in flight, received " LSN_FMT ", confirmed " LSN_FMT
+	        ", lag %" PRIu64 " bytes, %" PRIu64 " reconnects, %.1f s backpressure",
+	        st->streaming ? "streaming" : "not streaming", st->events, st->events - a->stats_events,
+	        st->txns, st->in_flight, LSN_ARGS(st->received_lsn), LSN_ARGS(st->confirmed_lsn),
+	        st->server_wal_end > st->confirmed_lsn ? st->server_wal_end - st->confirmed_lsn : 0,
+	        st->reconnects, st->backpressure_seconds);
+	a->stats_events = st->events;
+}
+
 static int
 run(app *a)
 {
@@ -563,6 +583,15 @@ run(app *a)
 		else if (!a->st.streaming && a->st.health[0] == '\0')
 			snprintf(a->st.health, sizeof(a->st.health), "connecting to PostgreSQL");
 
+		if (a->cfg.stats_interval_s > 0) {
+			if (a->next_stats_ms == 0)
+				a->next_stats_ms = now + (int64_t) a->cfg.stats_interval_s * 1000;
+			else if (now >= a->next_stats_ms) {
+				log_stats(a);
+				a->next_stats_ms = now + (int64_t) a->cfg.stats_interval_s * 1000;
+			}
+		}
+
 		if (a->stopping) {
 			if (sink_outstanding(a->snk) == 0 && ledger_pending(&a->led) == 0)
 				break;
@@ -586,6 +615,8 @@ run(app *a)
 		}
 		if (a->held != NULL && timeout > BACKPRESSURE_POLL_MS)
 			timeout = BACKPRESSURE_POLL_MS;
+		if (a->cfg.stats_interval_s > 0 && a->next_stats_ms - now < timeout)
+			timeout = a->next_stats_ms - now;
 		if (a->mx != NULL) {
 			int64_t due = metrics_next_deadline(a->mx);
 			if (due >= 0 && due - now < timeout)
@@ -794,6 +825,7 @@ main(int argc, char **argv)
 		return 1;
 	}
 	log_set_level((log_level) a.cfg.log_level);
+	log_set_format((log_format) a.cfg.log_format);
 	if (a.cfg.check) {
 		code = run_check(&a.cfg);
 		config_free(&a.cfg);
