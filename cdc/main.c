@@ -20,6 +20,7 @@
 #include "ledger.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "outbox.h"
 #include "pgoutput.h"
 #include "sink.h"
@@ -101,6 +102,9 @@ typedef struct app {
 	char        *mx_addr;          /* the address mx listens on */
 	int64_t      backpressure_since_ms;   /* 0: not paused */
 	int64_t      next_stats_ms;
+	notifier    *nt;               /* systemd's $NOTIFY_SOCKET, or NULL */
+	bool         ready_sent;
+	int64_t      next_watchdog_ms;
 	uint64_t     stats_events;     /* events published at the last stats line */
 } app;
 
@@ -162,6 +166,7 @@ begin_stop(app *a, int code)
 	if (a->stopping)
 		return;
 	a->stopping = true;
+	notify_send(a->nt, "STOPPING=1\nSTATUS=stopping: draining in-flight events");
 	a->drain_deadline_ms = now_ms() + (int64_t) a->cfg.shutdown_timeout_s * 1000;
 }
 
@@ -235,6 +240,11 @@ stream_lost(app *a, const char *why)
 {
 	log_msg(LOG_WARNING, "%s; reconnecting in %d ms", why, a->backoff_ms);
 	snprintf(a->st.health, sizeof(a->st.health), "not streaming: %s", why);
+	if (a->nt != NULL) {
+		char status[300];
+		snprintf(status, sizeof(status), "STATUS=%.250s", a->st.health);
+		notify_send(a->nt, status);
+	}
 	a->st.reconnects++;
 	source_close(a->src);
 	ledger_stream_lost(&a->led);
@@ -441,6 +451,14 @@ try_connect(app *a)
 		a->backoff_ms = BACKOFF_MIN_MS;
 		a->last_status_ms = 0;     /* report our position right away */
 		a->st.health[0] = '\0';
+		if (a->nt != NULL) {
+			char status[300];
+			/* READY once, when streaming first starts; later only the status. */
+			snprintf(status, sizeof(status), "%sSTATUS=streaming from slot \"%.200s\"",
+			         a->ready_sent ? "" : "READY=1\n", a->cfg.slot);
+			if (notify_send(a->nt, status))
+				a->ready_sent = true;
+		}
 		return;
 	}
 	if (rc == SOURCE_FATAL) {
@@ -615,6 +633,14 @@ run(app *a)
 		}
 		if (a->held != NULL && timeout > BACKPRESSURE_POLL_MS)
 			timeout = BACKPRESSURE_POLL_MS;
+		if (notify_watchdog_ms(a->nt) > 0) {
+			if (now >= a->next_watchdog_ms) {
+				notify_send(a->nt, "WATCHDOG=1");
+				a->next_watchdog_ms = now + notify_watchdog_ms(a->nt);
+			}
+			if (a->next_watchdog_ms - now < timeout)
+				timeout = a->next_watchdog_ms - now;
+		}
 		if (a->cfg.stats_interval_s > 0 && a->next_stats_ms - now < timeout)
 			timeout = a->next_stats_ms - now;
 		if (a->mx != NULL) {
@@ -786,11 +812,11 @@ run_check(const config *cfg)
 	                         CHECK_MAX_COLUMNS);
 	cols[ncols] = NULL;
 	source_check(src, &spec, print_check, &c);
-	source_free(src);
-
+	/* src stays alive until the end: c.pg_secret points into it. */
 	kafka = sink_check(cfg->brokers, cfg->kafka, cfg->nkafka,
 	                   strstr(cfg->topic_template, "${") ? NULL : cfg->topic_template,
 	                   CHECK_KAFKA_TIMEOUT_MS, print_check, &c);
+	source_free(src);
 	if (kafka < 0)
 		return 1;
 	printf("%s: %d failed, %d warning(s)\n", c.fails ? "check failed" : "all checks passed",
@@ -864,6 +890,9 @@ main(int argc, char **argv)
 	ledger_init(&a.led, 0);
 	log_msg(LOG_INFO, "pgoutbox %s starting (librdkafka %s)", PGOUTBOX_VERSION,
 	        sink_library_version());
+	a.nt = notify_open(err, sizeof(err));
+	if (a.nt == NULL && err[0] != '\0')
+		log_msg(LOG_WARNING, "%s; not notifying systemd", err);
 	if (!metrics_listen(&a, a.cfg.metrics, err, sizeof(err))) {
 		log_msg(LOG_ERROR, "%s", err);
 		code = 1;
@@ -881,6 +910,7 @@ out:
 	ledger_free(&a.led);
 	metrics_free(a.mx);
 	free(a.mx_addr);
+	notify_close(a.nt);
 	config_free(&a.cfg);
 	return code;
 }
