@@ -101,6 +101,7 @@ typedef struct app {
 	metrics     *mx;               /* the listener, NULL when metrics are off */
 	char        *mx_addr;          /* the address mx listens on */
 	int64_t      backpressure_since_ms;   /* 0: not paused */
+	double       backpressure_done_s;     /* pauses that ended */
 	int64_t      next_stats_ms;
 	notifier    *nt;               /* systemd's $NOTIFY_SOCKET, or NULL */
 	bool         ready_sent;
@@ -252,6 +253,10 @@ stream_lost(app *a, const char *why)
 	if (a->held) {
 		source_release(a->held);
 		a->held = NULL;
+	}
+	if (a->backpressure_since_ms != 0) {
+		a->backpressure_done_s += (double) (now_ms() - a->backpressure_since_ms) / 1000.0;
+		a->backpressure_since_ms = 0;
 	}
 	a->next_connect_ms = now_ms() + a->backoff_ms;
 	a->backoff_ms = a->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : a->backoff_ms * 2;
@@ -513,7 +518,7 @@ read_stream(app *a)
 		}
 		source_release(buf);
 		if (a->backpressure_since_ms != 0) {
-			a->st.backpressure_seconds += (double) (now_ms() - a->backpressure_since_ms) / 1000.0;
+			a->backpressure_done_s += (double) (now_ms() - a->backpressure_since_ms) / 1000.0;
 			a->backpressure_since_ms = 0;
 		}
 		if (a->backpressure_logged) {
@@ -591,7 +596,10 @@ run(app *a)
 			begin_stop(a, 0);
 		}
 		/* What /metrics and /healthz show. */
-		a->st.in_flight = (uint64_t) sink_outstanding(a->snk);
+		a->st.in_flight = ledger_pending(&a->led);
+		/* A pause that goes on shows in the counter as it grows. */
+		a->st.backpressure_seconds = a->backpressure_done_s +
+			(a->backpressure_since_ms ? (double) (now - a->backpressure_since_ms) / 1000.0 : 0);
 		a->st.received_lsn = a->received;
 		a->st.confirmed_lsn = a->reported;
 		a->st.txns = a->txns;

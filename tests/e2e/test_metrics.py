@@ -196,3 +196,22 @@ def test_metrics_reload_moves_listener(outbox_db, pgoutbox, tmp_path):
     p.signal(signal.SIGHUP)
     util.wait_for(lambda: try_get(port2, "/healthz") is None, 15, "the listener to close")
     assert p.poll() is None
+
+
+def test_backpressure_and_in_flight(outbox_db, pgoutbox):
+    """A one-message producer queue forces pauses: backpressure time is
+    counted, and nothing is left in flight once everything is confirmed."""
+    db = outbox_db
+    p, port = start_with_metrics(pgoutbox, db, "-X", "queue.buffering.max.messages=1",
+                                 "-X", "linger.ms=50")
+    t = db.aggtype("bpm")
+    util.commit_events(db.conn, [util.event(t, "k%d" % i, "T", {"i": i}) for i in range(20)])
+    util.wait_confirmed(db.conn, db.slot, db.wal_lsn(), 60, proc=p)
+    util.wait_for(lambda: metric(port, "pgoutbox_events_published_total") == 20, 15,
+                  "20 events published")
+    assert "queue is full" in p.stderr, p.describe()
+    assert metric(port, "pgoutbox_backpressure_seconds_total") > 0
+    assert metric(port, "pgoutbox_in_flight_messages") == 0
+    p.terminate()
+    p.expect_exit(util.EXIT_OK, SHUTDOWN_TIMEOUT + 10)
+    util.check_delivery(db.kafka_messages(), db.rows())
