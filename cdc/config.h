@@ -38,25 +38,41 @@ typedef struct config {
 	void      **owned;              /* everything the pointers above point into */
 	size_t      nowned;
 	int         log_level;          /* log_level enum */
+	int         log_format;         /* log_format enum */
+	int         stats_interval_s;   /* 0: no stats lines */
 	int         shutdown_timeout_s;
 	int         status_interval_ms;
 	int         replication_timeout_s;  /* 0: off */
 	uint64_t    endpos;             /* 0: none */
+	char       *metrics;            /* listen address, or NULL: off */
 	sink_property *kafka;           /* owned name/value strings */
 	size_t      nkafka;
 	bool        show_help;
 	bool        show_version;
+	bool        list_settings;      /* hidden --list-settings */
+	bool        check;              /* --check: verify, report, exit */
+	char      **values;             /* effective text of each setting (table order), owned */
 } config;
 
 typedef enum config_rc {
 	CONFIG_OK = 0,
-	CONFIG_EXIT,                    /* --help or --version: print and exit 0 */
+	CONFIG_EXIT,                    /* --help, --version or --list-settings: print, exit 0 */
 	CONFIG_ERROR,                   /* errbuf says what is wrong: exit 1 */
 } config_rc;
 
 config_rc config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen);
 void      config_free(config *cfg);
 void      config_usage(FILE *out);
+/* One line per setting: name, default, "reload" or "restart", doc (tab-separated). */
+void      config_list_settings(FILE *out);
+
+/*
+ * SIGHUP: next is a freshly loaded config.  Apply its reloadable settings to
+ * cur (log what changed; warn, naming only the key, about restart-only
+ * settings that differ).  Returns how many settings changed; next keeps
+ * whatever was not moved and is freed by the caller.
+ */
+int       config_reload(config *cur, config *next);
 
 /* Parse "X/Y" (hex) as PostgreSQL prints LSNs. */
 bool      parse_lsn(const char *s, uint64_t *out);

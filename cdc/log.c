@@ -3,19 +3,90 @@
  */
 #include "log.h"
 
+#include <jansson.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
 static log_level min_level = LOG_INFO;
+static log_format format = LOG_FORMAT_TEXT;
 
 void
 log_set_level(log_level min)
 {
 	min_level = min;
+}
+
+void
+log_set_format(log_format fmt)
+{
+	format = fmt;
+}
+
+int
+log_format_parse(const char *s)
+{
+	if (strcasecmp(s, "text") == 0)
+		return LOG_FORMAT_TEXT;
+	if (strcasecmp(s, "json") == 0)
+		return LOG_FORMAT_JSON;
+	return -1;
+}
+
+/* A JSON string of text; bytes that are not UTF-8 become '?'. */
+static json_t *
+json_text(const char *text)
+{
+	json_t *j = json_string(text);
+	char *copy;
+
+	if (j != NULL || text == NULL)
+		return j;
+	if ((copy = strdup(text)) == NULL)
+		return NULL;
+	for (char *p = copy; *p; p++)
+		if ((unsigned char) *p >= 0x80)
+			*p = '?';
+	j = json_string(copy);
+	free(copy);
+	return j;
+}
+
+/*
+ * One JSON object per line.  When jansson cannot allocate, the line is
+ * written as text rather than lost.
+ */
+static bool
+write_json(const struct timespec *now, const struct tm *tm, const char *level,
+           const char *msg, const char *detail)
+{
+	char ts[64], full[80];
+	json_t *o = json_object();
+	char *line;
+	bool ok;
+
+	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", tm);
+	snprintf(full, sizeof(full), "%s.%03ldZ", ts, now->tv_nsec / 1000000L);
+	ok = o != NULL &&
+	     json_object_set_new(o, "ts", json_string(full)) == 0 &&
+	     json_object_set_new(o, "level", json_string(level)) == 0 &&
+	     json_object_set_new(o, "pid", json_integer((json_int_t) getpid())) == 0 &&
+	     json_object_set_new(o, "msg", json_text(msg)) == 0 &&
+	     (detail == NULL || detail[0] == '\0' ||
+	      json_object_set_new(o, "detail", json_text(detail)) == 0);
+	line = ok ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+	json_decref(o);
+	if (line == NULL)
+		return false;
+	fprintf(stderr, "%s\n", line);
+	fflush(stderr);
+	free(line);
+	return true;
 }
 
 int
@@ -59,6 +130,16 @@ vlog(log_level lvl, const char *detail, const char *fmt, va_list ap)
 		return;
 	clock_gettime(CLOCK_REALTIME, &now);
 	gmtime_r(&now.tv_sec, &tm);
+	if (format == LOG_FORMAT_JSON) {
+		va_list aq;
+
+		va_copy(aq, ap);
+		r = vsnprintf(line, sizeof(line), fmt, aq);
+		va_end(aq);
+		if (r >= 0 && write_json(&now, &tm, level_name(lvl), line, detail))
+			return;
+		/* out of memory: fall through to a text line */
+	}
 	strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%S", &tm);
 	r = snprintf(line, sizeof(line), "%s.%03ld UTC [%ld] %s:  ", ts,
 	             now.tv_nsec / 1000000L, (long) getpid(), level_name(lvl));

@@ -4,7 +4,11 @@
  *   2026-11-25 06:44:39.123 UTC [4242] LOG:  streaming from slot "pgoutbox"
  *
  * Messages are lower case without a trailing period; an optional detail goes
- * on a second line ("DETAIL:  ...").  Nothing here ever prints a password:
+ * on a second line ("DETAIL:  ...").  With log_format = json each message is
+ * instead one JSON object per line, for log pipelines:
+ *
+ *   {"ts":"2026-11-25T06:44:39.123Z","level":"LOG","pid":4242,"msg":"...","detail":"..."}
+ *  Nothing here ever prints a password:
  * callers pass connection errors through redact_secret() first.
  */
 #ifndef PGOUTBOX_LOG_H
@@ -20,7 +24,15 @@ typedef enum log_level {
 	LOG_FATAL,
 } log_level;
 
+typedef enum log_format {
+	LOG_FORMAT_TEXT = 0,
+	LOG_FORMAT_JSON,
+} log_format;
+
 void log_set_level(log_level min);
+void log_set_format(log_format fmt);
+/* Parse "text" or "json"; returns -1 when unknown. */
+int  log_format_parse(const char *s);
 /* Parse "debug", "log"/"info", "warning", "error"; returns -1 when unknown. */
 int  log_level_parse(const char *s);
 

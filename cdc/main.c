@@ -19,6 +19,8 @@
 #include "config.h"
 #include "ledger.h"
 #include "log.h"
+#include "metrics.h"
+#include "notify.h"
 #include "outbox.h"
 #include "pgoutput.h"
 #include "sink.h"
@@ -42,12 +44,20 @@
 #define REBUILD_WINDOW_MS    600000  /* ... before a fatal error exits 2 */
 
 static volatile sig_atomic_t stop_signals = 0;
+static volatile sig_atomic_t reload_requested = 0;
 
 static void
 on_stop_signal(int sig)
 {
 	(void) sig;
 	stop_signals++;
+}
+
+static void
+on_hup_signal(int sig)
+{
+	(void) sig;
+	reload_requested = 1;
 }
 
 typedef enum step_rc {
@@ -76,6 +86,8 @@ typedef struct deferred {
 
 typedef struct app {
 	config       cfg;
+	int          argc;             /* the command line, parsed again on SIGHUP */
+	char       **argv;
 	source      *src;
 	sink        *snk;
 	outbox      *ob;
@@ -116,6 +128,17 @@ typedef struct app {
 	int64_t      rebuild_window_ms;
 	bool         discard_reports;  /* old producer going away: ignore its reports */
 	uint64_t     test_fatal_after; /* test hook: force a fatal error after N events */
+
+	metrics_stats st;              /* what /metrics shows; kept whether served or not */
+	metrics     *mx;               /* the listener, NULL when metrics are off */
+	char        *mx_addr;          /* the address mx listens on */
+	int64_t      backpressure_since_ms;   /* 0: not paused */
+	double       backpressure_done_s;     /* pauses that ended */
+	int64_t      next_stats_ms;
+	notifier    *nt;               /* systemd's $NOTIFY_SOCKET, or NULL */
+	bool         ready_sent;
+	int64_t      next_watchdog_ms;
+	uint64_t     stats_events;     /* events published at the last stats line */
 } app;
 
 static int64_t
@@ -127,6 +150,46 @@ now_ms(void)
 	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static int64_t
+wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Listen for metrics on addr (NULL: off), replacing the current listener.
+ * On failure the current one stays and false is returned with errbuf set.
+ */
+static bool
+metrics_listen(app *a, const char *addr, char *errbuf, size_t errlen)
+{
+	metrics *m = NULL;
+	char *copy = NULL;
+
+	if ((a->mx_addr == NULL && addr == NULL) ||
+	    (a->mx_addr != NULL && addr != NULL && strcmp(a->mx_addr, addr) == 0))
+		return true;
+	if (addr != NULL) {
+		if ((copy = strdup(addr)) == NULL) {
+			snprintf(errbuf, errlen, "out of memory");
+			return false;
+		}
+		if ((m = metrics_new(addr, PGOUTBOX_VERSION, &a->st, errbuf, errlen)) == NULL) {
+			free(copy);
+			return false;
+		}
+		log_msg(LOG_INFO, "serving metrics on http://%s/metrics", addr);
+	}
+	metrics_free(a->mx);
+	free(a->mx_addr);
+	a->mx = m;
+	a->mx_addr = copy;
+	return true;
+}
+
 /* Stop streaming; exit with code once what is in flight has drained. */
 static void
 begin_stop(app *a, int code)
@@ -136,6 +199,7 @@ begin_stop(app *a, int code)
 	if (a->stopping)
 		return;
 	a->stopping = true;
+	notify_send(a->nt, "STOPPING=1\nSTATUS=stopping: draining in-flight events");
 	a->drain_deadline_ms = now_ms() + (int64_t) a->cfg.shutdown_timeout_s * 1000;
 }
 
@@ -272,8 +336,13 @@ on_delivery(void *ctx, uint64_t opaque, const sink_report *rep)
 	                dead_letter_refused(a, seq, src, rep))) {
 		if (ledger_ack(&a->led, seq) != LEDGER_OK)
 			log_msg(LOG_WARNING, "delivery report for unknown transaction %" PRIu64, seq);
+		a->st.events++;
+		a->st.bytes += rep->bytes;
+		if (rep->timestamp_ms >= 0)
+			metrics_observe_latency(&a->st, (double) (wall_ms() - rep->timestamp_ms) / 1000.0);
 		return;
 	}
+	metrics_count_error(&a->st, rep->error_name ? rep->error_name : "UNKNOWN");
 	/* Never acknowledged: the ledger will not confirm past this transaction,
 	 * so a restart re-reads it from the slot. */
 	t = ledger_get(&a->led, seq);
@@ -287,17 +356,63 @@ on_delivery(void *ctx, uint64_t opaque, const sink_report *rep)
 	begin_stop(a, 2);
 }
 
+/*
+ * SIGHUP: load the command line and the -c file again.  A configuration with
+ * errors is reported and changes nothing; otherwise the reloadable settings
+ * take effect at once.
+ */
+static void
+reload_config(app *a)
+{
+	config next;
+	char err[1024];
+
+	switch (config_load(&next, a->argc, a->argv, err, sizeof(err))) {
+	case CONFIG_OK:
+		break;
+	case CONFIG_EXIT:
+		config_free(&next);
+		return;
+	case CONFIG_ERROR:
+		log_detail(LOG_ERROR, "the running configuration is kept",
+		           "could not reload the configuration: %s", err);
+		return;
+	}
+	if (config_reload(&a->cfg, &next) == 0)
+		log_msg(LOG_INFO, "configuration reloaded: no reloadable setting changed");
+	else
+		log_msg(LOG_INFO, "configuration reloaded");
+	config_free(&next);
+	log_set_level((log_level) a->cfg.log_level);
+	log_set_format((log_format) a->cfg.log_format);
+	a->next_stats_ms = 0;      /* restart the stats period */
+	if (!metrics_listen(a, a->cfg.metrics, err, sizeof(err)))
+		log_detail(LOG_ERROR, a->mx_addr ? "metrics stay on the previous address" : "metrics stay off",
+		           "%s", err);
+}
+
 /* The stream broke: forget the half-received transaction and reconnect. */
 static void
 stream_lost(app *a, const char *why)
 {
 	log_msg(LOG_WARNING, "%s; reconnecting in %d ms", why, a->backoff_ms);
+	snprintf(a->st.health, sizeof(a->st.health), "not streaming: %s", why);
+	if (a->nt != NULL) {
+		char status[300];
+		snprintf(status, sizeof(status), "STATUS=%.250s", a->st.health);
+		notify_send(a->nt, status);
+	}
+	a->st.reconnects++;
 	source_close(a->src);
 	ledger_stream_lost(&a->led);
 	a->in_txn = false;
 	if (a->held) {
 		source_release(a->held);
 		a->held = NULL;
+	}
+	if (a->backpressure_since_ms != 0) {
+		a->backpressure_done_s += (double) (now_ms() - a->backpressure_since_ms) / 1000.0;
+		a->backpressure_since_ms = 0;
 	}
 	a->next_connect_ms = now_ms() + a->backoff_ms;
 	a->backoff_ms = a->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : a->backoff_ms * 2;
@@ -447,6 +562,8 @@ step(app *a, const uint8_t *buf, size_t len)
 	if (pgo_decode_copydata(buf, len, &cd, &err) != PGO_OK)
 		return protocol_error(a, NULL, "replication message", &err);
 
+	if (cd.wal_end > a->st.server_wal_end)
+		a->st.server_wal_end = cd.wal_end;
 	if (cd.kind == PGO_COPY_KEEPALIVE) {
 		if (cd.wal_end > a->received)
 			a->received = cd.wal_end;
@@ -574,10 +691,20 @@ try_connect(app *a)
 		a->last_recv_ms = now_ms();
 		a->ping_sent = false;
 		a->busy_logged = false;
+		a->st.health[0] = '\0';
+		if (a->nt != NULL) {
+			char status[300];
+			/* READY once, when streaming first starts; later only the status. */
+			snprintf(status, sizeof(status), "%sSTATUS=streaming from slot \"%.200s\"",
+			         a->ready_sent ? "" : "READY=1\n", a->cfg.slot);
+			if (notify_send(a->nt, status))
+				a->ready_sent = true;
+		}
 		return;
 	}
 	if (rc == SOURCE_FATAL) {
 		log_msg(LOG_ERROR, "%s", err);
+		snprintf(a->st.health, sizeof(a->st.health), "stopping: %.200s", err);
 		begin_stop(a, 2);
 		return;
 	}
@@ -628,6 +755,8 @@ read_stream(app *a)
 		if (rc == STEP_FULL) {
 			a->held = buf;
 			a->held_len = len;
+			if (a->backpressure_since_ms == 0)
+				a->backpressure_since_ms = now_ms();
 			if (!a->backpressure_logged) {
 				log_msg(LOG_INFO, "Kafka's producer queue is full: pausing the replication stream");
 				a->backpressure_logged = true;
@@ -635,6 +764,10 @@ read_stream(app *a)
 			return;
 		}
 		source_release(buf);
+		if (a->backpressure_since_ms != 0) {
+			a->backpressure_done_s += (double) (now_ms() - a->backpressure_since_ms) / 1000.0;
+			a->backpressure_since_ms = 0;
+		}
 		if (a->backpressure_logged) {
 			log_msg(LOG_INFO, "Kafka's producer queue has room again: resuming");
 			a->backpressure_logged = false;
@@ -724,6 +857,22 @@ rebuild_producer(app *a, const char *cause)
 	a->next_connect_ms = now;
 }
 
+/* The periodic one-line summary (stats_interval). */
+static void
+log_stats(app *a)
+{
+	const metrics_stats *st = &a->st;
+
+	log_msg(LOG_INFO, "stats: %s, %" PRIu64 " events (+%" PRIu64 ") in %" PRIu64 " transactions "
+	        "published, %" PRIu64 " in flight, received " LSN_FMT ", confirmed " LSN_FMT
+	        ", lag %" PRIu64 " bytes, %" PRIu64 " reconnects, %.1f s backpressure",
+	        st->streaming ? "streaming" : "not streaming", st->events, st->events - a->stats_events,
+	        st->txns, st->in_flight, LSN_ARGS(st->received_lsn), LSN_ARGS(st->confirmed_lsn),
+	        st->server_wal_end > st->confirmed_lsn ? st->server_wal_end - st->confirmed_lsn : 0,
+	        st->reconnects, st->backpressure_seconds);
+	a->stats_events = st->events;
+}
+
 static int
 run(app *a)
 {
@@ -733,14 +882,19 @@ run(app *a)
 	for (;;) {
 		int64_t now = now_ms();
 		int64_t timeout;
-		struct pollfd pfd[2];
-		int nfds = 0;
+		struct pollfd pfd[2 + METRICS_MAX_CLIENTS + 1];
+		int nfds = 0, src_idx = -1, mx_idx = 0, mx_n = 0;
 		uint64_t confirmable;
 
 		if (stop_signals > 0 && !a->stopping) {
 			log_msg(LOG_INFO, "received shutdown signal: draining in-flight events (up to %d s)",
 			        a->cfg.shutdown_timeout_s);
 			begin_stop(a, 0);
+		}
+		if (reload_requested) {
+			reload_requested = 0;
+			log_msg(LOG_INFO, "received SIGHUP: reloading the configuration");
+			reload_config(a);
 		}
 		if (stop_signals > 1) {
 			log_msg(LOG_WARNING, "second shutdown signal: exiting without waiting for Kafka");
@@ -771,6 +925,29 @@ run(app *a)
 			log_msg(LOG_INFO, "reached end position " LSN_FMT, LSN_ARGS(a->cfg.endpos));
 			begin_stop(a, 0);
 		}
+		/* What /metrics and /healthz show. */
+		a->st.in_flight = ledger_pending(&a->led);
+		/* A pause that goes on shows in the counter as it grows. */
+		a->st.backpressure_seconds = a->backpressure_done_s +
+			(a->backpressure_since_ms ? (double) (now - a->backpressure_since_ms) / 1000.0 : 0);
+		a->st.received_lsn = a->received;
+		a->st.confirmed_lsn = a->reported;
+		a->st.txns = a->txns;
+		a->st.streaming = source_connected(a->src) && !a->stopping;
+		if (a->stopping && a->st.health[0] == '\0')
+			snprintf(a->st.health, sizeof(a->st.health), "stopping");
+		else if (!a->st.streaming && a->st.health[0] == '\0')
+			snprintf(a->st.health, sizeof(a->st.health), "connecting to PostgreSQL");
+
+		if (a->cfg.stats_interval_s > 0) {
+			if (a->next_stats_ms == 0)
+				a->next_stats_ms = now + (int64_t) a->cfg.stats_interval_s * 1000;
+			else if (now >= a->next_stats_ms) {
+				log_stats(a);
+				a->next_stats_ms = now + (int64_t) a->cfg.stats_interval_s * 1000;
+			}
+		}
+
 		if (a->stopping) {
 			/* Nothing left to report: what is still pending was refused. */
 			if (sink_outstanding(a->snk) == 0)
@@ -795,6 +972,21 @@ run(app *a)
 		}
 		if ((a->held != NULL || a->dlq_head != NULL) && timeout > BACKPRESSURE_POLL_MS)
 			timeout = BACKPRESSURE_POLL_MS;
+		if (notify_watchdog_ms(a->nt) > 0) {
+			if (now >= a->next_watchdog_ms) {
+				notify_send(a->nt, "WATCHDOG=1");
+				a->next_watchdog_ms = now + notify_watchdog_ms(a->nt);
+			}
+			if (a->next_watchdog_ms - now < timeout)
+				timeout = a->next_watchdog_ms - now;
+		}
+		if (a->cfg.stats_interval_s > 0 && a->next_stats_ms - now < timeout)
+			timeout = a->next_stats_ms - now;
+		if (a->mx != NULL) {
+			int64_t due = metrics_next_deadline(a->mx);
+			if (due >= 0 && due - now < timeout)
+				timeout = due - now;
+		}
 		if (timeout < 0)
 			timeout = 0;
 
@@ -805,17 +997,25 @@ run(app *a)
 				ev |= POLLIN;
 			if (source_wants_write(a->src))
 				ev |= POLLOUT;
+			src_idx = nfds;
 			pfd[nfds++] = (struct pollfd) {.fd = source_fd(a->src), .events = ev};
+		}
+		if (a->mx != NULL) {
+			mx_idx = nfds;
+			mx_n = metrics_pollfds(a->mx, pfd + nfds, (int) (sizeof(pfd) / sizeof(pfd[0])) - nfds);
+			nfds += mx_n;
 		}
 		if (poll(pfd, (nfds_t) nfds, (int) timeout) < 0 && errno != EINTR) {
 			log_msg(LOG_ERROR, "poll failed: %s", strerror(errno));
 			begin_stop(a, 2);
 			break;
 		}
-		if (nfds > 1 && (pfd[1].revents & POLLOUT) && source_connected(a->src)) {
+		if (src_idx >= 0 && (pfd[src_idx].revents & POLLOUT) && source_connected(a->src)) {
 			if (source_flush(a->src, err, sizeof(err)) == SOURCE_LOST)
 				stream_lost(a, err);
 		}
+		if (a->mx != NULL && mx_n > 0)
+			metrics_serve(a->mx, pfd + mx_idx, mx_n, now_ms());
 	}
 
 	/* Confirm what Kafka acknowledged before leaving. */
@@ -835,6 +1035,136 @@ run(app *a)
 	return a->exit_code;
 }
 
+/* --check ---------------------------------------------------------------- */
+
+#define CHECK_KAFKA_TIMEOUT_MS 5000
+#define CHECK_MAX_COLUMNS      16
+
+typedef struct check_ctx {
+	const config *cfg;
+	const char   *pg_secret;
+	int           fails, warns;
+} check_ctx;
+
+/* Print one result; whatever the libraries said, no password gets through. */
+static void
+print_check(void *ctx, check_status st, const char *check, const char *detail)
+{
+	check_ctx *c = ctx;
+	char line[2048];
+	size_t n;
+
+	/* One line per item: libpq's multi-line messages are joined. */
+	for (n = 0; *detail != '\0' && n + 1 < sizeof(line); detail++) {
+		if (*detail == '\n' || *detail == '\t' || *detail == '\r') {
+			if (n > 0 && line[n - 1] != ' ')
+				line[n++] = ' ';
+			continue;
+		}
+		line[n++] = *detail;
+	}
+	line[n] = '\0';
+	redact_secret(line, sizeof(line), c->pg_secret);
+	for (size_t i = 0; i < c->cfg->nkafka; i++)
+		if (strstr(c->cfg->kafka[i].name, "password") || strstr(c->cfg->kafka[i].name, "secret"))
+			redact_secret(line, sizeof(line), c->cfg->kafka[i].value);
+	if (st == CHECK_FAIL)
+		c->fails++;
+	else if (st == CHECK_WARN)
+		c->warns++;
+	printf("%-4s  %s: %s\n", st == CHECK_OK ? "ok" : st == CHECK_WARN ? "warn" : "FAIL",
+	       check, line);
+	fflush(stdout);
+}
+
+/*
+ * The columns the template routes by: each ${name} not listed yet, copied
+ * into buf (NUL separated) and appended to cols[0..n).  Returns the new count.
+ */
+static size_t
+template_columns(const char *tpl, char *buf, size_t buflen, const char **cols, size_t n,
+                 size_t max)
+{
+	size_t used = 0;
+	const char *p = tpl;
+
+	while (n < max && (p = strstr(p, "${")) != NULL) {
+		const char *end = strchr(p + 2, '}');
+		size_t len;
+
+		if (end == NULL)
+			break;
+		len = (size_t) (end - p - 2);
+		if (used + len + 1 > buflen)
+			break;
+		memcpy(buf + used, p + 2, len);
+		buf[used + len] = '\0';
+		p = end + 1;
+		for (size_t i = 0; i < n && buf[used] != '\0'; i++)
+			if (strcmp(cols[i], buf + used) == 0)
+				buf[used] = '\0';
+		if (buf[used] == '\0')
+			continue;
+		cols[n++] = buf + used;
+		used += len + 1;
+	}
+	return n;
+}
+
+/*
+ * --check: configuration errors exit 1, a failed check 2, all passed
+ * (warnings allowed) 0.  Blocking is fine here: nothing streams.
+ */
+static int
+run_check(const config *cfg)
+{
+	/* The first outbox table is checked against its mapping. */
+	const outbox_mapping *map = &cfg->tables[0].map;
+	const char *const notnull[] = {map->col_id, map->col_key, NULL};
+	const char *cols[CHECK_MAX_COLUMNS + 1] = {map->col_id, map->col_key, map->col_type,
+	                                           map->col_payload};
+	char colbuf[1024], err[1024];
+	check_ctx c = {.cfg = cfg};
+	source_config sc = {
+		.conninfo = cfg->conninfo, .slot = cfg->slot, .publication = cfg->publication,
+	};
+	source_check_spec spec = {.table = cfg->tables[0].table, .columns = cols, .notnull = notnull};
+	outbox_config oc = {
+		.tables = cfg->tables, .ntables = cfg->ntables,
+		.messages_prefix = cfg->messages_prefix, .messages = cfg->messages,
+	};
+	outbox *ob;
+	source *src;
+	size_t ncols;
+	int kafka;
+
+	/* The mapping is validated as the daemon would. */
+	if ((ob = outbox_new(&oc, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "pgoutbox: %s\n", err);
+		return 1;
+	}
+	outbox_free(ob);
+	if ((src = source_new(&sc, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "pgoutbox: %s\n", err);
+		return 1;
+	}
+	c.pg_secret = source_secret(src);
+	ncols = template_columns(map->topic_template, colbuf, sizeof(colbuf), cols, 4,
+	                         CHECK_MAX_COLUMNS);
+	cols[ncols] = NULL;
+	source_check(src, &spec, print_check, &c);
+	/* src stays alive until the end: c.pg_secret points into it. */
+	kafka = sink_check(cfg->brokers, cfg->kafka, cfg->nkafka,
+	                   strstr(map->topic_template, "${") ? NULL : map->topic_template,
+	                   CHECK_KAFKA_TIMEOUT_MS, print_check, &c);
+	source_free(src);
+	if (kafka < 0)
+		return 1;
+	printf("%s: %d failed, %d warning(s)\n", c.fails ? "check failed" : "all checks passed",
+	       c.fails, c.warns);
+	return c.fails ? 2 : 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -844,12 +1174,16 @@ main(int argc, char **argv)
 	int code;
 
 	memset(&a, 0, sizeof(a));
+	a.argc = argc;
+	a.argv = argv;
 	switch (config_load(&a.cfg, argc, argv, err, sizeof(err))) {
 	case CONFIG_OK:
 		break;
 	case CONFIG_EXIT:
 		if (a.cfg.show_help)
 			config_usage(stdout);
+		else if (a.cfg.list_settings)
+			config_list_settings(stdout);
 		else
 			printf("pgoutbox %s\n", PGOUTBOX_VERSION);
 		return 0;
@@ -858,12 +1192,20 @@ main(int argc, char **argv)
 		return 1;
 	}
 	log_set_level((log_level) a.cfg.log_level);
+	log_set_format((log_format) a.cfg.log_format);
+	if (a.cfg.check) {
+		code = run_check(&a.cfg);
+		config_free(&a.cfg);
+		return code;
+	}
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_stop_signal;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = on_hup_signal;
+	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
 	code = 1;
@@ -894,6 +1236,14 @@ main(int argc, char **argv)
 	}
 	log_msg(LOG_INFO, "pgoutbox %s starting (librdkafka %s)", PGOUTBOX_VERSION,
 	        sink_library_version());
+	a.nt = notify_open(err, sizeof(err));
+	if (a.nt == NULL && err[0] != '\0')
+		log_msg(LOG_WARNING, "%s; not notifying systemd", err);
+	if (!metrics_listen(&a, a.cfg.metrics, err, sizeof(err))) {
+		log_msg(LOG_ERROR, "%s", err);
+		code = 1;
+		goto out;
+	}
 	code = run(&a);
 
 out:
@@ -905,6 +1255,9 @@ out:
 	outbox_free(a.ob);
 	pgo_decoder_free(a.dec);
 	ledger_free(&a.led);
+	metrics_free(a.mx);
+	free(a.mx_addr);
+	notify_close(a.nt);
 	config_free(&a.cfg);
 	return code;
 }

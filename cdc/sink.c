@@ -11,6 +11,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,7 +66,10 @@ dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 	(void) rk;
 	memset(&rep, 0, sizeof(rep));
 	rep.ok = m->err == RD_KAFKA_RESP_ERR_NO_ERROR;
+	rep.bytes = m->len + m->key_len;
+	rep.timestamp_ms = rd_kafka_message_timestamp(m, NULL);
 	if (!rep.ok) {
+		rep.error_name = rd_kafka_err2name(m->err);
 		rep.permanent = permanent_error(m->err);
 		rep.error = rd_kafka_err2str(m->err);
 		rep.topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "";
@@ -362,4 +367,182 @@ const char *
 sink_library_version(void)
 {
 	return rd_kafka_version_str();
+}
+
+/* --check ---------------------------------------------------------------- */
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 5, 6)))
+#endif
+static void
+creport(check_report_fn report, void *ctx, check_status st, const char *name, const char *fmt, ...)
+{
+	char detail[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	va_end(ap);
+	report(ctx, st, name, detail);
+}
+
+/* librdkafka's lines while checking are only of interest with -v: the
+ * check's own lines say what failed.  Called from librdkafka's threads;
+ * log_msg() writes each line with one call. */
+static void
+check_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	(void) rk;
+	(void) level;
+	log_msg(LOG_DEBUG, "Kafka %s: %s", fac, buf);
+}
+
+/* auto.create.topics.enable of broker_id, into value; false when not visible (why in value). */
+static bool
+broker_auto_create(rd_kafka_t *rk, int32_t broker_id, int timeout_ms, char *value, size_t vlen)
+{
+	char id[16], err[256];
+	rd_kafka_ConfigResource_t *res;
+	rd_kafka_AdminOptions_t *opt;
+	rd_kafka_queue_t *q;
+	rd_kafka_event_t *ev;
+	bool found = false;
+
+	snprintf(id, sizeof(id), "%" PRId32, broker_id);
+	snprintf(value, vlen, "no answer within %d ms", timeout_ms);
+	res = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_BROKER, id);
+	opt = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+	q = rd_kafka_queue_new(rk);
+	if (res == NULL || opt == NULL || q == NULL) {
+		snprintf(value, vlen, "out of memory");
+		goto out;
+	}
+	if (rd_kafka_AdminOptions_set_request_timeout(opt, timeout_ms, err, sizeof(err)) != 0 ||
+	    rd_kafka_AdminOptions_set_broker(opt, broker_id, err, sizeof(err)) != 0) {
+		snprintf(value, vlen, "%s", err);
+		goto out;
+	}
+	rd_kafka_DescribeConfigs(rk, &res, 1, opt, q);
+	ev = rd_kafka_queue_poll(q, timeout_ms + 1000);
+	if (ev != NULL) {
+		const rd_kafka_DescribeConfigs_result_t *r = rd_kafka_event_DescribeConfigs_result(ev);
+		const rd_kafka_ConfigResource_t **rs;
+		size_t nres = 0;
+
+		if (rd_kafka_event_error(ev)) {
+			snprintf(value, vlen, "%s", rd_kafka_event_error_string(ev));
+		} else if (r != NULL && (rs = rd_kafka_DescribeConfigs_result_resources(r, &nres)) &&
+		           nres == 1) {
+			const rd_kafka_ConfigEntry_t **ents;
+			size_t nent = 0;
+
+			if (rd_kafka_ConfigResource_error(rs[0])) {
+				snprintf(value, vlen, "%s", rd_kafka_ConfigResource_error_string(rs[0]));
+			} else {
+				ents = rd_kafka_ConfigResource_configs(rs[0], &nent);
+				snprintf(value, vlen, "not in the broker's answer");
+				for (size_t i = 0; i < nent; i++) {
+					const char *v = rd_kafka_ConfigEntry_value(ents[i]);
+					if (strcmp(rd_kafka_ConfigEntry_name(ents[i]), "auto.create.topics.enable") == 0 &&
+					    v != NULL) {
+						snprintf(value, vlen, "%s", v);
+						found = true;
+					}
+				}
+			}
+		}
+		rd_kafka_event_destroy(ev);
+	}
+out:
+	if (q)
+		rd_kafka_queue_destroy(q);
+	if (opt)
+		rd_kafka_AdminOptions_destroy(opt);
+	if (res)
+		rd_kafka_ConfigResource_destroy(res);
+	return found;
+}
+
+int
+sink_check(const char *brokers, const sink_property *props, size_t nprops,
+           const char *fixed_topic, int timeout_ms, check_report_fn report, void *ctx)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_t *rk = NULL;
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_resp_err_t err;
+	char buf[1024], value[256];
+	int fails = 0;
+	size_t n = 0;
+
+	if (conf == NULL) {
+		creport(report, ctx, CHECK_FAIL, "kafka brokers", "out of memory");
+		return -1;
+	}
+	if (!conf_set(conf, "bootstrap.servers", brokers, buf, sizeof(buf)) ||
+	    !conf_set(conf, "client.id", "pgoutbox-check", buf, sizeof(buf)))
+		goto conf_error;
+	for (size_t i = 0; i < nprops; i++)
+		if (!conf_set(conf, props[i].name, props[i].value, buf, sizeof(buf)))
+			goto conf_error;
+	rd_kafka_conf_set_log_cb(conf, check_log_cb);
+	/* rd_kafka_new() takes ownership of conf on success only. */
+	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, value, sizeof(value));
+	if (rk == NULL) {
+		snprintf(buf, sizeof(buf), "could not create a Kafka client: %s", value);
+		goto conf_error;
+	}
+
+	err = rd_kafka_metadata(rk, 1, NULL, &md, timeout_ms);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR || md == NULL || md->broker_cnt == 0) {
+		creport(report, ctx, CHECK_FAIL, "kafka brokers", "no metadata from %s within %d ms: %s",
+		       brokers, timeout_ms, rd_kafka_err2str(err));
+		fails++;
+		goto out;
+	}
+	for (int i = 0; i < md->broker_cnt && n < sizeof(buf); i++) {
+		int r = snprintf(buf + n, sizeof(buf) - n, "%s%s:%d", i ? ", " : "",
+		                 md->brokers[i].host, md->brokers[i].port);
+		if (r < 0)
+			break;
+		n += (size_t) r;
+	}
+	creport(report, ctx, CHECK_OK, "kafka brokers", "%d broker(s) answered: %s", md->broker_cnt, buf);
+
+	if (fixed_topic != NULL) {
+		const struct rd_kafka_metadata_topic *t = NULL;
+
+		for (int i = 0; i < md->topic_cnt; i++)
+			if (strcmp(md->topics[i].topic, fixed_topic) == 0)
+				t = &md->topics[i];
+		if (t != NULL && t->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+			creport(report, ctx, CHECK_OK, "kafka topic", "topic \"%s\" exists with %d partition(s); "
+			       "write permission shows only when producing", fixed_topic, t->partition_cnt);
+			goto out;
+		}
+	}
+	if (broker_auto_create(rk, md->orig_broker_id, timeout_ms, value, sizeof(value))) {
+		if (strcmp(value, "true") == 0)
+			creport(report, ctx, CHECK_OK, "kafka topic creation", "auto.create.topics.enable = true on "
+			       "broker %d: topics are created by the first event; write permission "
+			       "shows only when producing", (int) md->orig_broker_id);
+		else
+			creport(report, ctx, CHECK_WARN, "kafka topic creation", "auto.create.topics.enable = %s on "
+			       "broker %d: create every topic the template can name before its first event",
+			       value, (int) md->orig_broker_id);
+	} else {
+		creport(report, ctx, CHECK_WARN, "kafka topic creation", "auto.create.topics.enable is not "
+		       "visible (%s): make sure the topics exist or may be created; write permission "
+		       "shows only when producing", value);
+	}
+out:
+	if (md != NULL)
+		rd_kafka_metadata_destroy(md);
+	rd_kafka_destroy(rk);
+	return fails;
+
+conf_error:
+	rd_kafka_conf_destroy(conf);
+	creport(report, ctx, CHECK_FAIL, "kafka configuration", "%s", buf);
+	return -1;
 }

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "check.h"
+
 typedef struct sink sink;
 
 typedef struct sink_header {
@@ -59,11 +61,13 @@ typedef struct sink_report {
 	const char *topic;
 	const void *id;            /* value of the "id" header, when present */
 	size_t      id_len;
+	const char *error_name;    /* !ok: librdkafka's error name, e.g. "MSG_SIZE_TOO_LARGE" */
+	size_t      bytes;         /* key + value length */
+	int64_t     timestamp_ms;  /* the message's timestamp (the commit time); -1 if none */
 	const void *key;           /* !ok: the message's key (NULL: none) */
 	size_t      key_len;
 	const void *value;         /* !ok: its value (NULL: tombstone) */
 	size_t      value_len;
-	int64_t     timestamp_ms;
 	size_t      nheaders;      /* !ok: its headers, at most SINK_MAX_HEADERS */
 	sink_header headers[SINK_MAX_HEADERS];
 } sink_report;
@@ -126,6 +130,18 @@ bool  sink_fatal(sink *s, char *errbuf, size_t errlen);
 
 /* Test hook: make the producer fail fatally, as an idempotence violation would. */
 void  sink_test_fatal(sink *s);
+
+/*
+ * --check: with a short-lived client configured like the producer (so TLS
+ * and SASL apply), ask the cluster for metadata within timeout_ms and report
+ * the brokers; then whether events' topics can come into being: when
+ * fixed_topic is set (a template without ${...}), whether it exists,
+ * otherwise the brokers' auto.create.topics.enable if DescribeConfigs shows
+ * it.  Whether the principal may write is only known when producing, and is
+ * said so.  Blocks up to about twice timeout_ms.  Returns the failed items.
+ */
+int   sink_check(const char *brokers, const sink_property *props, size_t nprops,
+                 const char *fixed_topic, int timeout_ms, check_report_fn report, void *ctx);
 
 /* librdkafka's version string. */
 const char *sink_library_version(void);

@@ -11,6 +11,7 @@
 
 #include <libpq-fe.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -285,8 +286,9 @@ source_database(const source *s)
 	return db ? db : "";
 }
 
-source_rc
-source_start(source *s, char *errbuf, size_t errlen)
+/* Open the replication=database connection (blocking, connect_timeout bound). */
+static source_rc
+connect_replication(source *s, char *errbuf, size_t errlen)
 {
 	/*
 	 * Keywords before "dbname" are defaults the user's string may override;
@@ -299,10 +301,6 @@ source_start(source *s, char *errbuf, size_t errlen)
 	const char *vals[] = {
 		"10", "1", "10", "5", "3", "pgoutbox", s->conninfo, "database", NULL,
 	};
-	char cmd[2048];
-	char *ident = NULL, *pubident = NULL, *publit = NULL;
-	PGresult *res;
-	source_rc rc;
 
 	source_close(s);
 	s->conn = PQconnectdbParams(keys, vals, 1);
@@ -315,6 +313,19 @@ source_start(source *s, char *errbuf, size_t errlen)
 		source_close(s);
 		return SOURCE_LOST;
 	}
+	return SOURCE_OK;
+}
+
+source_rc
+source_start(source *s, char *errbuf, size_t errlen)
+{
+	char cmd[2048];
+	char *ident = NULL, *pubident = NULL, *publit = NULL;
+	PGresult *res;
+	source_rc rc;
+
+	if ((rc = connect_replication(s, errbuf, errlen)) != SOURCE_OK)
+		return rc;
 
 	rc = check_objects(s, errbuf, errlen);
 	if (rc != SOURCE_OK) {
@@ -576,4 +587,308 @@ source_finish(source *s, int timeout_ms, char *errbuf, size_t errlen)
 out:
 	source_close(s);
 	return rc;
+}
+
+/* --check ---------------------------------------------------------------- */
+
+typedef struct checker {
+	source         *s;
+	check_report_fn report;
+	void           *ctx;
+	int             fails;
+} checker;
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 5)))
+#endif
+static void
+check_line(checker *c, check_status st, const char *name, const char *fmt, ...)
+{
+	char detail[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	va_end(ap);
+	redact_secret(detail, sizeof(detail), c->s->secret);
+	if (st == CHECK_FAIL)
+		c->fails++;
+	c->report(c->ctx, st, name, detail);
+}
+
+/* Run sql (formatted); NULL after reporting a failure under name. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static PGresult *
+check_query(checker *c, const char *name, const char *fmt, ...)
+{
+	char sql[4096], err[1024];
+	va_list ap;
+	int n;
+	PGresult *res;
+
+	va_start(ap, fmt);
+	n = vsnprintf(sql, sizeof(sql), fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t) n >= sizeof(sql)) {
+		check_line(c, CHECK_FAIL, name, "names too long to check");
+		return NULL;
+	}
+	if ((res = query(c->s, sql, err, sizeof(err))) == NULL)
+		check_line(c, CHECK_FAIL, name, "%s", err);
+	return res;
+}
+
+static bool
+is_true(const PGresult *res, int row, int col)
+{
+	return strcmp(PQgetvalue(res, row, col), "t") == 0;
+}
+
+static void
+check_slot(checker *c, const char *slotlit)
+{
+	const char *slot = c->s->slot;
+	PGresult *res = check_query(c, "slot",
+		"SELECT coalesce(plugin, ''), slot_type, database = current_database(), "
+		"coalesce(database::text, ''), active, coalesce(active_pid::text, ''), "
+		"coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, '') "
+		"FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", slotlit);
+	const char *wal;
+
+	if (res == NULL)
+		return;
+	if (PQntuples(res) == 0) {
+		check_line(c, CHECK_FAIL, "slot", "replication slot \"%s\" does not exist; "
+		           "create it with scripts/setup-slot.sh", slot);
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 1), "logical") != 0 ||
+	    strcmp(PQgetvalue(res, 0, 0), "pgoutput") != 0) {
+		check_line(c, CHECK_FAIL, "slot", "replication slot \"%s\" is a %s slot of plugin \"%s\", "
+		           "not a logical slot of plugin pgoutput", slot, PQgetvalue(res, 0, 1),
+		           PQgetvalue(res, 0, 0));
+		goto out;
+	}
+	if (!is_true(res, 0, 2)) {
+		check_line(c, CHECK_FAIL, "slot", "replication slot \"%s\" belongs to database \"%s\", "
+		           "not to the one in the connection string", slot, PQgetvalue(res, 0, 3));
+		goto out;
+	}
+	check_line(c, CHECK_OK, "slot", "replication slot \"%s\" (pgoutput) confirmed up to %s",
+	           slot, PQgetvalue(res, 0, 7));
+	if (is_true(res, 0, 4))
+		check_line(c, CHECK_FAIL, "slot in use", "replication slot \"%s\" is active for the "
+		           "process with PID %s: another pgoutbox or consumer streams from it", slot,
+		           PQgetvalue(res, 0, 5));
+	else
+		check_line(c, CHECK_OK, "slot in use", "no other process streams from it");
+	wal = PQgetvalue(res, 0, 6);
+	if (strcmp(wal, "lost") == 0)
+		check_line(c, CHECK_FAIL, "slot wal_status", "lost: the WAL the slot needs was removed; "
+		           "drop and re-create the slot, then backfill events committed since");
+	else if (strcmp(wal, "unreserved") == 0)
+		check_line(c, CHECK_WARN, "slot wal_status", "unreserved: the slot holds more WAL than "
+		           "max_slot_wal_keep_size and will be invalidated at the next checkpoint");
+	else
+		check_line(c, CHECK_OK, "slot wal_status", "%s", wal[0] ? wal : "not reported");
+out:
+	PQclear(res);
+}
+
+/* Returns whether the publication exists. */
+static bool
+check_publication(checker *c, const char *publit)
+{
+	const char *pub = c->s->publication;
+	PGresult *res = check_query(c, "publication",
+		"SELECT pubinsert, puballtables FROM pg_catalog.pg_publication WHERE pubname = %s",
+		publit);
+	bool exists = false;
+
+	if (res == NULL)
+		return false;
+	if (PQntuples(res) == 0) {
+		check_line(c, CHECK_FAIL, "publication", "publication \"%s\" does not exist; "
+		           "create it with scripts/setup-slot.sh", pub);
+	} else if (!is_true(res, 0, 0)) {
+		exists = true;
+		check_line(c, CHECK_FAIL, "publication", "publication \"%s\" does not publish inserts: "
+		           "ALTER PUBLICATION ... SET (publish = 'insert')", pub);
+	} else {
+		exists = true;
+		check_line(c, CHECK_OK, "publication", "publication \"%s\" publishes inserts%s", pub,
+		           is_true(res, 0, 1) ? " of all tables" : "");
+	}
+	PQclear(res);
+	return exists;
+}
+
+static bool
+in_list(const char *const *list, const char *name)
+{
+	for (; list != NULL && *list != NULL; list++)
+		if (strcmp(*list, name) == 0)
+			return true;
+	return false;
+}
+
+static void
+check_table(checker *c, const source_check_spec *spec, const char *publit, bool pub_exists)
+{
+	char qualified[1024], missing[1024] = "", found[1024] = "";
+	char *tablit;
+	const char *oid;
+	PGresult *res, *cols = NULL;
+	size_t mlen = 0, flen = 0;
+
+	/* "outbox" means public.outbox, as in the mapping. */
+	snprintf(qualified, sizeof(qualified), "%s%s",
+	         strchr(spec->table, '.') ? "" : "public.", spec->table);
+	tablit = PQescapeLiteral(c->s->conn, qualified, strlen(qualified));
+	if (tablit == NULL) {
+		check_line(c, CHECK_FAIL, "table", "could not quote the table name");
+		return;
+	}
+	res = check_query(c, "table",
+		"SELECT c.oid, has_table_privilege(c.oid, 'SELECT'), c.relkind::text "
+		"FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(%s)", tablit);
+	PQfreemem(tablit);
+	if (res == NULL)
+		return;
+	if (PQntuples(res) == 0) {
+		check_line(c, CHECK_FAIL, "table", "table \"%s\" does not exist; create it (see "
+		           "scripts/setup-slot.sh --create-table) or set table", spec->table);
+		goto out;
+	}
+	oid = PQgetvalue(res, 0, 0);
+	check_line(c, CHECK_OK, "table", "table \"%s\" exists", spec->table);
+
+	if (is_true(res, 0, 1))
+		check_line(c, CHECK_OK, "table privilege", "the role may SELECT from \"%s\"", spec->table);
+	else
+		check_line(c, CHECK_FAIL, "table privilege", "the role may not SELECT from \"%s\" "
+		           "(the walsender needs it for the initial relation data): GRANT SELECT ON %s "
+		           "TO the role", spec->table, spec->table);
+
+	if (pub_exists) {
+		/*
+		 * From the catalogs rather than pg_publication_tables, which a role
+		 * without rights on every published schema cannot read.  Schema
+		 * publications (FOR TABLES IN SCHEMA) exist since PostgreSQL 15.
+		 */
+		PGresult *pt = check_query(c, "publication table",
+			"SELECT p.puballtables OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r "
+			"WHERE r.prpubid = p.oid AND r.prrelid = %s::oid)%s%s%s "
+			"FROM pg_catalog.pg_publication p WHERE p.pubname = %s", oid,
+			PQserverVersion(c->s->conn) >= 150000 ?
+			" OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_namespace n, pg_catalog.pg_class k "
+			"WHERE n.pnpubid = p.oid AND k.oid = " : "",
+			PQserverVersion(c->s->conn) >= 150000 ? oid : "",
+			PQserverVersion(c->s->conn) >= 150000 ? "::oid AND n.pnnspid = k.relnamespace)" : "",
+			publit);
+		if (pt != NULL) {
+			if (PQntuples(pt) != 1 || !is_true(pt, 0, 0))
+				check_line(c, CHECK_FAIL, "publication table", "publication \"%s\" does not "
+				           "contain table \"%s\": ALTER PUBLICATION %s ADD TABLE %s",
+				           c->s->publication, spec->table, c->s->publication, spec->table);
+			else
+				check_line(c, CHECK_OK, "publication table", "publication \"%s\" contains \"%s\"",
+				           c->s->publication, spec->table);
+			PQclear(pt);
+		}
+	}
+
+	cols = check_query(c, "columns",
+		"SELECT attname, attnotnull, pg_catalog.format_type(atttypid, atttypmod) "
+		"FROM pg_catalog.pg_attribute WHERE attrelid = %s::oid AND attnum > 0 "
+		"AND NOT attisdropped ORDER BY attnum", oid);
+	if (cols == NULL)
+		goto out;
+	for (const char *const *want = spec->columns; want != NULL && *want != NULL; want++) {
+		int row = -1;
+		int n;
+
+		for (int i = 0; i < PQntuples(cols) && row < 0; i++)
+			if (strcmp(PQgetvalue(cols, i, 0), *want) == 0)
+				row = i;
+		if (row < 0) {
+			n = snprintf(missing + mlen, sizeof(missing) - mlen, "%s\"%s\"", mlen ? ", " : "", *want);
+			if (n > 0 && (size_t) n < sizeof(missing) - mlen)
+				mlen += (size_t) n;
+			continue;
+		}
+		n = snprintf(found + flen, sizeof(found) - flen, "%s%s %s", flen ? ", " : "", *want,
+		             PQgetvalue(cols, row, 2));
+		if (n > 0 && (size_t) n < sizeof(found) - flen)
+			flen += (size_t) n;
+		if (in_list(spec->notnull, *want) && !is_true(cols, row, 1))
+			check_line(c, CHECK_WARN, "column nullability", "column \"%s\" allows NULL; "
+			           "a row with NULL there cannot become an event: declare it NOT NULL", *want);
+	}
+	if (mlen > 0)
+		check_line(c, CHECK_FAIL, "columns", "table \"%s\" lacks column(s) %s that the mapping "
+		           "reads", spec->table, missing);
+	else
+		check_line(c, CHECK_OK, "columns", "%s", found);
+out:
+	PQclear(cols);
+	PQclear(res);
+}
+
+int
+source_check(source *s, const source_check_spec *spec, check_report_fn report, void *ctx)
+{
+	checker c = {.s = s, .report = report, .ctx = ctx, .fails = 0};
+	char err[1024];
+	char *slotlit = NULL, *publit = NULL;
+	PGresult *res;
+	bool pub_exists;
+	int v;
+
+	if (connect_replication(s, err, sizeof(err)) != SOURCE_OK) {
+		check_line(&c, CHECK_FAIL, "connection", "%s", err);
+		return c.fails;
+	}
+	v = PQserverVersion(s->conn);
+	check_line(&c, CHECK_OK, "connection", "connected to %s:%s, database \"%s\" as \"%s\" "
+	           "(PostgreSQL %d.%d), replication=database", PQhost(s->conn), PQport(s->conn),
+	           PQdb(s->conn), PQuser(s->conn), v / 10000, v % 100);
+
+	if ((res = check_query(&c, "wal_level", "SELECT pg_catalog.current_setting('wal_level')")) != NULL) {
+		if (strcmp(PQgetvalue(res, 0, 0), "logical") == 0)
+			check_line(&c, CHECK_OK, "wal_level", "logical");
+		else
+			check_line(&c, CHECK_FAIL, "wal_level", "wal_level is \"%s\": set wal_level = logical "
+			           "and restart PostgreSQL", PQgetvalue(res, 0, 0));
+		PQclear(res);
+	}
+	if ((res = check_query(&c, "role", "SELECT rolname, rolsuper, rolreplication FROM "
+	                       "pg_catalog.pg_roles WHERE rolname = current_user")) != NULL) {
+		if (PQntuples(res) == 1 && is_true(res, 0, 1))
+			check_line(&c, CHECK_OK, "role", "role \"%s\" is a superuser (a role with only "
+			           "REPLICATION and SELECT on the table is enough)", PQgetvalue(res, 0, 0));
+		else if (PQntuples(res) == 1 && is_true(res, 0, 2))
+			check_line(&c, CHECK_OK, "role", "role \"%s\" has REPLICATION", PQgetvalue(res, 0, 0));
+		else
+			check_line(&c, CHECK_FAIL, "role", "role \"%s\" has neither REPLICATION nor SUPERUSER: "
+			           "ALTER ROLE %s REPLICATION", PQuser(s->conn), PQuser(s->conn));
+		PQclear(res);
+	}
+
+	slotlit = PQescapeLiteral(s->conn, s->slot, strlen(s->slot));
+	publit = PQescapeLiteral(s->conn, s->publication, strlen(s->publication));
+	if (slotlit == NULL || publit == NULL) {
+		check_line(&c, CHECK_FAIL, "slot", "could not quote a name: out of memory");
+		goto out;
+	}
+	check_slot(&c, slotlit);
+	pub_exists = check_publication(&c, publit);
+	check_table(&c, spec, publit, pub_exists);
+out:
+	PQfreemem(slotlit);
+	PQfreemem(publit);
+	source_close(s);
+	return c.fails;
 }

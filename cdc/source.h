@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "check.h"
+
 typedef struct source source;
 
 typedef enum source_rc {
@@ -69,6 +71,23 @@ source_rc source_flush(source *s, char *errbuf, size_t errlen);
  * status update included).  Closes the connection.
  */
 source_rc source_finish(source *s, int timeout_ms, char *errbuf, size_t errlen);
+
+/* What --check compares the outbox table with. */
+typedef struct source_check_spec {
+	const char        *table;      /* "schema.table", or "table" for public.table */
+	const char *const *columns;    /* columns the mapping reads; NULL-terminated */
+	const char *const *notnull;    /* those that should be NOT NULL (warn); NULL-terminated */
+} source_check_spec;
+
+/*
+ * --check: connect as source_start() does and report, one item each, the
+ * connection, wal_level, the role's replication right, the slot (exists,
+ * pgoutput, this database, not in use, wal_status), the publication (exists,
+ * publishes inserts, contains the table), the table (exists, readable, has
+ * the mapped columns).  Blocks (connect_timeout).  Returns the number of
+ * failed items; the connection is closed again.
+ */
+int source_check(source *s, const source_check_spec *spec, check_report_fn report, void *ctx);
 
 /* The password in the conninfo (or ""), for redacting error messages. */
 const char *source_secret(const source *s);

@@ -18,6 +18,7 @@ readonly PACKAGES=(
 	openjdk-17-jre-headless maven
 	valgrind clang libclang-rt-14-dev
 	procps util-linux curl
+	prometheus # promtool, to validate /metrics in the tests
 )
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
