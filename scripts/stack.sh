@@ -9,6 +9,8 @@
 #   scripts/stack.sh start [--state DIR] [--pg-only] [--wal-level logical|replica]
 #   scripts/stack.sh stop  [--state DIR] [--clean]
 #   scripts/stack.sh env   [--state DIR]
+#   scripts/stack.sh kafka-stop  [--state DIR] [--signal KILL|TERM]
+#   scripts/stack.sh kafka-start [--state DIR]
 #
 # `start` prints shell-sourceable KEY=VALUE lines (also kept in DIR/env) on
 # stdout; progress and errors go to stderr, so `eval "$(scripts/stack.sh start)"`
@@ -33,6 +35,8 @@ usage() {
 usage: scripts/stack.sh start [--state DIR] [--pg-only] [--wal-level logical|replica]
        scripts/stack.sh stop  [--state DIR] [--clean]
        scripts/stack.sh env   [--state DIR]
+       scripts/stack.sh kafka-stop  [--state DIR] [--signal KILL|TERM]
+       scripts/stack.sh kafka-start [--state DIR]
 
   start  initialise (first time) and start PostgreSQL and Kafka from DIR, then
          print their environment (kept in DIR/env, shell-sourceable). If the
@@ -42,6 +46,12 @@ usage: scripts/stack.sh start [--state DIR] [--pg-only] [--wal-level logical|rep
   stop   stop what runs from DIR (exit 0 if nothing does). Keeps DIR's files
          unless --clean, which removes DIR.
   env    print DIR/env
+  kafka-stop   stop only the Kafka broker of DIR, for fault tests: SIGKILL by
+               default (a crash), or --signal TERM (a clean shutdown); waits
+               until it has exited. Exit 0 if no broker runs.
+  kafka-start  start the Kafka broker of DIR again (after kafka-stop), from the
+               same data on the same ports, and wait until it is ready. Exit 0
+               if it already runs.
 
 DIR defaults to $PGOUTBOX_STATE, else ${TMPDIR:-/tmp}/pgoutbox-stack.
 EOF
@@ -429,6 +439,75 @@ kafka_stop() {
 	rm -f -- "$KDIR/pid"
 }
 
+# The broker port and controller port of DIR's server.properties, space separated.
+kafka_config_ports() {
+	local listeners
+	listeners=$(sed -n 's/^listeners=//p' "$KDIR/server.properties" 2>/dev/null | tail -n 1)
+	[[ $listeners =~ ^PLAINTEXT://127\.0\.0\.1:([0-9]+),CONTROLLER://127\.0\.0\.1:([0-9]+)$ ]] ||
+		die "no Kafka listeners of stack.sh in $KDIR/server.properties" \
+			"start the stack first: scripts/stack.sh start --state $STATE"
+	printf '%s %s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+}
+
+# kafka_kill SIGNAL — send SIGNAL (KILL or TERM) to the broker and wait until
+# it has exited; a TERM that is not obeyed within KAFKA_STOP_TIMEOUT becomes a
+# KILL. The broker may be frozen (SIGSTOP): SIGCONT lets it act on a TERM.
+kafka_kill() {
+	local sig=$1 pid
+	pid=$(kafka_pid) || {
+		info "no Kafka broker runs from $KDIR"
+		rm -f -- "$KDIR/pid"
+		return 0
+	}
+	info "stopping Kafka (pid $pid) with SIG$sig"
+	kill "-$sig" "$pid" 2>/dev/null || true
+	kill -CONT "$pid" 2>/dev/null || true
+	local deadline=$((SECONDS + KAFKA_STOP_TIMEOUT))
+	while kill -0 "$pid" 2>/dev/null; do
+		if ((SECONDS >= deadline)); then
+			[[ $sig != KILL ]] ||
+				die "Kafka (pid $pid) did not exit within ${KAFKA_STOP_TIMEOUT}s of SIGKILL"
+			info "Kafka did not exit within ${KAFKA_STOP_TIMEOUT}s of SIG$sig; sending SIGKILL"
+			kill -KILL "$pid" 2>/dev/null || true
+			sig=KILL
+			deadline=$((SECONDS + 10))
+		fi
+		sleep 0.1
+	done
+	rm -f -- "$KDIR/pid"
+}
+
+# Start the broker again from its data and configuration as they are (same
+# ports: clients keep their bootstrap address) and poll until it is ready.
+kafka_restart() {
+	local ports port cport
+	ports=$(kafka_config_ports)
+	port=${ports%% *}
+	cport=${ports##* }
+	if kafka_running; then
+		info "Kafka already runs on 127.0.0.1:$port (pid $(kafka_pid))"
+		return 0
+	fi
+	kafka_check_prereqs
+	info "starting Kafka again on 127.0.0.1:$port (controller 127.0.0.1:$cport)"
+	local mark=0
+	[[ -f $KLOG ]] && mark=$(wc -l <"$KLOG")
+	kafka_launch
+	local deadline=$((SECONDS + KAFKA_READY_TIMEOUT))
+	until kcat -L -b "127.0.0.1:$port" -m 2 2>/dev/null | grep -q 'broker 1 at'; do
+		if ! kafka_running; then
+			if tail -n +"$((mark + 1))" "$KLOG" 2>/dev/null | grep -q 'Address already in use'; then
+				kafka_fail "port $port or $cport is taken by another process: Kafka cannot restart on it"
+			fi
+			kafka_fail "Kafka exited during startup (logs above)"
+		fi
+		((SECONDS < deadline)) ||
+			kafka_fail "Kafka on 127.0.0.1:$port was not ready within ${KAFKA_READY_TIMEOUT}s (logs above)"
+		sleep 0.2
+	done
+	info "Kafka is ready on 127.0.0.1:$port"
+}
+
 # ------------------------------------------------------------------- helpers
 
 # pick_ports N — print N distinct free TCP ports on 127.0.0.1, space separated.
@@ -549,6 +628,20 @@ cmd_stop() {
 	return 0
 }
 
+cmd_kafka_stop() {
+	local sig=$1
+	[[ -d $KDIR ]] || die "no Kafka in $STATE" "start one with: scripts/stack.sh start --state $STATE"
+	lock_state
+	kafka_kill "$sig"
+}
+
+cmd_kafka_start() {
+	[[ -f $KDIR/server.properties && -f $KDIR/data/meta.properties ]] ||
+		die "no Kafka broker was set up in $STATE" "start the stack first: scripts/stack.sh start --state $STATE"
+	lock_state
+	kafka_restart
+}
+
 cmd_env() {
 	[[ -f $ENVFILE ]] ||
 		die "no stack environment in $STATE" "start one with: scripts/stack.sh start --state $STATE"
@@ -560,7 +653,7 @@ main() {
 	local cmd=$1
 	shift
 	case $cmd in
-	start | stop | env) ;;
+	start | stop | env | kafka-stop | kafka-start) ;;
 	-h | --help | help)
 		usage
 		exit 0
@@ -569,7 +662,7 @@ main() {
 	esac
 
 	local state=${PGOUTBOX_STATE:-${TMPDIR:-/tmp}/pgoutbox-stack}
-	local pg_only=0 wal_level=logical clean=0
+	local pg_only=0 wal_level=logical clean=0 signal=KILL
 	while [[ $# -gt 0 ]]; do
 		case $1 in
 		--state)
@@ -592,6 +685,20 @@ main() {
 				usage_error "--wal-level must be logical or replica, not '$wal_level'"
 			;;
 		--clean) [[ $cmd == stop ]] || usage_error "--clean is an option of stop"; clean=1 ;;
+		--signal | --signal=*)
+			[[ $cmd == kafka-stop ]] || usage_error "--signal is an option of kafka-stop"
+			if [[ $1 == --signal ]]; then
+				[[ $# -ge 2 ]] || usage_error "--signal needs KILL or TERM"
+				signal=$2
+				shift
+			else
+				signal=${1#--signal=}
+			fi
+			signal=${signal^^}
+			signal=${signal#SIG}
+			[[ $signal == KILL || $signal == TERM ]] ||
+				usage_error "--signal must be KILL or TERM, not '$signal'"
+			;;
 		-h | --help)
 			usage
 			exit 0
@@ -606,6 +713,8 @@ main() {
 	start) cmd_start "$pg_only" "$wal_level" ;;
 	stop) cmd_stop "$clean" ;;
 	env) cmd_env ;;
+	kafka-stop) cmd_kafka_stop "$signal" ;;
+	kafka-start) cmd_kafka_start ;;
 	esac
 }
 
