@@ -785,6 +785,21 @@ read_stream(app *a)
  * message, give up on the stream after the whole timeout.  While Kafka's
  * queue is full pgoutbox does not read, so silence then proves nothing.
  */
+/*
+ * Time between status updates: status_interval, but at most half the
+ * server's wal_sender_timeout, because while Kafka's queue is full these
+ * updates are all that keeps the walsender from timing the session out.
+ */
+static int
+status_interval(const app *a)
+{
+	int wst = source_sender_timeout_ms(a->src);
+
+	if (wst > 0 && wst / 2 < a->cfg.status_interval_ms)
+		return wst / 2 > 100 ? wst / 2 : 100;
+	return a->cfg.status_interval_ms;
+}
+
 static void
 check_liveness(app *a, int64_t now)
 {
@@ -916,7 +931,7 @@ run(app *a)
 		confirmable = ledger_confirmable(&a->led);
 		now = now_ms();
 		if (source_connected(a->src) &&
-		    (a->reply_due || now - a->last_status_ms >= a->cfg.status_interval_ms ||
+		    (a->reply_due || now - a->last_status_ms >= status_interval(a) ||
 		     (confirmable != a->reported && now - a->last_status_ms >= STATUS_MIN_GAP_MS)))
 			send_status(a, now, false);
 		check_liveness(a, now);
@@ -962,7 +977,7 @@ run(app *a)
 		/* Sleep until the socket, Kafka or a timer needs us. */
 		timeout = 1000;
 		if (source_connected(a->src)) {
-			int64_t due = a->last_status_ms + a->cfg.status_interval_ms;
+			int64_t due = a->last_status_ms + status_interval(a);
 			if (confirmable != a->reported)
 				due = a->last_status_ms + STATUS_MIN_GAP_MS;
 			if (due - now < timeout)

@@ -27,6 +27,7 @@ struct source {
 	char   *secret;           /* password from the conninfo, for redaction */
 	int     proto_version;     /* asked for; 0: negotiate */
 	int     proto_running;     /* in use by the current stream */
+	int     sender_timeout_ms; /* the server's wal_sender_timeout; 0: off or unknown */
 	bool    streaming;
 	bool    want_write;       /* output queued that the socket did not take yet */
 };
@@ -209,7 +210,9 @@ check_objects(source *s, char *errbuf, size_t errlen)
 		return SOURCE_LOST;
 	if (PQntuples(res) == 0) {
 		snprintf(errbuf, errlen,
-		         "replication slot \"%s\" does not exist; create it with scripts/setup-slot.sh",
+		         "replication slot \"%s\" does not exist; create it with scripts/setup-slot.sh "
+		         "(if it existed before, it was dropped: events committed since its last confirmed "
+		         "position are not in a new slot and must be backfilled)",
 		         s->slot);
 		rc = SOURCE_FATAL;
 	} else if (strcmp(PQgetvalue(res, 0, 1), "logical") != 0 ||
@@ -272,6 +275,41 @@ negotiate_proto(int server_version)
 	return PGO_PROTO_V1;
 }
 
+/*
+ * The server's wal_sender_timeout in ms (0: off or unknown).  While Kafka's
+ * queue is full pgoutbox reads nothing, so only its own status updates keep
+ * the walsender from timing it out: they must come more often than this.
+ */
+static int
+query_sender_timeout(source *s)
+{
+	PGresult *res = PQexec(s->conn, "SELECT pg_catalog.current_setting('wal_sender_timeout')");
+	int ms = 0;
+
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+		const char *v = PQgetvalue(res, 0, 0);
+		char *end;
+		long n = strtol(v, &end, 10);
+
+		if (end != v && n > 0 && n < INT32_MAX / 1000) {
+			if (strcmp(end, "ms") == 0 || *end == '\0')
+				ms = (int) n;
+			else if (strcmp(end, "s") == 0)
+				ms = (int) n * 1000;
+			else if (strcmp(end, "min") == 0 && n < INT32_MAX / 60000)
+				ms = (int) n * 60000;
+		}
+	}
+	PQclear(res);
+	return ms;
+}
+
+int
+source_sender_timeout_ms(const source *s)
+{
+	return s->sender_timeout_ms;
+}
+
 int
 source_proto_version(const source *s)
 {
@@ -332,6 +370,7 @@ source_start(source *s, char *errbuf, size_t errlen)
 		source_close(s);
 		return rc;
 	}
+	s->sender_timeout_ms = query_sender_timeout(s);
 
 	ident = PQescapeIdentifier(s->conn, s->slot, strlen(s->slot));
 	pubident = PQescapeIdentifier(s->conn, s->publication, strlen(s->publication));

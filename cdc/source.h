@@ -40,6 +40,8 @@ void    source_free(source *s);
  * most the connect_timeout of the connection string (10 s if unset).
  */
 source_rc source_start(source *s, char *errbuf, size_t errlen);
+/* The server's wal_sender_timeout in ms, 0 when off or unknown (valid after start). */
+int       source_sender_timeout_ms(const source *s);
 /* The pgoutput protocol version of the running stream (valid after start). */
 int       source_proto_version(const source *s);
 /* The database of the running stream (valid after start), e.g. for CloudEvents sources. */
