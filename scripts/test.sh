@@ -5,7 +5,8 @@
 #
 # Installs what is missing (scripts/install-deps.sh); builds build/ and, with
 # AddressSanitizer + UBSan, build-asan/, both with warnings as errors; runs the
-# C unit tests under the sanitizers and under valgrind; then starts a throwaway
+# C unit tests under the sanitizers and under valgrind; fuzzes the decoder for
+# 60 s (libFuzzer, clang, build-fuzz/); then starts a throwaway
 # PostgreSQL + Kafka (scripts/stack.sh) in a fresh state directory and runs the
 # end-to-end tests (pytest tests/e2e) against the sanitizer build of pgoutbox.
 # Extra arguments go to pytest. Prints the time of each step; exits non-zero on
@@ -111,6 +112,30 @@ build_asan() {
 	meson compile -C build-asan
 }
 
+# The libFuzzer target of decoder/ (tests/fuzz) for 60 s, with ASan + UBSan,
+# seeded from a copy of tests/fuzz/corpus so that the repository is not
+# modified. Any crash, leak, sanitizer report or timeout fails the step; the
+# work directory (log, crashing input) is then kept.
+fuzz_decoder() {
+	CC=clang meson_setup build-fuzz --werror -Dfuzzing=true -Db_lundef=false
+	meson compile -C build-fuzz fuzz_decoder
+	local work rc=0
+	work=$(mktemp -d "${TMPDIR:-/tmp}/pgoutbox-fuzz.XXXXXX")
+	cp -R tests/fuzz/corpus "$work/corpus"
+	build-fuzz/tests/fuzz/fuzz_decoder -max_total_time=60 -timeout=20 -print_final_stats=1 \
+		-artifact_prefix="$work/" "$work/corpus" >"$work/fuzz.log" 2>&1 || rc=$?
+	if ((rc == 0)) && grep -qE '^==[0-9]+==ERROR|runtime error:|^SUMMARY: ' "$work/fuzz.log"; then
+		rc=1
+	fi
+	if ((rc != 0)); then
+		tail -n 60 "$work/fuzz.log"
+		printf 'fuzz_decoder failed (exit %d): log and crashing input kept in %s\n' "$rc" "$work" >&2
+		return 1
+	fi
+	grep -E '^(Done|stat::)' "$work/fuzz.log" || true
+	rm -rf -- "$work"
+}
+
 start_stack() {
 	state=$(mktemp -d "${TMPDIR:-/tmp}/pgoutbox-test.XXXXXX")
 	scripts/stack.sh start --state "$state"
@@ -138,5 +163,6 @@ step "build (build/)" build_plain
 step "build with ASan+UBSan (build-asan/)" build_asan
 step "unit tests, ASan+UBSan" meson test -C build-asan --print-errorlogs
 step "unit tests, valgrind" meson test -C build --print-errorlogs --suite unit --wrapper="$VALGRIND"
+step "fuzz decoder (60 s)" fuzz_decoder
 step "start PostgreSQL + Kafka" start_stack
 step "end-to-end tests (pytest)" e2e_tests "$@"
