@@ -19,6 +19,7 @@ readonly PACKAGES=(
 	valgrind clang libclang-rt-14-dev
 	procps util-linux curl
 	prometheus # promtool, to validate /metrics in the tests
+	gnuplot-nox
 )
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -1,0 +1,121 @@
+#!/usr/bin/python3
+"""consumer.py — the independent latency consumer of scripts/bench/run.sh.
+
+Reads one topic (all partitions, from the beginning, no consumer group
+coordination) and records, per message, receive time minus the message's
+Kafka timestamp. Both pgoutbox and polling_relay.py set that timestamp to
+the transaction's commit time (ms), so the difference is commit-to-consumer
+latency. Everything runs on one machine, so both clocks are the same clock;
+the timestamp is truncated to whole ms, which adds 0-1 ms.
+
+    consumer.py --brokers B --topic T --expect-file F --out RESULT.json
+
+Prints "ready" on stdout once its fetchers are connected. Runs until the
+expect file exists and holds a count that has been received, or until
+--timeout seconds after the file appeared; then writes the statistics.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+
+def percentile(sorted_vals, q):
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_vals:
+        return None
+    k = max(0, min(len(sorted_vals) - 1, int(-(-q * len(sorted_vals) // 1)) - 1))
+    return sorted_vals[k]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--brokers", required=True)
+    ap.add_argument("--topic", required=True)
+    ap.add_argument("--expect-file", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--timeout", type=float, default=120.0,
+                    help="seconds to wait for the expected count once known")
+    args = ap.parse_args()
+
+    c = Consumer({
+        "bootstrap.servers": args.brokers,
+        "group.id": "pgoutbox-bench-%d" % os.getpid(),  # required; never joined (assign)
+        "enable.auto.commit": False,
+        "fetch.wait.max.ms": int(os.environ.get("BENCH_FETCH_WAIT_MS", "10")),
+        "fetch.min.bytes": 1,
+    })
+    md = c.list_topics(args.topic, timeout=30)
+    tmd = md.topics.get(args.topic)
+    if tmd is None or tmd.error is not None or not tmd.partitions:
+        print("consumer: topic %s not found" % args.topic, file=sys.stderr)
+        return 1
+    c.assign([TopicPartition(args.topic, p, OFFSET_BEGINNING) for p in tmd.partitions])
+
+    lat = []
+    ts_min = ts_max = None
+
+    def take(msgs):
+        nonlocal ts_min, ts_max
+        now = time.time() * 1000.0
+        for m in msgs:
+            if m is None or m.error() or m.key() == b"warmup":
+                continue
+            ts = m.timestamp()[1]
+            lat.append(now - ts)
+            ts_min = ts if ts_min is None or ts < ts_min else ts_min
+            ts_max = ts if ts_max is None or ts > ts_max else ts_max
+
+    def poll_once():
+        # poll() returns as soon as a message is there (consume(n, timeout)
+        # would wait for n messages or the whole timeout, adding up to the
+        # timeout to every latency); then take what is already fetched.
+        m = c.poll(0.05)
+        if m is not None:
+            take([m])
+            take(c.consume(num_messages=1000, timeout=0))
+
+    # Let the fetchers connect before the load starts.
+    t_end = time.monotonic() + 1.5
+    while time.monotonic() < t_end:
+        poll_once()
+    print("ready", flush=True)
+
+    expect = None
+    deadline = None
+    while True:
+        poll_once()
+        if expect is None and os.path.exists(args.expect_file):
+            with open(args.expect_file) as f:
+                txt = f.read().strip()
+            if txt:
+                expect = int(txt)
+                deadline = time.monotonic() + args.timeout
+        if expect is not None and (len(lat) >= expect or time.monotonic() > deadline):
+            break
+    c.close()
+
+    s = sorted(lat)
+    res = {
+        "topic": args.topic,
+        "received": len(s),
+        "expected": expect,
+        "p50_ms": percentile(s, 0.50),
+        "p90_ms": percentile(s, 0.90),
+        "p99_ms": percentile(s, 0.99),
+        "p999_ms": percentile(s, 0.999),
+        "max_ms": s[-1] if s else None,
+        "mean_ms": sum(s) / len(s) if s else None,
+        "first_ts_ms": ts_min,
+        "last_ts_ms": ts_max,
+    }
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

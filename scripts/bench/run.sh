@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+#
+# run.sh — pgoutbox's end-to-end benchmarks in one command: build a release
+# pgoutbox, start a throwaway PostgreSQL 15 + Kafka (scripts/stack.sh, own
+# state directory, stopped and removed on exit), run the scenarios, write a
+# markdown report and a latency plot.
+#
+#   scripts/bench/run.sh [--quick] [--profile] [--scenarios LIST] [--out DIR]
+#                        [--docs FILE | --no-docs] [-X PROP=VAL ...]
+#
+#   --quick          smoke run of every scenario (20k events per drain, 5 s per
+#                    rate, fewer polling rates): under 3 minutes. Does not touch
+#                    docs/ unless --docs is given.
+#   --profile        also run pgoutbox under valgrind --tool=callgrind for a
+#                    20k-event drain (a release build with debug info); the
+#                    annotated output lands in OUT/callgrind/
+#   --scenarios L    comma list of drain,latency,polling,profile
+#                    (default drain,latency,polling; --profile appends profile)
+#   --out DIR        results, logs and raw files (default
+#                    ${TMPDIR:-/tmp}/pgoutbox-bench/results-<date>)
+#   --docs FILE      update FILE's benchmark sections (default for a full run:
+#                    docs/benchmarks.md, plot into docs/img/); --no-docs: don't
+#   -X PROP=VAL      librdkafka property for pgoutbox in every scenario
+#   --rev REV        build pgoutbox from git revision REV (exported with git
+#                    archive into ${TMPDIR:-/tmp}/pgoutbox-bench/src-REV)
+#                    instead of the working tree
+#   --note TEXT      a remark for the report (e.g. what else ran on the machine)
+#
+# Scenarios (details in docs/benchmarks.md):
+#   drain    N events pre-written behind two slots created at the same LSN;
+#            pg_recvlogical (pgoutput, to /dev/null: the ceiling) drains one,
+#            pgoutbox drains the other into Kafka until the slot is confirmed
+#            at the last commit (--endpos). 1 and 10 events per transaction and
+#            one big transaction; 200 B and 4 KB payloads.
+#   latency  pgbench -R at 1,000/2,000/5,000/10,000 inserts/s (one event per
+#            transaction, synchronous_commit=on); an independent consumer
+#            measures receive time - Kafka timestamp (= commit time).
+#   polling  the same load and consumer against scripts/bench/polling_relay.py
+#            (SELECT ... FOR UPDATE SKIP LOCKED / produce / flush / UPDATE) at
+#            100 ms and 1 s intervals; relay and backend CPU, rows touched.
+#
+# Environment: BENCH_BUILD (build directory, default
+# ${TMPDIR:-/tmp}/pgoutbox-bench/build), PGOUTBOX_CACHE (as scripts/stack.sh).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+repo=$PWD
+readonly repo
+PY=/usr/bin/python3
+[[ -x $PY ]] || PY=python3
+base=${TMPDIR:-/tmp}/pgoutbox-bench
+build=${BENCH_BUILD:-$base/build}
+readonly PY base
+
+info() { printf 'run.sh: %s\n' "$*" >&2; }
+die() {
+	printf 'run.sh: error: %s\n' "$*" >&2
+	exit 1
+}
+
+quick=0 profile=0 scenarios='' out='' docs='' nodocs=0 note='' rev_arg=''
+xprops=()
+while [[ $# -gt 0 ]]; do
+	case $1 in
+	--quick) quick=1 ;;
+	--profile) profile=1 ;;
+	--scenarios)
+		[[ $# -ge 2 ]] || die "--scenarios needs a value"
+		scenarios=$2
+		shift
+		;;
+	--out)
+		[[ $# -ge 2 ]] || die "--out needs a value"
+		out=$2
+		shift
+		;;
+	--docs)
+		[[ $# -ge 2 ]] || die "--docs needs a value"
+		docs=$2
+		shift
+		;;
+	--no-docs) nodocs=1 ;;
+	--rev)
+		[[ $# -ge 2 ]] || die "--rev needs a value"
+		rev_arg=$2
+		shift
+		;;
+	--note)
+		[[ $# -ge 2 ]] || die "--note needs a value"
+		note=$2
+		shift
+		;;
+	-X)
+		[[ $# -ge 2 ]] || die "-X needs a value"
+		xprops+=(-X "$2")
+		shift
+		;;
+	-h | --help)
+		sed -n '3,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+		exit 0
+		;;
+	*) die "unknown argument: $1 (see --help)" ;;
+	esac
+	shift
+done
+[[ -n $scenarios ]] || scenarios=drain,latency,polling
+((profile)) && [[ ,$scenarios, != *,profile,* ]] && scenarios+=,profile
+[[ -n $out ]] || out=$base/results-$(date +%Y%m%d-%H%M%S)
+if ((nodocs)); then
+	docs=''
+elif [[ -z $docs ]] && ((!quick)); then
+	docs=$repo/docs/benchmarks.md
+fi
+
+# ------------------------------------------------------------ dependencies
+need=(pgbench pg_recvlogical gnuplot kcat java meson)
+[[ ,$scenarios, == *,profile,* ]] && need+=(valgrind callgrind_annotate)
+missing=0
+for c in "${need[@]}"; do command -v "$c" >/dev/null 2>&1 || missing=1; done
+"$PY" -c 'import psycopg2, confluent_kafka' 2>/dev/null || missing=1
+if ((missing)); then
+	info "installing missing dependencies (scripts/install-deps.sh)"
+	scripts/install-deps.sh >&2
+fi
+scripts/install-deps.sh >/dev/null # Kafka jars (quick when present)
+
+# ------------------------------------------------------------------- build
+mkdir -p "$base" "$out"
+out=$(realpath "$out")
+src=$repo
+if [[ -n $rev_arg ]]; then
+	full_rev=$(git -C "$repo" rev-parse --verify "$rev_arg^{commit}") || die "unknown revision $rev_arg"
+	src=$base/src-${full_rev:0:12}
+	if [[ ! -f $src/meson.build ]]; then
+		rm -rf -- "$src.tmp"
+		mkdir -p "$src.tmp"
+		git -C "$repo" archive "$full_rev" | tar -x -C "$src.tmp"
+		mv -T -- "$src.tmp" "$src"
+	fi
+	build=$build-${full_rev:0:12}
+fi
+# meson setup SRC DIR [OPTIONS...]: (re)configure DIR for SRC if needed
+setup_build() {
+	local s=$1 d=$2
+	shift 2
+	if [[ ! -f $d/build.ninja ]]; then
+		(cd "$s" && meson setup "$d" "$@") >"$out/meson-setup-$(basename "$d").log" 2>&1 ||
+			{ cat "$out/meson-setup-$(basename "$d").log" >&2; die "meson setup failed"; }
+	fi
+	meson compile -C "$d" >"$out/meson-compile-$(basename "$d").log" 2>&1 ||
+		{ tail -n 30 "$out/meson-compile-$(basename "$d").log" >&2; die "build failed"; }
+}
+setup_build "$src" "$build" --buildtype=release
+bin=$build/cdc/pgoutbox
+prof_args=()
+if [[ ,$scenarios, == *,profile,* ]]; then
+	setup_build "$src" "$build-prof" --buildtype=release -Ddebug=true
+	prof_args=(--prof-bin "$build-prof/cdc/pgoutbox")
+fi
+
+# ------------------------------------------------------------------- stack
+state=$base/stack-$$
+cleanup() {
+	local rc=$?
+	scripts/stack.sh stop --state "$state" --clean >/dev/null 2>&1 || true
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+info "starting a throwaway PostgreSQL + Kafka in $state"
+scripts/stack.sh start --state "$state" >"$out/stack.env" 2>"$out/stack.log" ||
+	{ cat "$out/stack.log" >&2; die "stack did not start"; }
+set -a
+# shellcheck disable=SC1091
+. "$state/env"
+set +a
+
+# ------------------------------------------------------ machine and versions
+if [[ -n $rev_arg ]]; then
+	rev=${full_rev:0:7}
+else
+	rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+	if [[ -n $(git -C "$repo" status --porcelain -- cdc decoder meson.build 2>/dev/null) ]]; then
+		rev+=" (+ uncommitted changes in cdc/, decoder/ or meson.build)"
+	fi
+fi
+kafka_jar=$(ls "${PGOUTBOX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pgoutbox}"/kafka-*/libs/kafka_2.13-*.jar 2>/dev/null | head -n 1)
+kafka_version=$(basename "${kafka_jar:-kafka_2.13-unknown.jar}" .jar)
+kafka_version=${kafka_version#kafka_2.13-}
+cmdline="scripts/bench/run.sh"
+((quick)) && cmdline+=" --quick"
+((profile)) && cmdline+=" --profile"
+[[ $scenarios != drain,latency,polling && $scenarios != drain,latency,polling,profile ]] &&
+	cmdline+=" --scenarios $scenarios"
+[[ -n $rev_arg ]] && cmdline+=" --rev $rev_arg"
+for x in "${xprops[@]}"; do [[ $x == -X ]] || cmdline+=" -X $x"; done
+"$PY" - "$out/meta.json" <<EOF
+import json, os, subprocess, sys
+def sh(c):
+    try:
+        return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception:
+        return ""
+mem_kb = int([l for l in open("/proc/meminfo") if l.startswith("MemTotal:")][0].split()[1])
+json.dump({
+    "cpu": sh("lscpu | sed -n 's/^Model name: *//p' | head -n 1"),
+    "cores": os.cpu_count(),
+    "ram_gb": round(mem_kb / 1048576, 1),
+    "kernel": sh("uname -r"),
+    "os": sh(". /etc/os-release && echo \$PRETTY_NAME"),
+    "librdkafka": sh("$PY -c 'import confluent_kafka; print(confluent_kafka.libversion()[0])'"),
+    "kafka": "$kafka_version",
+    "pgoutbox_version": sh("'$bin' --version"),
+    "pgoutbox_rev": "$rev",
+    "pgbench": sh("pgbench --version"),
+    "command": "$cmdline",
+    "load_before": sh("cat /proc/loadavg"),
+    "top_before": sh("top -b -n 1 -w 200 | sed -n '7,12p'"),
+}, open(sys.argv[1], "w"), indent=1)
+EOF
+
+info "running scenarios $scenarios (results in $out)"
+xb=()
+for x in "${xprops[@]}"; do [[ $x == -X ]] || xb+=(-X "$x"); done
+qa=()
+((quick)) && qa=(--quick)
+"$PY" scripts/bench/bench.py --out "$out" --pgoutbox "$bin" --scenarios "$scenarios" \
+	--meta "$out/meta.json" "${qa[@]}" "${prof_args[@]}" "${xb[@]}"
+
+# ------------------------------------------------------------------ report
+"$PY" - "$out/results.json" <<'EOF'
+import json, subprocess, sys
+r = json.load(open(sys.argv[1]))
+r["meta"]["load_after"] = open("/proc/loadavg").read().strip()
+json.dump(r, open(sys.argv[1], "w"), indent=1)
+EOF
+report=(--results "$out/results.json" --md "$out/benchmarks.md" --img-dir "$out" --note "$note")
+if [[ -n $docs ]]; then
+	report+=(--docs "$docs" --docs-img-dir "$(dirname "$docs")/img")
+fi
+"$PY" scripts/bench/report.py "${report[@]}"
+info "report: $out/benchmarks.md${docs:+, and $docs}"
