@@ -93,7 +93,7 @@ def plot(r, img_dir):
                      % (data, base + 2, c, name))
     m = r["meta"]
     script = """
-set terminal pngcairo size 900,560 font 'sans,10'
+set terminal pngcairo size 960,680 font 'sans,10'
 set output '%s'
 set datafile missing '?'
 set logscale xy
@@ -101,7 +101,8 @@ set xrange [%g:%g]
 set xtics (%s)
 set yrange [0.5:*]
 set grid xtics ytics mytics
-set key outside right top
+set key below maxrows 6 width -2
+set bmargin 12
 set xlabel 'offered load (events/s, pgbench -R, one event per transaction)'
 set ylabel 'commit-to-consumer latency (ms, log scale)'
 set title 'pgoutbox vs polling relay: latency percentiles%s'
@@ -194,8 +195,9 @@ def render(r, img_rel, note):
                 x["variant"], fi(x["rate"]), fi(x["tps"]), fi(x["received"]), f(x["p50_ms"]),
                 f(x["p99_ms"]), f(x["p999_ms"]), f(x["max_ms"]), f(x["pgbench_latency_ms"], 2)))
         add("")
-        add("pgoutbox has no commit-to-ack histogram of its own yet (`--metrics` is reserved, "
-            "not implemented), so only the consumer's view is reported.")
+        add("pgoutbox's own commit-to-ack histogram (`pgoutbox_commit_to_ack_seconds` on "
+            "`--metrics`) is not collected by this benchmark yet, so only the consumer's view "
+            "is reported.")
         add("")
         if img_rel:
             add("![latency percentiles per offered rate, pgoutbox vs polling relay (log scale)](%s)"
