@@ -12,8 +12,8 @@
 # golden inputs in tests/decoder/cases/*/input: records of Uint32 big-endian
 # length + one pgoutput message.  OUTPUT.info describes the capture.
 #
-# Like tests/decoder/capture.sh it starts a throwaway cluster (initdb into a
-# temp dir, wal_level=logical, a free port on 127.0.0.1, fsync off) and reads
+# It starts a throwaway cluster with scripts/stack.sh --pg-only (temp dir,
+# wal_level=logical, a free port on 127.0.0.1, fsync off) and reads
 # the slot with pg_logical_slot_get_binary_changes(), in chunks so that psql
 # never holds the whole stream.  The options are the daemon's for PostgreSQL
 # 15 (proto_version 3, messages on, no streaming).  Every chunk is a new
@@ -32,64 +32,28 @@ PROTO=3
 cache=${PGOUTBOX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pgoutbox}
 out=${1:-$cache/bench/outbox-inserts-$N.records}
 
-as_pg() {
-	if [ "$(id -u)" -eq 0 ]; then
-		runuser -u postgres -- "$@"
-	else
-		"$@"
-	fi
-}
-
-free_port() {
-	local p
-	for _ in $(seq 1 200); do
-		p=$((20000 + RANDOM % 40000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return 0
-		fi
-	done
-	echo "capture.sh: no free port found" >&2
-	return 1
-}
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 
 mkdir -p "$(dirname "$out")"
+# The throwaway cluster comes from scripts/stack.sh (PostgreSQL only), like
+# every other cluster of the project; synchronous_commit is set per session.
 tmp=$(mktemp -d /tmp/pgoutbox-bench-capture.XXXXXX)
+chmod 755 "$tmp"
 cleanup() {
-	if [ -f "$tmp/data/postmaster.pid" ]; then
-		as_pg "$PGBIN/pg_ctl" -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true
-	fi
+	"$repo/scripts/stack.sh" stop --state "$tmp/stack" --clean >/dev/null 2>&1 || true
 	rm -rf "$tmp"
 	rm -f "$out.partial"
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
-if [ "$(id -u)" -eq 0 ]; then
-	chown postgres: "$tmp"
-fi
-
-port=$(free_port)
-as_pg "$PGBIN/initdb" -D "$tmp/data" -U postgres -A trust -E UTF8 --no-locale \
-	--no-sync >"$tmp/initdb.log" 2>&1 || { cat "$tmp/initdb.log" >&2; exit 1; }
-cat >>"$tmp/data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$tmp'
-wal_level = logical
-max_replication_slots = 4
-max_wal_senders = 4
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-max_wal_size = '4GB'
-timezone = 'UTC'
-CONF
-as_pg "$PGBIN/pg_ctl" -D "$tmp/data" -l "$tmp/server.log" -w start >/dev/null ||
-	{ cat "$tmp/server.log" >&2; exit 1; }
+"$repo/scripts/stack.sh" start --pg-only --state "$tmp/stack" >/dev/null
+set -a
+# shellcheck source=/dev/null
+. "$tmp/stack/env"
+set +a
 
 psql_pg() {
-	as_pg "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$tmp" -p "$port" -U postgres \
-		-d postgres "$@"
+	PGOPTIONS='-c synchronous_commit=off' "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"
 }
 
 echo "capture.sh: $N single-insert transactions into a PostgreSQL $(
