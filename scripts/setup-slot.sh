@@ -4,7 +4,9 @@
 # (FOR TABLE <table> WITH (publish = 'insert')) and the logical replication
 # slot (plugin pgoutput). --create-table also creates the default outbox table;
 # --create-emit-function installs outbox_emit() (scripts/outbox_emit.sql) for the
-# table-less outbox; --drop removes slot and publication (never the table).
+# table-less outbox; --create-role NAME makes a least-privilege role for
+# pgoutbox (LOGIN REPLICATION, SELECT on the table, nothing else); --drop
+# removes slot and publication (never the table, never a role).
 #
 # Idempotent: a second run changes nothing and exits 0. Every failed check says
 # what to change and makes the script exit 1. The connection string is never
@@ -17,7 +19,7 @@ usage() {
 	cat <<'EOF'
 usage: scripts/setup-slot.sh -d CONNINFO [--table public.outbox] [--publication pgoutbox]
                              [--slot pgoutbox] [--create-table] [--create-emit-function]
-                             [--drop]
+                             [--create-role NAME] [--drop]
 
 Prepare a PostgreSQL database for pgoutbox: check wal_level, free replication
 slots and WAL senders, the role's REPLICATION attribute and its SELECT
@@ -35,6 +37,10 @@ nothing.
   --create-emit-function  install outbox_emit(aggregatetype, aggregateid, type,
                           payload [, headers [, prefix]]) from outbox_emit.sql,
                           for events sent as logical messages (messages_prefix)
+  --create-role NAME      create (or complete) a least-privilege role for pgoutbox:
+                          LOGIN REPLICATION, USAGE on the table's schema and
+                          SELECT on the table; no password is set (add one with
+                          ALTER ROLE NAME PASSWORD '...', or use certificates)
   --drop                  drop the slot and the publication instead (never the table)
   -h, --help              show this help
 
@@ -55,7 +61,7 @@ usage_error() {
 # --------------------------------------------------------------- arguments
 
 conninfo='' table_arg=public.outbox publication=pgoutbox slot=pgoutbox
-create_table=0 drop=0 create_emit=0
+create_table=0 drop=0 create_emit=0 create_role=''
 
 need_value() { # need_value OPTION ARGC
 	[[ $2 -ge 2 ]] || usage_error "option $1 needs a value"
@@ -90,6 +96,12 @@ while [[ $# -gt 0 ]]; do
 	--slot=*) slot=${1#*=} ;;
 	--create-table) create_table=1 ;;
 	--create-emit-function) create_emit=1 ;;
+	--create-role)
+		need_value "$1" $#
+		create_role=$2
+		shift
+		;;
+	--create-role=*) create_role=${1#*=} ;;
 	--drop) drop=1 ;;
 	-h | --help)
 		usage
@@ -103,6 +115,9 @@ done
 [[ -n $conninfo ]] || usage_error "missing -d CONNINFO"
 [[ $drop == 0 || $create_table == 0 ]] || usage_error "--drop and --create-table cannot be combined"
 [[ $drop == 0 || $create_emit == 0 ]] || usage_error "--drop and --create-emit-function cannot be combined"
+[[ $drop == 0 || -z $create_role ]] || usage_error "--drop and --create-role cannot be combined"
+[[ -z $create_role || $create_role =~ ^[a-z_][a-z0-9_]{0,62}$ ]] ||
+	usage_error "invalid role name '$create_role': use 1 to 63 lower-case letters, digits and underscores"
 emit_sql=$(dirname "${BASH_SOURCE[0]}")/outbox_emit.sql
 [[ $create_emit == 0 || -r $emit_sql ]] || usage_error "--create-emit-function: cannot read $emit_sql"
 [[ -n $table_arg ]] || usage_error "--table must not be empty"
@@ -437,6 +452,23 @@ if [[ $create_emit == 1 ]]; then
 	run_sql >/dev/null <"$emit_sql" ||
 		fail_sql "could not create function outbox_emit()" "the role needs CREATE on a schema in its search_path"
 	msg "created or replaced function outbox_emit() (use with pgoutbox's messages_prefix)"
+fi
+
+if [[ -n $create_role ]]; then
+	# Least privilege: what the walsender and pgoutbox's checks need, no more.
+	# REPLICATION to stream, LOGIN to connect, SELECT on the outbox table (and
+	# USAGE on its schema); never superuser, no password set here.
+	psql_vars+=(-v "role=$create_role")
+	run_sql >/dev/null <<'SQL' ||
+SELECT format('CREATE ROLE %I LOGIN REPLICATION NOSUPERUSER', :'role')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
+SELECT format('ALTER ROLE %I LOGIN REPLICATION', :'role') \gexec
+SELECT format('GRANT USAGE ON SCHEMA %I TO %I', :'schema', :'role') \gexec
+SELECT format('GRANT SELECT ON %I.%I TO %I', :'schema', :'table', :'role') \gexec
+SQL
+		fail_sql "could not create or grant role $create_role" \
+			"creating a REPLICATION role needs a superuser (or, from PostgreSQL 16, CREATEROLE with REPLICATION)"
+	msg "role $create_role: LOGIN REPLICATION, SELECT on $qtable (set its password: ALTER ROLE $create_role PASSWORD '...')"
 fi
 
 msg "ready: run pgoutbox with --slot $slot --publication $(printf %q "$publication")"
