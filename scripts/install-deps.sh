@@ -17,7 +17,7 @@ readonly PACKAGES=(
 	python3 python3-pytest python3-psycopg2 python3-confluent-kafka
 	openjdk-17-jre-headless maven
 	valgrind clang libclang-rt-14-dev
-	procps util-linux curl
+	procps util-linux curl openssl
 	prometheus # promtool, to validate /metrics in the tests
 	gnuplot-nox
 )

@@ -6,7 +6,7 @@
 # listens on free ports on 127.0.0.1 only; nothing system-wide is touched, so
 # several stacks can run side by side in different state directories.
 #
-#   scripts/stack.sh start [--state DIR] [--pg-only] [--wal-level logical|replica]
+#   scripts/stack.sh start [--state DIR] [--pg-only] [--pg-tls] [--wal-level logical|replica]
 #   scripts/stack.sh stop  [--state DIR] [--clean]
 #   scripts/stack.sh env   [--state DIR]
 #   scripts/stack.sh kafka-stop  [--state DIR] [--signal KILL|TERM]
@@ -32,7 +32,7 @@ readonly PGBIN CACHE KAFKA_LIBS PYTHON
 
 usage() {
 	cat <<'EOF'
-usage: scripts/stack.sh start [--state DIR] [--pg-only] [--wal-level logical|replica]
+usage: scripts/stack.sh start [--state DIR] [--pg-only] [--pg-tls] [--wal-level logical|replica]
        scripts/stack.sh stop  [--state DIR] [--clean]
        scripts/stack.sh env   [--state DIR]
        scripts/stack.sh kafka-stop  [--state DIR] [--signal KILL|TERM]
@@ -42,6 +42,9 @@ usage: scripts/stack.sh start [--state DIR] [--pg-only] [--wal-level logical|rep
          print their environment (kept in DIR/env, shell-sourceable). If the
          stack in DIR already runs with the same options, only print it.
          --pg-only          PostgreSQL only, no Kafka
+         --pg-tls           PostgreSQL with TLS on: a throwaway CA and a server
+                            certificate for localhost/127.0.0.1 in DIR/pg/tls;
+                            the env gets PGOUTBOX_PG_CA (for sslrootcert)
          --wal-level LEVEL  logical (default) or replica
   stop   stop what runs from DIR (exit 0 if nothing does). Keeps DIR's files
          unless --clean, which removes DIR.
@@ -78,8 +81,8 @@ usage_error() {
 }
 
 # Paths inside the state directory; set by set_state_dir.
-STATE='' PGDIR='' PGDATA='' PGLOG='' KDIR='' KLOG='' ENVFILE=''
-PG_PORT='' KAFKA_PORT=''
+STATE='' PGDIR='' PGDATA='' PGLOG='' PGTLS='' KDIR='' KLOG='' ENVFILE=''
+PG_PORT='' KAFKA_PORT='' PG_TLS=0
 
 set_state_dir() {
 	local dir=$1
@@ -99,6 +102,7 @@ set_state_dir() {
 	PGDIR=$STATE/pg
 	PGDATA=$PGDIR/data
 	PGLOG=$PGDIR/postgresql.log
+	PGTLS=$PGDIR/tls
 	KDIR=$STATE/kafka
 	KLOG=$KDIR/server.log
 	ENVFILE=$STATE/env
@@ -188,8 +192,49 @@ EOF
 	printf "\n# settings of scripts/stack.sh\ninclude = 'pgoutbox-stack.conf'\n" >>"$PGDATA/postgresql.conf"
 }
 
+# pg_tls_make — a throwaway CA and a server certificate it signed, for
+# CN=localhost with subjectAltName DNS:localhost,IP:127.0.0.1, in DIR/pg/tls.
+# Made once; kept (with the CA) for the life of DIR.
+pg_tls_make() {
+	if [[ -f $PGTLS/ca.crt && -f $PGTLS/server.crt && -f $PGTLS/server.key ]]; then
+		return 0
+	fi
+	command -v openssl >/dev/null 2>&1 || die "openssl not found (needed by --pg-tls)" \
+		"run scripts/install-deps.sh"
+	info "generating a throwaway CA and server certificate in $PGTLS"
+	rm -rf -- "$PGTLS"
+	mkdir -p "$PGTLS"
+	local log=$PGDIR/openssl.log
+	if ! {
+		openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj '/CN=pgoutbox stack.sh test CA' \
+			-keyout "$PGTLS/ca.key" -out "$PGTLS/ca.crt" &&
+			openssl req -new -newkey rsa:2048 -nodes -subj '/CN=localhost' \
+				-keyout "$PGTLS/server.key" -out "$PGTLS/server.csr" &&
+			printf 'subjectAltName = DNS:localhost,IP:127.0.0.1\nbasicConstraints = CA:FALSE\nkeyUsage = digitalSignature,keyEncipherment\nextendedKeyUsage = serverAuth\n' \
+				>"$PGTLS/server.ext" &&
+			openssl x509 -req -in "$PGTLS/server.csr" -CA "$PGTLS/ca.crt" -CAkey "$PGTLS/ca.key" \
+				-CAcreateserial -days 3650 -sha256 -extfile "$PGTLS/server.ext" -out "$PGTLS/server.crt"
+	} >"$log" 2>&1; then
+		cat "$log" >&2
+		rm -rf -- "$PGTLS"
+		die "generating the TLS certificates with openssl failed (output above)"
+	fi
+	rm -f -- "$PGTLS/server.csr" "$PGTLS/server.ext" "$PGTLS/ca.srl"
+	chmod 600 "$PGTLS/ca.key" "$PGTLS/server.key"
+	chmod 644 "$PGTLS/ca.crt" "$PGTLS/server.crt"
+	chmod 755 "$PGTLS"
+	if is_root; then chown -R postgres:postgres "$PGTLS"; fi
+}
+
 # pg_write_conf PORT WAL_LEVEL — the settings this stack owns; rewritten at each start.
 pg_write_conf() {
+	local tls="ssl = off"
+	if [[ $PG_TLS == 1 ]]; then
+		tls="ssl = on
+ssl_cert_file = '$PGTLS/server.crt'
+ssl_key_file = '$PGTLS/server.key'
+ssl_ca_file = '$PGTLS/ca.crt'"
+	fi
 	pg_write_file "$PGDATA/pgoutbox-stack.conf" <<EOF
 # written by scripts/stack.sh at each start
 listen_addresses = '127.0.0.1'
@@ -205,6 +250,7 @@ synchronous_commit = on
 wal_sender_timeout = 60s
 max_prepared_transactions = 16
 logging_collector = off
+$tls
 EOF
 }
 
@@ -213,6 +259,7 @@ pg_start() {
 	local wal_level=$1 attempt port
 	pg_prepare_dir
 	pg_init
+	[[ $PG_TLS != 1 ]] || pg_tls_make
 	for ((attempt = 1; attempt <= PORT_ATTEMPTS; attempt++)); do
 		port=$(pick_ports 1)
 		pg_write_conf "$port" "$wal_level"
@@ -534,6 +581,9 @@ write_env() {
 		printf 'PGDATABASE=postgres\n'
 		printf "PGOUTBOX_PG='host=127.0.0.1 port=%s user=postgres dbname=postgres'\n" "$PG_PORT"
 		printf 'PGOUTBOX_PG_LOG=%s\n' "$PGLOG"
+		if [[ $PG_TLS == 1 ]]; then
+			printf 'PGOUTBOX_PG_CA=%s\n' "$PGTLS/ca.crt"
+		fi
 		if [[ -n ${KAFKA_PORT:-} ]]; then
 			printf 'PGOUTBOX_BROKERS=127.0.0.1:%s\n' "$KAFKA_PORT"
 			printf 'PGOUTBOX_KAFKA_LOG=%s\n' "$KLOG"
@@ -562,6 +612,7 @@ print_env() {
 
 cmd_start() {
 	local pg_only=$1 wal_level=$2
+	PG_TLS=$3
 	mkdir -p -- "$STATE" || die "could not create state directory $STATE"
 	[[ -f $STATE/.pgoutbox-stack ]] || : >"$STATE/.pgoutbox-stack"
 	lock_state
@@ -571,6 +622,7 @@ cmd_start() {
 	[[ $pg_only == 1 ]] || kafka_check_prereqs
 
 	local opts="pg_only=$pg_only wal_level=$wal_level"
+	[[ $PG_TLS != 1 ]] || opts+=" pg_tls=1"
 	if pg_running; then
 		if [[ -f $ENVFILE && -f $STATE/options && $(<"$STATE/options") == "$opts" ]] &&
 			{ [[ $pg_only == 1 ]] || kafka_running; }; then
@@ -662,7 +714,7 @@ main() {
 	esac
 
 	local state=${PGOUTBOX_STATE:-${TMPDIR:-/tmp}/pgoutbox-stack}
-	local pg_only=0 wal_level=logical clean=0 signal=KILL
+	local pg_only=0 pg_tls=0 wal_level=logical clean=0 signal=KILL
 	while [[ $# -gt 0 ]]; do
 		case $1 in
 		--state)
@@ -672,6 +724,7 @@ main() {
 			;;
 		--state=*) state=${1#--state=} ;;
 		--pg-only) [[ $cmd == start ]] || usage_error "--pg-only is an option of start"; pg_only=1 ;;
+		--pg-tls) [[ $cmd == start ]] || usage_error "--pg-tls is an option of start"; pg_tls=1 ;;
 		--wal-level | --wal-level=*)
 			[[ $cmd == start ]] || usage_error "--wal-level is an option of start"
 			if [[ $1 == --wal-level ]]; then
@@ -710,7 +763,7 @@ main() {
 
 	set_state_dir "$state"
 	case $cmd in
-	start) cmd_start "$pg_only" "$wal_level" ;;
+	start) cmd_start "$pg_only" "$wal_level" "$pg_tls" ;;
 	stop) cmd_stop "$clean" ;;
 	env) cmd_env ;;
 	kafka-stop) cmd_kafka_stop "$signal" ;;
