@@ -87,6 +87,17 @@ ledger_get(const ledger *l, ledger_seq seq)
 	return find(l, seq);
 }
 
+/* One more outstanding message for t (the callers decide whether t may take it). */
+static ledger_rc
+count_message(ledger *l, ledger_txn *t)
+{
+	if (t->outstanding == UINT32_MAX)
+		return LEDGER_NOMEM;
+	t->outstanding++;
+	l->pending++;
+	return LEDGER_OK;
+}
+
 ledger_rc
 ledger_add(ledger *l, ledger_seq seq)
 {
@@ -94,11 +105,7 @@ ledger_add(ledger *l, ledger_seq seq)
 
 	if (t == NULL || t->sealed || seq != l->head_seq + l->count - 1)
 		return LEDGER_STATE;
-	if (t->outstanding == UINT32_MAX)
-		return LEDGER_NOMEM;
-	t->outstanding++;
-	l->pending++;
-	return LEDGER_OK;
+	return count_message(l, t);
 }
 
 ledger_rc
@@ -108,11 +115,7 @@ ledger_add_to(ledger *l, ledger_seq seq)
 
 	if (t == NULL || (t->sealed && t->outstanding == 0))
 		return LEDGER_STATE;
-	if (t->outstanding == UINT32_MAX)
-		return LEDGER_NOMEM;
-	t->outstanding++;
-	l->pending++;
-	return LEDGER_OK;
+	return count_message(l, t);
 }
 
 ledger_rc
