@@ -41,8 +41,11 @@ info() {
 }
 
 # True if dpkg knows the package as fully installed (not merely configured-away).
+# dpkg-query prints just the status: `dpkg -s | grep -q` would stop reading at
+# the first match, and under pipefail dpkg's SIGPIPE on a long entry (e.g.
+# prometheus's) makes an installed package look missing.
 is_installed() {
-	dpkg -s "$1" 2>/dev/null | grep -qx 'Status: install ok installed'
+	[[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == 'install ok installed' ]]
 }
 
 install_packages() {
