@@ -14,13 +14,32 @@
 #include <inttypes.h>
 #include <stdarg.h>
 #include <librdkafka/rdkafka.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+/*
+ * Topic handles, one per topic name, kept for the life of the producer
+ * (librdkafka keeps every topic it has produced to anyway).  Producing with
+ * a handle skips librdkafka's per-message topic lookup, and creating the
+ * handle with rd_kafka_topic_new() asks for the topic's metadata at once:
+ * librdkafka up to 2.10.0 delays the first message of a topic named only in
+ * rd_kafka_producev() by up to a second (librdkafka #5032).
+ */
+typedef struct sink_topic {
+	char             *name;        /* NULL: free slot */
+	uint32_t          hash;
+	rd_kafka_topic_t *rkt;
+} sink_topic;
+
 struct sink {
 	rd_kafka_t       *rk;
+	sink_topic       *topics;      /* open addressing, power-of-two size */
+	size_t            ntopics;
+	size_t            topics_cap;
+	size_t            last_topic;  /* index of the last topic used */
 	rd_kafka_queue_t *mainq;
 	int               pipefd[2];
 	sink_delivery_fn  cb;
@@ -236,6 +255,13 @@ sink_free(sink *s)
 		rd_kafka_queue_io_event_enable(s->mainq, -1, NULL, 0);
 		rd_kafka_queue_destroy(s->mainq);
 	}
+	for (size_t i = 0; i < s->topics_cap; i++) {
+		if (s->topics[i].name != NULL) {
+			rd_kafka_topic_destroy(s->topics[i].rkt);
+			free(s->topics[i].name);
+		}
+	}
+	free(s->topics);
 	if (s->rk != NULL) {
 		/* Whatever was not delivered is dropped here; the caller confirmed
 		 * nothing past it, so the slot still holds it. */
@@ -254,11 +280,101 @@ sink_fd(const sink *s)
 	return s->pipefd[0];
 }
 
+static uint32_t
+topic_hash(const char *name)
+{
+	uint32_t h = 2166136261u;      /* FNV-1a */
+
+	for (const unsigned char *p = (const unsigned char *) name; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	return h;
+}
+
+/*
+ * The slot of name in a table that has a free slot: where it is, or the
+ * free slot where it belongs.  With name NULL (rehashing), the first free
+ * slot from hash's place.
+ */
+static size_t
+topic_slot(const sink_topic *tab, size_t cap, const char *name, uint32_t hash)
+{
+	size_t i = hash & (cap - 1);
+
+	while (tab[i].name != NULL &&
+	       (name == NULL || tab[i].hash != hash || strcmp(tab[i].name, name) != 0))
+		i = (i + 1) & (cap - 1);
+	return i;
+}
+
+static bool
+topics_grow(sink *s)
+{
+	size_t cap = s->topics_cap ? s->topics_cap * 2 : 16;
+	sink_topic *tab;
+
+	if (cap > SIZE_MAX / sizeof(*tab) || (tab = calloc(cap, sizeof(*tab))) == NULL)
+		return false;
+	for (size_t i = 0; i < s->topics_cap; i++)
+		if (s->topics[i].name != NULL)
+			tab[topic_slot(tab, cap, NULL, s->topics[i].hash)] = s->topics[i];
+	free(s->topics);
+	s->topics = tab;
+	s->topics_cap = cap;
+	s->last_topic = 0;
+	return true;
+}
+
+/* The handle of topic name, made on first use; NULL with errbuf filled. */
+static rd_kafka_topic_t *
+topic_handle(sink *s, const char *name, char *errbuf, size_t errlen)
+{
+	uint32_t hash;
+	size_t i;
+	char *copy;
+	rd_kafka_topic_t *rkt;
+
+	/* Events of one aggregate type come in runs: try the last one first. */
+	if (s->topics_cap > 0 && s->topics[s->last_topic].name != NULL &&
+	    strcmp(s->topics[s->last_topic].name, name) == 0)
+		return s->topics[s->last_topic].rkt;
+	hash = topic_hash(name);
+	if (s->topics_cap > 0) {
+		i = topic_slot(s->topics, s->topics_cap, name, hash);
+		if (s->topics[i].name != NULL) {
+			s->last_topic = i;
+			return s->topics[i].rkt;
+		}
+	}
+	/* New: keep the table at most half full. */
+	if ((s->ntopics + 1) * 2 > s->topics_cap && !topics_grow(s)) {
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	if ((copy = strdup(name)) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	if ((rkt = rd_kafka_topic_new(s->rk, name, NULL)) == NULL) {
+		snprintf(errbuf, errlen, "topic \"%s\": %s", name, rd_kafka_err2str(rd_kafka_last_error()));
+		free(copy);
+		return NULL;
+	}
+	i = topic_slot(s->topics, s->topics_cap, name, hash);
+	s->topics[i] = (sink_topic) {copy, hash, rkt};
+	s->ntopics++;
+	s->last_topic = i;
+	return rkt;
+}
+
 sink_rc
 sink_produce(sink *s, const sink_event *ev, uint64_t opaque, char *errbuf, size_t errlen)
 {
 	rd_kafka_headers_t *hdrs;
 	rd_kafka_resp_err_t err;
+	rd_kafka_topic_t *rkt;
+
+	if ((rkt = topic_handle(s, ev->topic, errbuf, errlen)) == NULL)
+		return SINK_FAILED;
 
 	hdrs = rd_kafka_headers_new(ev->nheaders);
 	for (size_t i = 0; i < ev->nheaders; i++) {
@@ -272,7 +388,7 @@ sink_produce(sink *s, const sink_event *ev, uint64_t opaque, char *errbuf, size_
 		}
 	}
 	err = rd_kafka_producev(s->rk,
-	                        RD_KAFKA_V_TOPIC(ev->topic),
+	                        RD_KAFKA_V_RKT(rkt),
 	                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 	                        RD_KAFKA_V_KEY(ev->key, ev->key_len),
 	                        RD_KAFKA_V_VALUE((void *) ev->value, ev->value ? ev->value_len : 0),
