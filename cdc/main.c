@@ -108,6 +108,8 @@ typedef struct app {
 
 	uint8_t     *held;             /* CopyData waiting for room in Kafka's queue */
 	size_t       held_len;
+	bool         more_input;       /* read_stream stopped at its budget, not at the end */
+	bool         sink_woke;        /* the sink's pipe was readable: serve its reports */
 
 	int64_t      next_connect_ms;
 	int          backoff_ms;
@@ -720,13 +722,22 @@ try_connect(app *a)
 	stream_lost(a, err);
 }
 
-/* Read and act on what the walsender sent, up to a budget. */
+/*
+ * Read and act on what the walsender sent, up to a budget.  When the budget
+ * runs out, libpq may hold whole messages that poll() cannot see: more_input
+ * tells the loop not to sleep.
+ */
 static void
 read_stream(app *a)
 {
 	char err[1024];
 
-	for (int budget = READ_BUDGET; budget > 0 && !a->stopping; budget--) {
+	a->more_input = false;
+	for (int budget = READ_BUDGET; !a->stopping; budget--) {
+		if (budget == 0) {
+			a->more_input = true;
+			return;
+		}
 		uint8_t *buf;
 		size_t len;
 		step_rc rc;
@@ -869,6 +880,7 @@ rebuild_producer(app *a, const char *cause)
 		a->stopping = true;
 		return;
 	}
+	a->sink_woke = true;
 	a->next_connect_ms = now;
 }
 
@@ -924,10 +936,17 @@ run(app *a)
 
 		if (!a->stopping && !source_connected(a->src) && now >= a->next_connect_ms)
 			try_connect(a);
+		a->more_input = false;
 		if (!a->stopping && source_connected(a->src) && a->dlq_head == NULL)
 			read_stream(a);
 
-		sink_serve(a->snk);
+		/* Reports wake the pipe; serving them on every turn would cost a
+		 * read() per turn for nothing (sink_serve drains the pipe before
+		 * the queue, so a report that arrives meanwhile wakes it again). */
+		if (a->sink_woke || a->stopping) {
+			a->sink_woke = false;
+			sink_serve(a->snk);
+		}
 		confirmable = ledger_confirmable(&a->led);
 		now = now_ms();
 		if (source_connected(a->src) &&
@@ -987,6 +1006,8 @@ run(app *a)
 		}
 		if ((a->held != NULL || a->dlq_head != NULL) && timeout > BACKPRESSURE_POLL_MS)
 			timeout = BACKPRESSURE_POLL_MS;
+		if (a->more_input && a->held == NULL)
+			timeout = 0;
 		if (notify_watchdog_ms(a->nt) > 0) {
 			if (now >= a->next_watchdog_ms) {
 				notify_send(a->nt, "WATCHDOG=1");
@@ -1025,6 +1046,8 @@ run(app *a)
 			begin_stop(a, 2);
 			break;
 		}
+		if (pfd[0].revents & (POLLIN | POLLERR | POLLHUP))
+			a->sink_woke = true;
 		if (src_idx >= 0 && (pfd[src_idx].revents & POLLOUT) && source_connected(a->src)) {
 			if (source_flush(a->src, err, sizeof(err)) == SOURCE_LOST)
 				stream_lost(a, err);
@@ -1243,6 +1266,7 @@ main(int argc, char **argv)
 		}
 	}
 	ledger_init(&a.led, 0);
+	a.sink_woke = true;
 	{
 		/* Test hook for the fault tests; not a setting. */
 		const char *v = getenv("PGOUTBOX_TEST_FATAL_AFTER");
