@@ -161,6 +161,7 @@ struct outbox {
 	size_t    nrels, relcap;
 
 	buf       topic;
+	buf       valid_topic;      /* the last topic that passed outbox_topic_valid */
 	buf       value;
 	char      time_str[32];
 	char      lsn_str[24];
@@ -609,6 +610,7 @@ outbox_free(outbox *ob)
 	free(ob->database);
 	free(ob->rels);
 	free(ob->topic.p);
+	free(ob->valid_topic.p);
 	free(ob->value.p);
 	json_decref(ob->msg);
 	free(ob);
@@ -764,6 +766,25 @@ build_topic(outbox *ob, const ob_map *m, const char *const *vals, const size_t *
 	return true;
 }
 
+typedef enum topic_check { TOPIC_VALID, TOPIC_INVALID, TOPIC_NOMEM } topic_check;
+
+/*
+ * Whether the topic just built is a valid name.  Events of one aggregate
+ * type come in runs, so the last valid name is kept and an equal one is not
+ * checked again.
+ */
+static topic_check
+topic_checked(outbox *ob)
+{
+	if (ob->topic.len == ob->valid_topic.len && ob->valid_topic.p != NULL &&
+	    memcmp(ob->topic.p, ob->valid_topic.p, ob->topic.len) == 0)
+		return TOPIC_VALID;
+	if (!outbox_topic_valid(ob->topic.p, ob->topic.len))
+		return TOPIC_INVALID;
+	ob->valid_topic.len = 0;
+	return buf_put(&ob->valid_topic, ob->topic.p, ob->topic.len) ? TOPIC_VALID : TOPIC_NOMEM;
+}
+
 /* What every format needs from the event besides the payload. */
 typedef struct ev_fields {
 	const char *id, *type, *aggtype, *aggid;
@@ -903,9 +924,15 @@ outbox_map_insert(outbox *ob, const pgo_relation *rel, const pgo_tuple *tup,
 	if (!build_topic(ob, m, vals, lens))
 		goto nomem;
 	ev->topic = ob->topic.p;
-	if (!outbox_topic_valid(ob->topic.p, ob->topic.len))
+	switch (topic_checked(ob)) {
+	case TOPIC_VALID:
+		break;
+	case TOPIC_INVALID:
 		UNMAPPABLE("\"%.*s\" is not a valid Kafka topic name",
 		           (int) (ob->topic.len > 300 ? 300 : ob->topic.len), ob->topic.p);
+	case TOPIC_NOMEM:
+		goto nomem;
+	}
 
 	for (size_t i = 0; i < m->nheaders; i++) {
 		const pgo_datum *d = COL(r->hdrs[i]);
@@ -1049,9 +1076,15 @@ outbox_map_message(outbox *ob, uint8_t flags, pgo_bytes prefix, pgo_bytes conten
 	if (!build_topic(ob, m, vals, lens))
 		goto nomem;
 	ev->topic = ob->topic.p;
-	if (!outbox_topic_valid(ob->topic.p, ob->topic.len))
+	switch (topic_checked(ob)) {
+	case TOPIC_VALID:
+		break;
+	case TOPIC_INVALID:
 		UNMAPPABLE("\"%.*s\" is not a valid Kafka topic name",
 		           (int) (ob->topic.len > 300 ? 300 : ob->topic.len), ob->topic.p);
+	case TOPIC_NOMEM:
+		goto nomem;
+	}
 
 	if ((headers = json_object_get(ob->msg, "headers")) != NULL && !json_is_null(headers)) {
 		const char *name;
