@@ -1149,31 +1149,35 @@ template_columns(const char *tpl, char *buf, size_t buflen, const char **cols, s
 	return n;
 }
 
+/* What --check verifies of one outbox table: the columns its mapping reads. */
+typedef struct check_table_cols {
+	const char *cols[CHECK_MAX_COLUMNS + 1];
+	const char *notnull[3];
+	char        buf[1024];
+} check_table_cols;
+
 /*
  * --check: configuration errors exit 1, a failed check 2, all passed
  * (warnings allowed) 0.  Blocking is fine here: nothing streams.
  */
+
 static int
 run_check(const config *cfg)
 {
-	/* The first outbox table is checked against its mapping. */
-	const outbox_mapping *map = &cfg->tables[0].map;
-	const char *const notnull[] = {map->col_id, map->col_key, NULL};
-	const char *cols[CHECK_MAX_COLUMNS + 1] = {map->col_id, map->col_key, map->col_type,
-	                                           map->col_payload};
-	char colbuf[1024], err[1024];
+	char err[1024];
 	check_ctx c = {.cfg = cfg};
 	source_config sc = {
 		.conninfo = cfg->conninfo, .slot = cfg->slot, .publication = cfg->publication,
 	};
-	source_check_spec spec = {.table = cfg->tables[0].table, .columns = cols, .notnull = notnull};
 	outbox_config oc = {
 		.tables = cfg->tables, .ntables = cfg->ntables,
 		.messages_prefix = cfg->messages_prefix, .messages = cfg->messages,
 	};
+	check_table_cols *tc = NULL;
+	source_check_spec *specs = NULL;
+	const char *fixed_topic = NULL;
 	outbox *ob;
 	source *src;
-	size_t ncols;
 	int kafka;
 
 	/* The mapping is validated as the daemon would. */
@@ -1182,20 +1186,48 @@ run_check(const config *cfg)
 		return 1;
 	}
 	outbox_free(ob);
+	/* Every outbox table against its own mapping. */
+	if ((tc = calloc(cfg->ntables, sizeof(*tc))) == NULL ||
+	    (specs = calloc(cfg->ntables, sizeof(*specs))) == NULL) {
+		fprintf(stderr, "pgoutbox: out of memory\n");
+		free(tc);
+		return 1;
+	}
+	for (size_t i = 0; i < cfg->ntables; i++) {
+		const outbox_mapping *map = &cfg->tables[i].map;
+		size_t n;
+
+		tc[i].cols[0] = map->col_id;
+		tc[i].cols[1] = map->col_key;
+		tc[i].cols[2] = map->col_type;
+		tc[i].cols[3] = map->col_payload;
+		n = template_columns(map->topic_template, tc[i].buf, sizeof(tc[i].buf), tc[i].cols, 4,
+		                     CHECK_MAX_COLUMNS);
+		tc[i].cols[n] = NULL;
+		tc[i].notnull[0] = map->col_id;
+		tc[i].notnull[1] = map->col_key;
+		specs[i] = (source_check_spec) {.table = cfg->tables[i].table, .columns = tc[i].cols,
+		                                .notnull = tc[i].notnull};
+		/* A fixed topic (no ${...}) shared by all tables can be looked up. */
+		if (i == 0 && strstr(map->topic_template, "${") == NULL)
+			fixed_topic = map->topic_template;
+		else if (fixed_topic != NULL && strcmp(fixed_topic, map->topic_template) != 0)
+			fixed_topic = NULL;
+	}
 	if ((src = source_new(&sc, err, sizeof(err))) == NULL) {
 		fprintf(stderr, "pgoutbox: %s\n", err);
+		free(specs);
+		free(tc);
 		return 1;
 	}
 	c.pg_secret = source_secret(src);
-	ncols = template_columns(map->topic_template, colbuf, sizeof(colbuf), cols, 4,
-	                         CHECK_MAX_COLUMNS);
-	cols[ncols] = NULL;
-	source_check(src, &spec, print_check, &c);
+	source_check(src, specs, cfg->ntables, print_check, &c);
 	/* src stays alive until the end: c.pg_secret points into it. */
-	kafka = sink_check(cfg->brokers, cfg->kafka, cfg->nkafka,
-	                   strstr(map->topic_template, "${") ? NULL : map->topic_template,
+	kafka = sink_check(cfg->brokers, cfg->kafka, cfg->nkafka, fixed_topic,
 	                   CHECK_KAFKA_TIMEOUT_MS, print_check, &c);
 	source_free(src);
+	free(specs);
+	free(tc);
 	if (kafka < 0)
 		return 1;
 	printf("%s: %d failed, %d warning(s)\n", c.fails ? "check failed" : "all checks passed",

@@ -877,7 +877,8 @@ out:
 }
 
 int
-source_check(source *s, const source_check_spec *spec, check_report_fn report, void *ctx)
+source_check(source *s, const source_check_spec *specs, size_t nspecs,
+             check_report_fn report, void *ctx)
 {
 	checker c = {.s = s, .report = report, .ctx = ctx, .fails = 0};
 	char err[1024];
@@ -924,7 +925,8 @@ source_check(source *s, const source_check_spec *spec, check_report_fn report, v
 	}
 	check_slot(&c, slotlit);
 	pub_exists = check_publication(&c, publit);
-	check_table(&c, spec, publit, pub_exists);
+	for (size_t i = 0; i < nspecs; i++)
+		check_table(&c, &specs[i], publit, pub_exists);
 out:
 	PQfreemem(slotlit);
 	PQfreemem(publit);

@@ -85,11 +85,12 @@ typedef struct source_check_spec {
  * --check: connect as source_start() does and report, one item each, the
  * connection, wal_level, the role's replication right, the slot (exists,
  * pgoutput, this database, not in use, wal_status), the publication (exists,
- * publishes inserts, contains the table), the table (exists, readable, has
- * the mapped columns).  Blocks (connect_timeout).  Returns the number of
+ * publishes inserts, contains the table), and each of the nspecs tables
+ * (exists, readable, in the publication, has the mapped columns).  Blocks (connect_timeout).  Returns the number of
  * failed items; the connection is closed again.
  */
-int source_check(source *s, const source_check_spec *spec, check_report_fn report, void *ctx);
+int source_check(source *s, const source_check_spec *specs, size_t nspecs,
+                 check_report_fn report, void *ctx);
 
 /* The password in the conninfo (or ""), for redacting error messages. */
 const char *source_secret(const source *s);

@@ -117,6 +117,45 @@ def test_check_template_column_missing(outbox_db, pgoutbox):
     assert '"tenant"' in results["columns"][0][1]
 
 
+def test_check_every_table_against_its_mapping(outbox_db, pgoutbox, tmp_path):
+    """With several outbox tables, each is checked against its own mapping:
+    a column missing from the second one fails, naming that table."""
+    db = outbox_db
+    with db.conn.cursor() as cur:
+        cur.execute('CREATE SCHEMA "Billing"')
+        cur.execute('CREATE TABLE "Billing"."Out Box" ("Event Id" uuid PRIMARY KEY, '
+                    '"Customer" text NOT NULL, kind text, data jsonb)')
+        cur.execute('ALTER PUBLICATION pgoutbox ADD TABLE "Billing"."Out Box"')
+    db.conn.commit()
+    q = '"Billing"."Out Box"'
+    conf = tmp_path / "two.conf"
+    conf.write_text("\n".join([
+        "table = public.outbox, %s" % q,
+        "table.%s.id_column = Event Id" % q,
+        "table.%s.key_column = Customer" % q,
+        "table.%s.type_column = Type" % q,          # not in that table
+        "table.%s.payload_column = data" % q,
+        "table.%s.topic_template = billing.${kind}" % q,
+    ]) + "\n")
+    _, results = run_check(pgoutbox, *db.args("-c", str(conf)), expect=util.EXIT_RUNTIME)
+    assert_only_failure(results, "columns")
+    # One line per table for the per-table checks, in the configured order.
+    for check in ("table", "table privilege", "publication table", "columns"):
+        assert len(results[check]) == 2, (check, results[check])
+    (st1, d1), (st2, d2) = results["columns"]
+    assert st1 == "ok" and "aggregatetype" in d1, d1
+    assert st2 == "FAIL" and '"Type"' in d2 and "Out Box" in d2, d2
+    assert '"kind"' not in d2 and '"Customer"' not in d2, d2
+    assert "Out Box" in results["table"][1][1], results["table"]
+
+    # Once the column exists, every check passes.
+    with db.conn.cursor() as cur:
+        cur.execute('ALTER TABLE "Billing"."Out Box" ADD COLUMN "Type" text NOT NULL')
+    db.conn.commit()
+    _, results = run_check(pgoutbox, *db.args("-c", str(conf)), expect=util.EXIT_OK)
+    assert [st for st, _ in results["columns"]] == ["ok", "ok"], results["columns"]
+
+
 def test_check_missing_table(outbox_db, pgoutbox):
     db = outbox_db
     _, results = run_check(pgoutbox, *db.args("--table", "public.nope"), expect=util.EXIT_RUNTIME)
