@@ -393,6 +393,25 @@ reload_config(app *a)
 		           "%s", err);
 }
 
+/*
+ * Tell systemd a reload began (it then waits for READY=1); its clock
+ * reading lets systemd tell this reload from an earlier one.  Only once
+ * READY=1 was sent: before that, systemd still waits for the start.
+ */
+static void
+notify_reloading(app *a)
+{
+	struct timespec ts;
+	char msg[64];
+
+	if (a->nt == NULL || !a->ready_sent)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%lld",
+	         (long long) ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
+	notify_send(a->nt, msg);
+}
+
 /* The stream broke: forget the half-received transaction and reconnect. */
 static void
 stream_lost(app *a, const char *why)
@@ -921,7 +940,10 @@ run(app *a)
 		if (reload_requested) {
 			reload_requested = 0;
 			log_msg(LOG_INFO, "received SIGHUP: reloading the configuration");
+			notify_reloading(a);
 			reload_config(a);
+			if (a->nt != NULL && a->ready_sent)
+				notify_send(a->nt, "READY=1");
 		}
 		if (stop_signals > 1) {
 			log_msg(LOG_WARNING, "second shutdown signal: exiting without waiting for Kafka");

@@ -5,6 +5,7 @@ STOPPING=1), and the unit file's promises."""
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -73,6 +74,34 @@ def test_notify_ready_watchdog_stopping(outbox_db, pgoutbox, notify_socket):
     assert any(line == "STOPPING=1" for line in fake.lines()), fake.messages[-5:]
     assert [m for _, m in fake.messages].count("READY=1\nSTATUS=streaming from slot \"%s\""
                                                % db.slot) == 1
+
+
+def test_notify_reloading_on_sighup(outbox_db, pgoutbox, notify_socket):
+    """SIGHUP (the unit's ExecReload) is bracketed by RELOADING=1 with the
+    monotonic clock and a READY=1 once the new configuration is in force."""
+    db = outbox_db
+    path, fake = notify_socket
+    p = pgoutbox.start(*db.args(), env={"NOTIFY_SOCKET": path})
+    util.wait_for(lambda: "READY=1" in fake.lines() or p.poll() is not None, 30, "READY=1")
+    assert p.poll() is None, p.describe()
+    assert not any(l.startswith("RELOADING=1") for l in fake.lines()), fake.messages
+    before_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    p.signal(signal.SIGHUP)
+    util.wait_for(lambda: "configuration reloaded" in p.stderr, 10, "the reload to be logged")
+    util.wait_for(lambda: len([m for _, m in fake.drain() if m.startswith("RELOADING=1")]) == 1
+                  and fake.messages[-1][1] == "READY=1", 10, "RELOADING=1 then READY=1")
+    after_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    msgs = [m for _, m in fake.messages]
+    i = next(i for i, m in enumerate(msgs) if m.startswith("RELOADING=1"))
+    fields = dict(line.split("=", 1) for line in msgs[i].split("\n"))
+    assert set(fields) == {"RELOADING", "MONOTONIC_USEC"}, msgs[i]
+    assert before_us <= int(fields["MONOTONIC_USEC"]) <= after_us, (before_us, msgs[i], after_us)
+    assert "READY=1" in msgs[i + 1:], msgs
+    # Still streaming after the reload.
+    util.commit_events(db.conn, [util.event(db.aggtype("reload"), "k", "T", {"n": 1})])
+    util.wait_confirmed(db.conn, db.slot, db.wal_lsn(), 30, proc=p)
+    p.terminate()
+    p.expect_exit(util.EXIT_OK, SHUTDOWN_TIMEOUT + 10)
 
 
 def test_notify_status_while_not_streaming(pgoutbox, stack, notify_socket):
