@@ -192,37 +192,46 @@ EOF
 	printf "\n# settings of scripts/stack.sh\ninclude = 'pgoutbox-stack.conf'\n" >>"$PGDATA/postgresql.conf"
 }
 
-# pg_tls_make — a throwaway CA and a server certificate it signed, for
-# CN=localhost with subjectAltName DNS:localhost,IP:127.0.0.1, in DIR/pg/tls.
-# Made once; kept (with the CA) for the life of DIR.
-pg_tls_make() {
-	if [[ -f $PGTLS/ca.crt && -f $PGTLS/server.crt && -f $PGTLS/server.key ]]; then
+# tls_make DIR OPTION — a throwaway CA and a server certificate it signed, for
+# CN=localhost with subjectAltName DNS:localhost,IP:127.0.0.1: DIR/ca.crt,
+# DIR/ca.key, DIR/server.crt, DIR/server.key (openssl's output goes to
+# openssl.log beside DIR). Made once; kept (with the CA) for the life of the
+# state directory. OPTION names the option that needs it, for errors.
+tls_make() {
+	local dir=$1 option=$2
+	if [[ -f $dir/ca.crt && -f $dir/server.crt && -f $dir/server.key ]]; then
 		return 0
 	fi
-	command -v openssl >/dev/null 2>&1 || die "openssl not found (needed by --pg-tls)" \
+	command -v openssl >/dev/null 2>&1 || die "openssl not found (needed by $option)" \
 		"run scripts/install-deps.sh"
-	info "generating a throwaway CA and server certificate in $PGTLS"
-	rm -rf -- "$PGTLS"
-	mkdir -p "$PGTLS"
-	local log=$PGDIR/openssl.log
+	info "generating a throwaway CA and server certificate in $dir"
+	rm -rf -- "$dir"
+	mkdir -p "$dir"
+	local log
+	log=$(dirname "$dir")/openssl.log
 	if ! {
 		openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj '/CN=pgoutbox stack.sh test CA' \
-			-keyout "$PGTLS/ca.key" -out "$PGTLS/ca.crt" &&
+			-keyout "$dir/ca.key" -out "$dir/ca.crt" &&
 			openssl req -new -newkey rsa:2048 -nodes -subj '/CN=localhost' \
-				-keyout "$PGTLS/server.key" -out "$PGTLS/server.csr" &&
+				-keyout "$dir/server.key" -out "$dir/server.csr" &&
 			printf 'subjectAltName = DNS:localhost,IP:127.0.0.1\nbasicConstraints = CA:FALSE\nkeyUsage = digitalSignature,keyEncipherment\nextendedKeyUsage = serverAuth\n' \
-				>"$PGTLS/server.ext" &&
-			openssl x509 -req -in "$PGTLS/server.csr" -CA "$PGTLS/ca.crt" -CAkey "$PGTLS/ca.key" \
-				-CAcreateserial -days 3650 -sha256 -extfile "$PGTLS/server.ext" -out "$PGTLS/server.crt"
+				>"$dir/server.ext" &&
+			openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+				-CAcreateserial -days 3650 -sha256 -extfile "$dir/server.ext" -out "$dir/server.crt"
 	} >"$log" 2>&1; then
 		cat "$log" >&2
-		rm -rf -- "$PGTLS"
+		rm -rf -- "$dir"
 		die "generating the TLS certificates with openssl failed (output above)"
 	fi
-	rm -f -- "$PGTLS/server.csr" "$PGTLS/server.ext" "$PGTLS/ca.srl"
-	chmod 600 "$PGTLS/ca.key" "$PGTLS/server.key"
-	chmod 644 "$PGTLS/ca.crt" "$PGTLS/server.crt"
-	chmod 755 "$PGTLS"
+	rm -f -- "$dir/server.csr" "$dir/server.ext" "$dir/ca.srl"
+	chmod 600 "$dir/ca.key" "$dir/server.key"
+	chmod 644 "$dir/ca.crt" "$dir/server.crt"
+	chmod 755 "$dir"
+}
+
+# pg_tls_make — tls_make in DIR/pg/tls, owned by postgres when we are root.
+pg_tls_make() {
+	tls_make "$PGTLS" --pg-tls
 	if is_root; then chown -R postgres:postgres "$PGTLS"; fi
 }
 
