@@ -513,6 +513,26 @@ check_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 	log_msg(LOG_DEBUG, "Kafka %s: %s", fac, buf);
 }
 
+/*
+ * The last connection error of a check, e.g. "SASL authentication error:
+ * ..." or "SSL handshake failed: ...", which a failed metadata request only
+ * calls "Broker transport failure".  Error events wait on the main queue until
+ * sink_check() serves them with rd_kafka_poll() on its own thread.
+ */
+typedef struct check_errors {
+	char last[512];
+} check_errors;
+
+static void
+check_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	check_errors *ce = opaque;
+
+	(void) rk;
+	if (err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)   /* says no more than the failure */
+		snprintf(ce->last, sizeof(ce->last), "%s", reason);
+}
+
 /* auto.create.topics.enable of broker_id, into value; false when not visible (why in value). */
 static bool
 broker_auto_create(rd_kafka_t *rk, int32_t broker_id, int timeout_ms, char *value, size_t vlen)
@@ -587,6 +607,7 @@ sink_check(const char *brokers, const sink_property *props, size_t nprops,
 	rd_kafka_t *rk = NULL;
 	const struct rd_kafka_metadata *md = NULL;
 	rd_kafka_resp_err_t err;
+	check_errors ce = {.last = ""};
 	char buf[1024], value[256];
 	int fails = 0;
 	size_t n = 0;
@@ -602,6 +623,8 @@ sink_check(const char *brokers, const sink_property *props, size_t nprops,
 		if (!conf_set(conf, props[i].name, props[i].value, buf, sizeof(buf)))
 			goto conf_error;
 	rd_kafka_conf_set_log_cb(conf, check_log_cb);
+	rd_kafka_conf_set_error_cb(conf, check_error_cb);
+	rd_kafka_conf_set_opaque(conf, &ce);
 	/* rd_kafka_new() takes ownership of conf on success only. */
 	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, value, sizeof(value));
 	if (rk == NULL) {
@@ -611,8 +634,10 @@ sink_check(const char *brokers, const sink_property *props, size_t nprops,
 
 	err = rd_kafka_metadata(rk, 1, NULL, &md, timeout_ms);
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR || md == NULL || md->broker_cnt == 0) {
-		creport(report, ctx, CHECK_FAIL, "kafka brokers", "no metadata from %s within %d ms: %s",
-		       brokers, timeout_ms, rd_kafka_err2str(err));
+		rd_kafka_poll(rk, 0);   /* serves check_error_cb */
+		creport(report, ctx, CHECK_FAIL, "kafka brokers", "no metadata from %s within %d ms: %s%s%s%s",
+		       brokers, timeout_ms, rd_kafka_err2str(err), ce.last[0] ? " (last error: " : "",
+		       ce.last, ce.last[0] ? ")" : "");
 		fails++;
 		goto out;
 	}

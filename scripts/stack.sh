@@ -6,7 +6,8 @@
 # listens on free ports on 127.0.0.1 only; nothing system-wide is touched, so
 # several stacks can run side by side in different state directories.
 #
-#   scripts/stack.sh start [--state DIR] [--pg-only] [--pg-tls] [--wal-level logical|replica]
+#   scripts/stack.sh start [--state DIR] [--pg-only] [--pg-tls] [--kafka-tls]
+#                          [--wal-level logical|replica]
 #   scripts/stack.sh stop  [--state DIR] [--clean]
 #   scripts/stack.sh env   [--state DIR]
 #   scripts/stack.sh kafka-stop  [--state DIR] [--signal KILL|TERM]
@@ -15,6 +16,13 @@
 # `start` prints shell-sourceable KEY=VALUE lines (also kept in DIR/env) on
 # stdout; progress and errors go to stderr, so `eval "$(scripts/stack.sh start)"`
 # works. Needs the packages and Kafka jars of scripts/install-deps.sh.
+#
+# --pg-tls and --kafka-tls each make a throwaway CA and a server certificate
+# for localhost/127.0.0.1 with openssl (kept for the life of DIR). Kafka then
+# listens, beside PLAINTEXT (clients' default and inter-broker) and CONTROLLER,
+# on an SSL and a SASL_SSL listener (SCRAM-SHA-256 and SCRAM-SHA-512); the
+# SCRAM user is created when the storage is formatted, with or without
+# --kafka-tls, so that any start of DIR can turn the TLS listeners on or off.
 set -euo pipefail
 
 readonly KAFKA_VERSION=3.9.1
@@ -22,6 +30,10 @@ readonly KAFKA_READY_TIMEOUT=90 # seconds
 readonly KAFKA_STOP_TIMEOUT=30  # seconds before SIGKILL
 readonly PG_START_TIMEOUT=60    # seconds
 readonly PORT_ATTEMPTS=3        # a picked port may be taken before we bind it
+readonly KAFKA_SASL_USER=pgoutbox
+# Protects only the throwaway key in DIR/kafka/tls/server.p12, which is
+# beside it in DIR/kafka/server.properties anyway.
+readonly KAFKA_KEYSTORE_PASSWORD=pgoutbox-stack
 
 PGBIN=${PGOUTBOX_PGBIN:-/usr/lib/postgresql/15/bin}
 CACHE=${PGOUTBOX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pgoutbox}
@@ -32,7 +44,8 @@ readonly PGBIN CACHE KAFKA_LIBS PYTHON
 
 usage() {
 	cat <<'EOF'
-usage: scripts/stack.sh start [--state DIR] [--pg-only] [--pg-tls] [--wal-level logical|replica]
+usage: scripts/stack.sh start [--state DIR] [--pg-only] [--pg-tls] [--kafka-tls]
+                             [--wal-level logical|replica]
        scripts/stack.sh stop  [--state DIR] [--clean]
        scripts/stack.sh env   [--state DIR]
        scripts/stack.sh kafka-stop  [--state DIR] [--signal KILL|TERM]
@@ -45,6 +58,16 @@ usage: scripts/stack.sh start [--state DIR] [--pg-only] [--pg-tls] [--wal-level 
          --pg-tls           PostgreSQL with TLS on: a throwaway CA and a server
                             certificate for localhost/127.0.0.1 in DIR/pg/tls;
                             the env gets PGOUTBOX_PG_CA (for sslrootcert)
+         --kafka-tls        Kafka also listens with TLS: an SSL listener and a
+                            SASL_SSL one (SCRAM-SHA-256/512, user pgoutbox),
+                            with a throwaway CA and server certificate for
+                            localhost/127.0.0.1 in DIR/kafka/tls; the env gets
+                            PGOUTBOX_KAFKA_SSL_BROKERS, PGOUTBOX_KAFKA_SASL_BROKERS,
+                            PGOUTBOX_KAFKA_CA, PGOUTBOX_KAFKA_SASL_USER and
+                            PGOUTBOX_KAFKA_SASL_PASSWORD (the env file is then
+                            mode 0600). PLAINTEXT stays. DIRs whose Kafka was
+                            formatted by a stack.sh older than this option
+                            have no SCRAM user: start them afresh (stop --clean)
          --wal-level LEVEL  logical (default) or replica
   stop   stop what runs from DIR (exit 0 if nothing does). Keeps DIR's files
          unless --clean, which removes DIR.
@@ -53,8 +76,8 @@ usage: scripts/stack.sh start [--state DIR] [--pg-only] [--pg-tls] [--wal-level 
                default (a crash), or --signal TERM (a clean shutdown); waits
                until it has exited. Exit 0 if no broker runs.
   kafka-start  start the Kafka broker of DIR again (after kafka-stop), from the
-               same data on the same ports, and wait until it is ready. Exit 0
-               if it already runs.
+               same data on the same ports (TLS listeners included), and wait
+               until it is ready. Exit 0 if it already runs.
 
 DIR defaults to $PGOUTBOX_STATE, else ${TMPDIR:-/tmp}/pgoutbox-stack.
 EOF
@@ -81,8 +104,8 @@ usage_error() {
 }
 
 # Paths inside the state directory; set by set_state_dir.
-STATE='' PGDIR='' PGDATA='' PGLOG='' PGTLS='' KDIR='' KLOG='' ENVFILE=''
-PG_PORT='' KAFKA_PORT='' PG_TLS=0
+STATE='' PGDIR='' PGDATA='' PGLOG='' PGTLS='' KDIR='' KLOG='' KTLS='' ENVFILE=''
+PG_PORT='' KAFKA_PORT='' KAFKA_SSL_PORT='' KAFKA_SASL_PORT='' PG_TLS=0 KAFKA_TLS=0
 
 set_state_dir() {
 	local dir=$1
@@ -105,6 +128,7 @@ set_state_dir() {
 	PGTLS=$PGDIR/tls
 	KDIR=$STATE/kafka
 	KLOG=$KDIR/server.log
+	KTLS=$KDIR/tls
 	ENVFILE=$STATE/env
 }
 
@@ -192,37 +216,46 @@ EOF
 	printf "\n# settings of scripts/stack.sh\ninclude = 'pgoutbox-stack.conf'\n" >>"$PGDATA/postgresql.conf"
 }
 
-# pg_tls_make — a throwaway CA and a server certificate it signed, for
-# CN=localhost with subjectAltName DNS:localhost,IP:127.0.0.1, in DIR/pg/tls.
-# Made once; kept (with the CA) for the life of DIR.
-pg_tls_make() {
-	if [[ -f $PGTLS/ca.crt && -f $PGTLS/server.crt && -f $PGTLS/server.key ]]; then
+# tls_make DIR OPTION — a throwaway CA and a server certificate it signed, for
+# CN=localhost with subjectAltName DNS:localhost,IP:127.0.0.1: DIR/ca.crt,
+# DIR/ca.key, DIR/server.crt, DIR/server.key (openssl's output goes to
+# openssl.log beside DIR). Made once; kept (with the CA) for the life of the
+# state directory. OPTION names the option that needs it, for errors.
+tls_make() {
+	local dir=$1 option=$2
+	if [[ -f $dir/ca.crt && -f $dir/server.crt && -f $dir/server.key ]]; then
 		return 0
 	fi
-	command -v openssl >/dev/null 2>&1 || die "openssl not found (needed by --pg-tls)" \
+	command -v openssl >/dev/null 2>&1 || die "openssl not found (needed by $option)" \
 		"run scripts/install-deps.sh"
-	info "generating a throwaway CA and server certificate in $PGTLS"
-	rm -rf -- "$PGTLS"
-	mkdir -p "$PGTLS"
-	local log=$PGDIR/openssl.log
+	info "generating a throwaway CA and server certificate in $dir"
+	rm -rf -- "$dir"
+	mkdir -p "$dir"
+	local log
+	log=$(dirname "$dir")/openssl.log
 	if ! {
 		openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj '/CN=pgoutbox stack.sh test CA' \
-			-keyout "$PGTLS/ca.key" -out "$PGTLS/ca.crt" &&
+			-keyout "$dir/ca.key" -out "$dir/ca.crt" &&
 			openssl req -new -newkey rsa:2048 -nodes -subj '/CN=localhost' \
-				-keyout "$PGTLS/server.key" -out "$PGTLS/server.csr" &&
+				-keyout "$dir/server.key" -out "$dir/server.csr" &&
 			printf 'subjectAltName = DNS:localhost,IP:127.0.0.1\nbasicConstraints = CA:FALSE\nkeyUsage = digitalSignature,keyEncipherment\nextendedKeyUsage = serverAuth\n' \
-				>"$PGTLS/server.ext" &&
-			openssl x509 -req -in "$PGTLS/server.csr" -CA "$PGTLS/ca.crt" -CAkey "$PGTLS/ca.key" \
-				-CAcreateserial -days 3650 -sha256 -extfile "$PGTLS/server.ext" -out "$PGTLS/server.crt"
+				>"$dir/server.ext" &&
+			openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+				-CAcreateserial -days 3650 -sha256 -extfile "$dir/server.ext" -out "$dir/server.crt"
 	} >"$log" 2>&1; then
 		cat "$log" >&2
-		rm -rf -- "$PGTLS"
+		rm -rf -- "$dir"
 		die "generating the TLS certificates with openssl failed (output above)"
 	fi
-	rm -f -- "$PGTLS/server.csr" "$PGTLS/server.ext" "$PGTLS/ca.srl"
-	chmod 600 "$PGTLS/ca.key" "$PGTLS/server.key"
-	chmod 644 "$PGTLS/ca.crt" "$PGTLS/server.crt"
-	chmod 755 "$PGTLS"
+	rm -f -- "$dir/server.csr" "$dir/server.ext" "$dir/ca.srl"
+	chmod 600 "$dir/ca.key" "$dir/server.key"
+	chmod 644 "$dir/ca.crt" "$dir/server.crt"
+	chmod 755 "$dir"
+}
+
+# pg_tls_make — tls_make in DIR/pg/tls, owned by postgres when we are root.
+pg_tls_make() {
+	tls_make "$PGTLS" --pg-tls
 	if is_root; then chown -R postgres:postgres "$PGTLS"; fi
 }
 
@@ -333,18 +366,34 @@ kafka_check_prereqs() {
 		die "Kafka $KAFKA_VERSION jars not found in $KAFKA_LIBS" "run scripts/install-deps.sh"
 }
 
-# kafka_write_config PORT CONTROLLER_PORT
+# kafka_write_config PORT CONTROLLER_PORT [SSL_PORT SASL_SSL_PORT] — with the
+# last two, the SSL and SASL_SSL listeners are on (kafka_tls_make first).
 kafka_write_config() {
+	local tls_listeners='' tls=''
+	if [[ $# -ge 4 ]]; then
+		tls_listeners=",SSL://127.0.0.1:$3,SASL_SSL://127.0.0.1:$4"
+		tls="
+# --kafka-tls: server certificate for the SSL and SASL_SSL listeners, no
+# client certificates; SCRAM users are in the metadata log (kafka_format).
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$KTLS/server.p12
+ssl.keystore.password=$KAFKA_KEYSTORE_PASSWORD
+ssl.key.password=$KAFKA_KEYSTORE_PASSWORD
+ssl.client.auth=none
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+	fi
 	cat >"$KDIR/server.properties" <<EOF
 # written by scripts/stack.sh at each start: single-node KRaft, combined mode
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$2
-listeners=PLAINTEXT://127.0.0.1:$1,CONTROLLER://127.0.0.1:$2
-advertised.listeners=PLAINTEXT://127.0.0.1:$1
+listeners=PLAINTEXT://127.0.0.1:$1,CONTROLLER://127.0.0.1:$2$tls_listeners
+advertised.listeners=PLAINTEXT://127.0.0.1:$1$tls_listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
 log.dirs=$KDIR/data
 num.partitions=3
 auto.create.topics.enable=true
@@ -354,7 +403,7 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=3
 min.insync.replicas=1
-group.initial.rebalance.delay.ms=0
+group.initial.rebalance.delay.ms=0$tls
 EOF
 }
 
@@ -378,10 +427,14 @@ log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n
 EOF
 }
 
-# Format the metadata log once (the cluster id then stays with DIR).
+# Format the metadata log once (the cluster id then stays with DIR), with the
+# SCRAM-SHA-256 and SCRAM-SHA-512 credentials of KAFKA_SASL_USER and a random
+# password kept in DIR/kafka/scram-password (mode 0600). They are made whether
+# or not --kafka-tls is given, so that a later start with it finds them: the
+# metadata log is never formatted again.
 kafka_format() {
 	[[ -f $KDIR/data/meta.properties ]] && return 0
-	local cluster_id
+	local cluster_id password
 	# A Kafka Uuid: 16 random bytes, base64url without padding, not starting with '-'.
 	cluster_id=$("$PYTHON" -c '
 import base64, os
@@ -390,10 +443,16 @@ while True:
     if not s.startswith("-"):
         print(s)
         break')
-	info "formatting Kafka storage in $KDIR/data (cluster id $cluster_id)"
+	# [A-Za-z0-9_-] only: no ',' ']' '=' to break --add-scram's syntax.
+	password=$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(18))')
+	(umask 077 && printf '%s\n' "$password" >"$KDIR/scram-password")
+	info "formatting Kafka storage in $KDIR/data (cluster id $cluster_id, SCRAM user $KAFKA_SASL_USER)"
 	if ! java -Xmx256m -Dlog4j.configuration="file:$KDIR/tools-log4j.properties" \
 		-cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format --ignore-formatted \
-		-t "$cluster_id" -c "$KDIR/server.properties" >"$KDIR/format.log" 2>&1 9>&-; then
+		-t "$cluster_id" -c "$KDIR/server.properties" \
+		--add-scram "SCRAM-SHA-256=[name=$KAFKA_SASL_USER,password=$password]" \
+		--add-scram "SCRAM-SHA-512=[name=$KAFKA_SASL_USER,password=$password]" \
+		>"$KDIR/format.log" 2>&1 9>&-; then
 		cat "$KDIR/format.log" >&2
 		die "formatting Kafka storage failed (output above)"
 	fi
@@ -427,37 +486,90 @@ kafka_fail() {
 	die "$@"
 }
 
-# Start Kafka on free ports; sets KAFKA_PORT. Polls until broker 1 is listed
-# in the cluster metadata.
+# kafka_tls_make — the broker's certificate (tls_make in DIR/kafka/tls) and a
+# PKCS12 keystore of it with the CA's certificate, DIR/kafka/tls/server.p12.
+kafka_tls_make() {
+	tls_make "$KTLS" --kafka-tls
+	[[ -f $KTLS/server.p12 ]] && return 0
+	if ! openssl pkcs12 -export -in "$KTLS/server.crt" -inkey "$KTLS/server.key" \
+		-certfile "$KTLS/ca.crt" -name localhost -passout "pass:$KAFKA_KEYSTORE_PASSWORD" \
+		-out "$KTLS/server.p12.tmp" >>"$KDIR/openssl.log" 2>&1; then
+		cat "$KDIR/openssl.log" >&2
+		rm -f -- "$KTLS/server.p12.tmp"
+		die "making the Kafka keystore with openssl failed (output above)"
+	fi
+	chmod 600 "$KTLS/server.p12.tmp"
+	mv -f -- "$KTLS/server.p12.tmp" "$KTLS/server.p12"
+}
+
+# The SCRAM password kafka_format made. A storage formatted by an older
+# stack.sh has none, and its metadata log cannot be formatted again.
+kafka_sasl_password() {
+	[[ -s $KDIR/scram-password ]] ||
+		die "the Kafka storage in $KDIR/data has no SCRAM user (formatted by an older stack.sh)" \
+			"--kafka-tls needs a fresh state directory: scripts/stack.sh stop --state $STATE --clean"
+	printf '%s\n' "$(<"$KDIR/scram-password")"
+}
+
+# kafka_ready PORT [SSL_PORT SASL_SSL_PORT] — broker 1 is in the metadata read
+# over PLAINTEXT and, with TLS ports, over SSL and SASL_SSL (SCRAM-SHA-512)
+# with the stack's CA verifying the broker's certificate and host name: proof
+# that certificate, keystore and credentials fit together. When not ready,
+# KAFKA_NOT_READY names the listener that did not answer.
+KAFKA_NOT_READY=''
+kafka_ready() {
+	KAFKA_NOT_READY="127.0.0.1:$1 (PLAINTEXT)"
+	kcat -L -b "127.0.0.1:$1" -m 2 2>/dev/null | grep -q 'broker 1 at' || return 1
+	[[ $# -ge 3 ]] || return 0
+	KAFKA_NOT_READY="127.0.0.1:$2 (SSL)"
+	kcat -L -b "127.0.0.1:$2" -m 2 -X security.protocol=ssl -X ssl.ca.location="$KTLS/ca.crt" \
+		2>/dev/null | grep -q 'broker 1 at' || return 1
+	KAFKA_NOT_READY="127.0.0.1:$3 (SASL_SSL)"
+	# The password through a file, not in kcat's argv.
+	kcat -L -b "127.0.0.1:$3" -m 2 -X security.protocol=sasl_ssl -X ssl.ca.location="$KTLS/ca.crt" \
+		-X sasl.mechanisms=SCRAM-SHA-512 -X sasl.username="$KAFKA_SASL_USER" \
+		-F <(printf 'sasl.password=%s\n' "$(kafka_sasl_password)") 2>/dev/null |
+		grep -q 'broker 1 at' || return 1
+	KAFKA_NOT_READY=''
+}
+
+# Start Kafka on free ports (four with --kafka-tls); sets KAFKA_PORT, and
+# KAFKA_SSL_PORT and KAFKA_SASL_PORT with --kafka-tls. Polls until every
+# listener lists broker 1 in the cluster metadata.
 kafka_start() {
-	local attempt ports port cport
+	local attempt ports port cport tls_ports=()
 	mkdir -p "$KDIR"
 	kafka_write_log4j
+	[[ $KAFKA_TLS != 1 ]] || kafka_tls_make
 	for ((attempt = 1; attempt <= PORT_ATTEMPTS; attempt++)); do
-		ports=$(pick_ports 2)
-		port=${ports%% *}
-		cport=${ports##* }
-		kafka_write_config "$port" "$cport"
+		if [[ $KAFKA_TLS == 1 ]]; then
+			read -r port cport KAFKA_SSL_PORT KAFKA_SASL_PORT <<<"$(pick_ports 4)"
+			tls_ports=("$KAFKA_SSL_PORT" "$KAFKA_SASL_PORT")
+		else
+			read -r port cport <<<"$(pick_ports 2)"
+		fi
+		kafka_write_config "$port" "$cport" "${tls_ports[@]}"
 		kafka_format
-		info "starting Kafka on 127.0.0.1:$port (controller 127.0.0.1:$cport)"
+		[[ $KAFKA_TLS != 1 ]] || kafka_sasl_password >/dev/null
+		info "starting Kafka on 127.0.0.1:$port (controller 127.0.0.1:$cport${tls_ports[*]:+, SSL 127.0.0.1:${tls_ports[0]}, SASL_SSL 127.0.0.1:${tls_ports[1]}})"
 		local mark=0
 		[[ -f $KLOG ]] && mark=$(wc -l <"$KLOG")
 		kafka_launch
 		local deadline=$((SECONDS + KAFKA_READY_TIMEOUT))
 		while :; do
-			if kcat -L -b "127.0.0.1:$port" -m 2 2>/dev/null | grep -q 'broker 1 at'; then
+			if kafka_ready "$port" "${tls_ports[@]}"; then
 				KAFKA_PORT=$port
 				return 0
 			fi
 			if ! kafka_running; then
 				if tail -n +"$((mark + 1))" "$KLOG" 2>/dev/null | grep -q 'Address already in use'; then
-					info "port $port or $cport was taken meanwhile; picking others"
+					info "port $port, $cport${tls_ports[*]:+ or one of ${tls_ports[*]}} was taken meanwhile; picking others"
 					continue 2
 				fi
 				kafka_fail "Kafka exited during startup (logs above)"
 			fi
 			((SECONDS < deadline)) ||
-				kafka_fail "Kafka on 127.0.0.1:$port was not ready within ${KAFKA_READY_TIMEOUT}s (logs above)"
+				kafka_fail "Kafka's listener $KAFKA_NOT_READY was not ready within ${KAFKA_READY_TIMEOUT}s (logs above)"
 			sleep 0.5
 		done
 	done
@@ -486,14 +598,17 @@ kafka_stop() {
 	rm -f -- "$KDIR/pid"
 }
 
-# The broker port and controller port of DIR's server.properties, space separated.
+# The broker port and controller port of DIR's server.properties, then the SSL
+# and SASL_SSL ports if it has them (--kafka-tls), space separated.
 kafka_config_ports() {
 	local listeners
 	listeners=$(sed -n 's/^listeners=//p' "$KDIR/server.properties" 2>/dev/null | tail -n 1)
-	[[ $listeners =~ ^PLAINTEXT://127\.0\.0\.1:([0-9]+),CONTROLLER://127\.0\.0\.1:([0-9]+)$ ]] ||
+	[[ $listeners =~ ^PLAINTEXT://127\.0\.0\.1:([0-9]+),CONTROLLER://127\.0\.0\.1:([0-9]+)(,SSL://127\.0\.0\.1:([0-9]+),SASL_SSL://127\.0\.0\.1:([0-9]+))?$ ]] ||
 		die "no Kafka listeners of stack.sh in $KDIR/server.properties" \
 			"start the stack first: scripts/stack.sh start --state $STATE"
-	printf '%s %s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+	printf '%s %s' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+	[[ -z ${BASH_REMATCH[3]} ]] || printf ' %s %s' "${BASH_REMATCH[4]}" "${BASH_REMATCH[5]}"
+	printf '\n'
 }
 
 # kafka_kill SIGNAL — send SIGNAL (KILL or TERM) to the broker and wait until
@@ -527,29 +642,30 @@ kafka_kill() {
 # Start the broker again from its data and configuration as they are (same
 # ports: clients keep their bootstrap address) and poll until it is ready.
 kafka_restart() {
-	local ports port cport
-	ports=$(kafka_config_ports)
-	port=${ports%% *}
-	cport=${ports##* }
+	local ports port cport tls_ports
+	ports=$(kafka_config_ports) # dies (exits) on a bad server.properties
+	read -r -a ports <<<"$ports"
+	port=${ports[0]} cport=${ports[1]} tls_ports=("${ports[@]:2}")
 	if kafka_running; then
 		info "Kafka already runs on 127.0.0.1:$port (pid $(kafka_pid))"
 		return 0
 	fi
 	kafka_check_prereqs
-	info "starting Kafka again on 127.0.0.1:$port (controller 127.0.0.1:$cport)"
+	[[ ${#tls_ports[@]} -eq 0 ]] || kafka_sasl_password >/dev/null
+	info "starting Kafka again on 127.0.0.1:$port (controller 127.0.0.1:$cport${tls_ports[*]:+, SSL 127.0.0.1:${tls_ports[0]}, SASL_SSL 127.0.0.1:${tls_ports[1]}})"
 	local mark=0
 	[[ -f $KLOG ]] && mark=$(wc -l <"$KLOG")
 	kafka_launch
 	local deadline=$((SECONDS + KAFKA_READY_TIMEOUT))
-	until kcat -L -b "127.0.0.1:$port" -m 2 2>/dev/null | grep -q 'broker 1 at'; do
+	until kafka_ready "$port" "${tls_ports[@]}"; do
 		if ! kafka_running; then
 			if tail -n +"$((mark + 1))" "$KLOG" 2>/dev/null | grep -q 'Address already in use'; then
-				kafka_fail "port $port or $cport is taken by another process: Kafka cannot restart on it"
+				kafka_fail "port $port, $cport${tls_ports[*]:+ or one of ${tls_ports[*]}} is taken by another process: Kafka cannot restart on it"
 			fi
 			kafka_fail "Kafka exited during startup (logs above)"
 		fi
 		((SECONDS < deadline)) ||
-			kafka_fail "Kafka on 127.0.0.1:$port was not ready within ${KAFKA_READY_TIMEOUT}s (logs above)"
+			kafka_fail "Kafka's listener $KAFKA_NOT_READY was not ready within ${KAFKA_READY_TIMEOUT}s (logs above)"
 		sleep 0.2
 	done
 	info "Kafka is ready on 127.0.0.1:$port"
@@ -573,6 +689,10 @@ EOF
 
 write_env() {
 	local tmp=$ENVFILE.tmp
+	rm -f -- "$tmp"
+	: >"$tmp"
+	# With --kafka-tls it holds the SCRAM password.
+	[[ $KAFKA_TLS != 1 ]] || chmod 600 "$tmp"
 	{
 		printf 'PGOUTBOX_STATE=%s\n' "$STATE"
 		printf 'PGHOST=127.0.0.1\n'
@@ -588,7 +708,14 @@ write_env() {
 			printf 'PGOUTBOX_BROKERS=127.0.0.1:%s\n' "$KAFKA_PORT"
 			printf 'PGOUTBOX_KAFKA_LOG=%s\n' "$KLOG"
 		fi
-	} >"$tmp"
+		if [[ -n ${KAFKA_SASL_PORT:-} ]]; then
+			printf 'PGOUTBOX_KAFKA_SSL_BROKERS=127.0.0.1:%s\n' "$KAFKA_SSL_PORT"
+			printf 'PGOUTBOX_KAFKA_SASL_BROKERS=127.0.0.1:%s\n' "$KAFKA_SASL_PORT"
+			printf 'PGOUTBOX_KAFKA_CA=%s\n' "$KTLS/ca.crt"
+			printf 'PGOUTBOX_KAFKA_SASL_USER=%s\n' "$KAFKA_SASL_USER"
+			printf 'PGOUTBOX_KAFKA_SASL_PASSWORD=%s\n' "$(kafka_sasl_password)"
+		fi
+	} >>"$tmp"
 	mv -f -- "$tmp" "$ENVFILE"
 }
 
@@ -598,12 +725,17 @@ env_value() { # env_value KEY — from DIR/env
 
 print_env() {
 	cat "$ENVFILE"
-	local pgport brokers
+	local pgport brokers sasl_brokers
 	pgport=$(env_value PGPORT)
 	brokers=$(env_value PGOUTBOX_BROKERS)
+	sasl_brokers=$(env_value PGOUTBOX_KAFKA_SASL_BROKERS)
 	printf '# PostgreSQL: psql -h 127.0.0.1 -p %s -U postgres postgres   (log %s)\n' "$pgport" "$PGLOG"
 	if [[ -n $brokers ]]; then
 		printf '# Kafka: %s   e.g. kcat -L -b %s   (log %s)\n' "$brokers" "$brokers" "$KLOG"
+	fi
+	if [[ -n $sasl_brokers ]]; then
+		printf '# Kafka SASL_SSL: kcat -L -b %s -X security.protocol=sasl_ssl -X ssl.ca.location=%s -X sasl.mechanisms=SCRAM-SHA-512 -X sasl.username=%s -X sasl.password=$PGOUTBOX_KAFKA_SASL_PASSWORD\n' \
+			"$sasl_brokers" "$(env_value PGOUTBOX_KAFKA_CA)" "$(env_value PGOUTBOX_KAFKA_SASL_USER)"
 	fi
 	printf '# use: set -a; . %s; set +a      stop: scripts/stack.sh stop --state %s\n' "$ENVFILE" "$STATE"
 }
@@ -612,7 +744,7 @@ print_env() {
 
 cmd_start() {
 	local pg_only=$1 wal_level=$2
-	PG_TLS=$3
+	PG_TLS=$3 KAFKA_TLS=$4
 	mkdir -p -- "$STATE" || die "could not create state directory $STATE"
 	[[ -f $STATE/.pgoutbox-stack ]] || : >"$STATE/.pgoutbox-stack"
 	lock_state
@@ -620,9 +752,15 @@ cmd_start() {
 	[[ -x $PGBIN/initdb ]] || die "PostgreSQL 15 server binaries not found in $PGBIN" \
 		"run scripts/install-deps.sh (or set PGOUTBOX_PGBIN)"
 	[[ $pg_only == 1 ]] || kafka_check_prereqs
+	# Refuse before stopping anything: a storage formatted without the SCRAM
+	# user cannot get it from a start.
+	if [[ $KAFKA_TLS == 1 && -f $KDIR/data/meta.properties ]]; then
+		kafka_sasl_password >/dev/null
+	fi
 
 	local opts="pg_only=$pg_only wal_level=$wal_level"
 	[[ $PG_TLS != 1 ]] || opts+=" pg_tls=1"
+	[[ $KAFKA_TLS != 1 ]] || opts+=" kafka_tls=1"
 	if pg_running; then
 		if [[ -f $ENVFILE && -f $STATE/options && $(<"$STATE/options") == "$opts" ]] &&
 			{ [[ $pg_only == 1 ]] || kafka_running; }; then
@@ -638,7 +776,7 @@ cmd_start() {
 	rm -f -- "$ENVFILE" "$STATE/options"
 	# Leave nothing running if any step below fails.
 	trap 'start_failed' EXIT
-	PG_PORT='' KAFKA_PORT=''
+	PG_PORT='' KAFKA_PORT='' KAFKA_SSL_PORT='' KAFKA_SASL_PORT=''
 	pg_start "$wal_level"
 	[[ $pg_only == 1 ]] || kafka_start
 	write_env
@@ -714,7 +852,7 @@ main() {
 	esac
 
 	local state=${PGOUTBOX_STATE:-${TMPDIR:-/tmp}/pgoutbox-stack}
-	local pg_only=0 pg_tls=0 wal_level=logical clean=0 signal=KILL
+	local pg_only=0 pg_tls=0 kafka_tls=0 wal_level=logical clean=0 signal=KILL
 	while [[ $# -gt 0 ]]; do
 		case $1 in
 		--state)
@@ -725,6 +863,7 @@ main() {
 		--state=*) state=${1#--state=} ;;
 		--pg-only) [[ $cmd == start ]] || usage_error "--pg-only is an option of start"; pg_only=1 ;;
 		--pg-tls) [[ $cmd == start ]] || usage_error "--pg-tls is an option of start"; pg_tls=1 ;;
+		--kafka-tls) [[ $cmd == start ]] || usage_error "--kafka-tls is an option of start"; kafka_tls=1 ;;
 		--wal-level | --wal-level=*)
 			[[ $cmd == start ]] || usage_error "--wal-level is an option of start"
 			if [[ $1 == --wal-level ]]; then
@@ -761,9 +900,11 @@ main() {
 		shift
 	done
 
+	[[ $pg_only == 0 || $kafka_tls == 0 ]] || usage_error "--kafka-tls and --pg-only exclude each other"
+
 	set_state_dir "$state"
 	case $cmd in
-	start) cmd_start "$pg_only" "$wal_level" "$pg_tls" ;;
+	start) cmd_start "$pg_only" "$wal_level" "$pg_tls" "$kafka_tls" ;;
 	stop) cmd_stop "$clean" ;;
 	env) cmd_env ;;
 	kafka-stop) cmd_kafka_stop "$signal" ;;

@@ -7,7 +7,8 @@
 # AddressSanitizer + UBSan, build-asan/, both with warnings as errors; runs the
 # C unit tests under the sanitizers and under valgrind; fuzzes the decoder for
 # 60 s (libFuzzer, clang, build-fuzz/); then starts a throwaway
-# PostgreSQL + Kafka (scripts/stack.sh) in a fresh state directory and runs the
+# PostgreSQL + Kafka (scripts/stack.sh, Kafka with TLS and SASL/SCRAM listeners
+# too) in a fresh state directory and runs the
 # end-to-end tests (pytest tests/e2e) against the sanitizer build of pgoutbox.
 # Extra arguments go to pytest. Prints the time of each step; exits non-zero on
 # the first failure, after printing the tail of the servers' logs.
@@ -138,7 +139,8 @@ fuzz_decoder() {
 
 start_stack() {
 	state=$(mktemp -d "${TMPDIR:-/tmp}/pgoutbox-test.XXXXXX")
-	scripts/stack.sh start --state "$state"
+	# --kafka-tls: SSL and SASL_SSL listeners beside PLAINTEXT, for test_kafka_tls.py.
+	scripts/stack.sh start --kafka-tls --state "$state"
 	set -a
 	# shellcheck source=/dev/null
 	. "$state/env"

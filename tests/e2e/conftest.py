@@ -3,9 +3,9 @@ database with outbox table, publication and slot per test, and pgoutbox runs
 whose stderr is kept per test and checked for sanitizer reports.
 
 Run as `/usr/bin/python3 -m pytest -v tests/e2e`.  `scripts/test.sh` exports the
-stack's variables (PGOUTBOX_PG, PGOUTBOX_BROKERS, PG*) and PGOUTBOX_BIN; when they
-are absent the session starts its own throwaway stack with `scripts/stack.sh`
-and stops it at the end.
+stack's variables (PGOUTBOX_PG, PGOUTBOX_BROKERS, PG*, PGOUTBOX_KAFKA_* of the
+TLS listeners) and PGOUTBOX_BIN; when they are absent the session starts its own
+throwaway stack with `scripts/stack.sh start --kafka-tls` and stops it at the end.
 """
 
 import os
@@ -26,7 +26,10 @@ STACK_SH = REPO / "scripts" / "stack.sh"
 SETUP_SLOT_SH = REPO / "scripts" / "setup-slot.sh"
 
 STACK_VARS = ("PGOUTBOX_STATE", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE",
-              "PGOUTBOX_PG", "PGOUTBOX_BROKERS", "PGOUTBOX_PG_LOG", "PGOUTBOX_KAFKA_LOG")
+              "PGOUTBOX_PG", "PGOUTBOX_BROKERS", "PGOUTBOX_PG_LOG", "PGOUTBOX_KAFKA_LOG",
+              # stack.sh --kafka-tls (test_kafka_tls.py)
+              "PGOUTBOX_KAFKA_SSL_BROKERS", "PGOUTBOX_KAFKA_SASL_BROKERS", "PGOUTBOX_KAFKA_CA",
+              "PGOUTBOX_KAFKA_SASL_USER", "PGOUTBOX_KAFKA_SASL_PASSWORD")
 
 # Seconds a pgoutbox run gets to drain on SIGTERM (passed as --shutdown-timeout),
 # and the bound on how long a run to --endpos may take.
@@ -86,7 +89,7 @@ def stack():
     # be able to reach its data directory.
     state = Path(tempfile.mkdtemp(prefix="pgoutbox-e2e-stack-"))
     state.chmod(0o755)
-    start = subprocess.run([str(STACK_SH), "start", "--state", str(state)],
+    start = subprocess.run([str(STACK_SH), "start", "--kafka-tls", "--state", str(state)],
                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     try:
         if start.returncode != 0:
