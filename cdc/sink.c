@@ -177,12 +177,31 @@ sink_new(const char *brokers, const sink_property *props, size_t nprops,
 	static const sink_property defaults[] = {
 		{"enable.idempotence", "true"},
 		{"acks", "all"},
+		/*
+		 * One request in flight per connection.  librdkafka 2.0.2's
+		 * idempotent producer already allows a partition only one
+		 * request in flight (it subtracts messages, not requests, from
+		 * its limit of 5), and while that request is out and the next
+		 * batch is ready its broker thread busy-polls: a core spinning
+		 * exactly when the broker is slow, which made it slower (p99
+		 * 150-750 ms at 10,000 events/s on 2 cores).  With one request
+		 * per connection the ready batches wait in the output queue
+		 * instead; drains are as fast (docs/benchmarks.md).
+		 */
+		{"max.in.flight.requests.per.connection", "1"},
 		{"partitioner", "murmur2_random"},
 		{"message.timeout.ms", "0"},
 		{"queue.buffering.max.kbytes", "16384"},
-		{"queue.buffering.max.messages", "100000"},
+		/* With librdkafka's ~0.5 kB per queued message, 100,000 let a
+		 * drain of small events reach ~70 MB; 20,000 keep it near 16 MB
+		 * at ~6 % of the drain rate of one huge transaction. */
+		{"queue.buffering.max.messages", "20000"},
 		{"linger.ms", "5"},
 		{"socket.keepalive.enable", "true"},
+		/* librdkafka sends one ProduceRequest per partition, back to back
+		 * on one connection: with Nagle's algorithm the second waits for
+		 * the ACK of the first, which the broker delays. */
+		{"socket.nagle.disable", "true"},
 		{"client.id", "pgoutbox"},
 	};
 	rd_kafka_conf_t *conf;
