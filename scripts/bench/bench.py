@@ -20,10 +20,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import psycopg2
 from confluent_kafka import Consumer, TopicPartition
@@ -254,7 +256,63 @@ def topic_count(topic):
 
 # ------------------------------------------------------------------ drain
 
+def drain_recvlogical(args, out, conn, slot, endpos, tag):
+    """pg_recvlogical drains slot to endpos: walsender + pgoutput, no Kafka."""
+    cmd = ["pg_recvlogical", "-d", PG, "--slot", slot, "--start", "--no-loop",
+           "--endpos", endpos, "-o", "proto_version=%d" % args.proto,
+           "-o", "publication_names=pgoutbox", "-f", "/dev/null"]
+    with open(os.path.join(out, "recvlogical-%s.log" % tag), "w") as lf:
+        p = subprocess.Popen(cmd, stderr=lf)
+        t0 = time.monotonic()
+        wpid = slot_pid(conn, slot)
+        ws = Sampler(wpid) if wpid else None
+        rc, cpu, _ = wait_measured(p)
+        wall = time.monotonic() - t0
+    ws_cpu, _ = ws.finish() if ws else (None, None)
+    if rc != 0:
+        raise RuntimeError("pg_recvlogical exited %d (%s)" % (rc, lf.name))
+    return {"s": wall, "cpu_s": cpu, "walsender_cpu_s": ws_cpu}
+
+
+def drain_pgoutbox(args, out, conn, slot, endpos, tag, kpid):
+    """pgoutbox drains slot into Kafka until the slot is confirmed at endpos."""
+    cmd = [args.pgoutbox, "-d", PG, "-b", BROKERS, "--slot", slot, "--endpos", endpos,
+           "--log-level", "log"] + args.x
+    k0 = proc_cpu(kpid)
+    with open(os.path.join(out, "pgoutbox-drain-%s.log" % tag), "w") as lf:
+        p = subprocess.Popen(cmd, stderr=lf)
+        t0 = time.monotonic()
+        ps = Sampler(p.pid)
+        wpid = slot_pid(conn, slot)
+        ws = Sampler(wpid) if wpid else None
+        rc, cpu, _ = wait_measured(p)
+        wall = time.monotonic() - t0
+    ws_cpu, _ = ws.finish() if ws else (None, None)
+    # VmHWM sampled every 50 ms: ru_maxrss would include the RSS of the
+    # forked Python process before exec.
+    _, rss = ps.finish()
+    k1 = proc_cpu(kpid)
+    if rc != 0:
+        raise RuntimeError("pgoutbox exited %d (%s)" % (rc, lf.name))
+    confirmed = q1(conn, "SELECT confirmed_flush_lsn >= %s FROM pg_replication_slots WHERE slot_name = %s",
+                   (endpos, slot))
+    return {"s": wall, "cpu_s": cpu, "maxrss_kb": rss, "walsender_cpu_s": ws_cpu,
+            "broker_cpu_s": k1 - k0, "confirmed": bool(confirmed)}
+
+
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
 def scen_drain(args, out, res):
+    """Each workload is written once behind 2 x repeat slots created at the
+    same LSN; pg_recvlogical and pgoutbox then drain one slot each per
+    round, taking turns at going first (the first reader of fresh WAL may
+    pay for what the second finds cached), and the medians are reported."""
     conn = db()
     n_txn = args.drain_events
     n_big = args.drain_big
@@ -272,82 +330,69 @@ def scen_drain(args, out, res):
     for item in plan:
         size, (name, per_txn, n) = item[0], item[1]
         warm = len(item) > 2
-        if True:
-            per = per_txn or n
-            tag = "%s_%s" % ({1: "t1", 10: "t10"}.get(per_txn, "big"), size.lower())
-            if warm:
-                tag = "warmup"
-            agg = "drain_%s_%s" % (tag, RUN)
-            topic = "outbox.event." + agg
-            log("drain %s, %s: writing %d events" % (name, size, n))
-            create_topic(topic)
-            kafka0 = topic_count(topic)
-            sa, sb = "bench_a_" + tag, "bench_b_" + tag
+        rounds = 1 if warm else args.repeat
+        per = per_txn or n
+        tag = "%s_%s" % ({1: "t1", 10: "t10"}.get(per_txn, "big"), size.lower())
+        if warm:
+            tag = "warmup"
+        agg = "drain_%s_%s" % (tag, RUN)
+        topic = "outbox.event." + agg
+        log("drain %s, %s: writing %d events (%d round(s))" % (name, size, n, rounds))
+        create_topic(topic)
+        slots = [("bench_a%d_%s" % (i, tag), "bench_b%d_%s" % (i, tag)) for i in range(rounds)]
+        for sa, sb in slots:
             create_slot(conn, sa)
             create_slot(conn, sb)
-            t0 = time.monotonic()
-            endpos = write_events(conn, agg, n, per, size)
-            t_write = time.monotonic() - t0
-            wal = q1(conn, "SELECT pg_wal_lsn_diff(%s, confirmed_flush_lsn) FROM pg_replication_slots WHERE slot_name = %s", (endpos, sa))
-
-            # the ceiling: walsender + pgoutput, no Kafka
-            log("drain %s, %s: pg_recvlogical to %s" % (name, size, endpos))
-            cmd = ["pg_recvlogical", "-d", PG, "--slot", sa, "--start", "--no-loop",
-                   "--endpos", endpos, "-o", "proto_version=%d" % args.proto,
-                   "-o", "publication_names=pgoutbox", "-f", "/dev/null"]
-            with open(os.path.join(out, "recvlogical-%s.log" % tag), "w") as lf:
-                p = subprocess.Popen(cmd, stderr=lf)
-                t0 = time.monotonic()
-                wpid = slot_pid(conn, sa)
-                ws = Sampler(wpid) if wpid else None
-                rc, cpu, rss = wait_measured(p)
-                wall_r = time.monotonic() - t0
-            ws_cpu_r, ws_hwm_r = ws.finish() if ws else (None, None)
-            if rc != 0:
-                raise RuntimeError("pg_recvlogical exited %d (%s)" % (rc, lf.name))
-            rec = {"workload": name, "size": size, "events": n, "per_txn": per,
-                   "write_s": t_write, "wal_bytes": float(wal), "endpos": endpos,
-                   "recv_s": wall_r, "recv_eps": n / wall_r,
-                   "recv_cpu_s": cpu, "recv_walsender_cpu_s": ws_cpu_r}
-
-            # pgoutbox into Kafka, until the slot is confirmed at endpos
-            log("drain %s, %s: pgoutbox to %s" % (name, size, endpos))
-            cmd = [args.pgoutbox, "-d", PG, "-b", BROKERS, "--slot", sb, "--endpos", endpos,
-                   "--log-level", "log"] + args.x
-            k0 = proc_cpu(kpid)
-            with open(os.path.join(out, "pgoutbox-drain-%s.log" % tag), "w") as lf:
-                p = subprocess.Popen(cmd, stderr=lf)
-                t0 = time.monotonic()
-                ps = Sampler(p.pid)
-                wpid = slot_pid(conn, sb)
-                ws = Sampler(wpid) if wpid else None
-                rc, cpu, _ = wait_measured(p)
-                wall_p = time.monotonic() - t0
-            ws_cpu_p, ws_hwm_p = ws.finish() if ws else (None, None)
-            # VmHWM sampled every 50 ms: ru_maxrss would include the RSS of
-            # the forked Python process before exec.
-            _, rss = ps.finish()
-            k1 = proc_cpu(kpid)
-            if rc != 0:
-                raise RuntimeError("pgoutbox exited %d (%s)" % (rc, lf.name))
-            confirmed = q1(conn, "SELECT confirmed_flush_lsn >= %s FROM pg_replication_slots WHERE slot_name = %s", (endpos, sb))
-            in_kafka = topic_count(topic) - kafka0
-            rec.update({"pgoutbox_s": wall_p, "pgoutbox_eps": n / wall_p,
-                        "ratio": (n / wall_p) / (n / wall_r),
-                        "pgoutbox_cpu_s": cpu, "pgoutbox_maxrss_kb": rss,
-                        "walsender_cpu_s": ws_cpu_p, "walsender_hwm_kb": ws_hwm_p,
-                        "broker_cpu_s": k1 - k0, "confirmed": bool(confirmed),
-                        "in_kafka": in_kafka})
-            log("drain %s, %s: pg_recvlogical %.0f/s, pgoutbox %.0f/s (%.2f), %d in Kafka"
-                % (name, size, rec["recv_eps"], rec["pgoutbox_eps"], rec["ratio"], in_kafka))
-            if not warm:
-                rows.append(rec)
+        t0 = time.monotonic()
+        endpos = write_events(conn, agg, n, per, size)
+        t_write = time.monotonic() - t0
+        wal = q1(conn, "SELECT pg_wal_lsn_diff(%s, confirmed_flush_lsn) FROM pg_replication_slots WHERE slot_name = %s",
+                 (endpos, slots[0][0]))
+        runs = []
+        for i, (sa, sb) in enumerate(slots):
+            rtag = "%s-%d" % (tag, i + 1)
+            kafka0 = topic_count(topic)
+            first_recv = i % 2 == 0
+            for who in ("recv", "pgo") if first_recv else ("pgo", "recv"):
+                log("drain %s, %s, round %d: %s to %s" % (name, size, i + 1,
+                    "pg_recvlogical" if who == "recv" else "pgoutbox", endpos))
+                if who == "recv":
+                    r = drain_recvlogical(args, out, conn, sa, endpos, rtag)
+                else:
+                    p = drain_pgoutbox(args, out, conn, sb, endpos, rtag, kpid)
+                    p["in_kafka"] = topic_count(topic) - kafka0
+            run = {"first": "pg_recvlogical" if first_recv else "pgoutbox",
+                   "recv_s": r["s"], "pgoutbox_s": p["s"], "ratio": r["s"] / p["s"],
+                   "recv_cpu_s": r["cpu_s"], "recv_walsender_cpu_s": r["walsender_cpu_s"],
+                   "pgoutbox_cpu_s": p["cpu_s"], "pgoutbox_maxrss_kb": p["maxrss_kb"],
+                   "walsender_cpu_s": p["walsender_cpu_s"], "broker_cpu_s": p["broker_cpu_s"],
+                   "confirmed": p["confirmed"], "in_kafka": p["in_kafka"]}
+            runs.append(run)
+            log("drain %s, %s, round %d (%s first): pg_recvlogical %.0f/s, pgoutbox %.0f/s (%.2f), %d in Kafka"
+                % (name, size, i + 1, run["first"], n / run["recv_s"], n / run["pgoutbox_s"],
+                   run["ratio"], run["in_kafka"]))
             drop_slot(conn, sa)
             drop_slot(conn, sb)
-            q(conn, "TRUNCATE outbox")
-            q(conn, "CHECKPOINT")
-            res["drain"] = rows
-            save(out, res)
+        rec = {"workload": name, "size": size, "events": n, "per_txn": per,
+               "write_s": t_write, "wal_bytes": float(wal), "endpos": endpos, "runs": runs}
+        for k in ("recv_s", "pgoutbox_s", "recv_cpu_s", "recv_walsender_cpu_s", "pgoutbox_cpu_s",
+                  "pgoutbox_maxrss_kb", "walsender_cpu_s", "broker_cpu_s"):
+            rec[k] = median(x[k] for x in runs)
+        rec["ratio"] = median(x["ratio"] for x in runs)
+        rec["ratio_min"] = min(x["ratio"] for x in runs)
+        rec["ratio_max"] = max(x["ratio"] for x in runs)
+        rec["recv_eps"] = n / rec["recv_s"]
+        rec["pgoutbox_eps"] = n / rec["pgoutbox_s"]
+        rec["confirmed"] = all(x["confirmed"] for x in runs)
+        rec["in_kafka"] = min(x["in_kafka"] for x in runs)
+        log("drain %s, %s: median ratio %.2f (%.2f-%.2f over %d rounds)"
+            % (name, size, rec["ratio"], rec["ratio_min"], rec["ratio_max"], len(runs)))
+        if not warm:
+            rows.append(rec)
+        q(conn, "TRUNCATE outbox")
+        q(conn, "CHECKPOINT")
+        res["drain"] = rows
+        save(out, res)
     conn.close()
 
 
@@ -441,6 +486,51 @@ class LagSampler(threading.Thread):
                 "unconfirmed_kb_max": (max(self.unconfirmed) if self.unconfirmed else 0) / 1024}
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape_ack_histogram(port):
+    """pgoutbox's pgoutbox_commit_to_ack_seconds buckets: {le: cumulative count}."""
+    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read().decode()
+    h = {}
+    for m in re.finditer(r'^pgoutbox_commit_to_ack_seconds_bucket\{le="([^"]+)"\} (\d+)$', body, re.M):
+        h[float("inf") if m.group(1) == "+Inf" else float(m.group(1))] = int(m.group(2))
+    if not h:
+        raise RuntimeError("no pgoutbox_commit_to_ack_seconds in pgoutbox's /metrics")
+    return h
+
+
+def histogram_quantiles(h0, h1, qs=(0.5, 0.99, 0.999)):
+    """Quantiles (ms) of the events counted between two scrapes, interpolated
+    linearly inside a bucket as Prometheus' histogram_quantile() does; also
+    the upper bound of the bucket each falls in."""
+    les = sorted(h1)
+    cum = [h1[le] - h0.get(le, 0) for le in les]
+    total = cum[-1]
+    res = {"ack_events": total}
+    for qq in qs:
+        key = "ack_p%s" % ("%g" % (qq * 100)).replace(".", "")
+        if total == 0:
+            res[key + "_ms"] = res[key + "_le_ms"] = None
+            continue
+        rank = qq * total
+        for i, le in enumerate(les):
+            if cum[i] >= rank:
+                lo = les[i - 1] if i else 0.0
+                below = cum[i - 1] if i else 0
+                if le == float("inf"):
+                    val = lo
+                else:
+                    val = lo + (le - lo) * (rank - below) / max(cum[i] - below, 1)
+                res[key + "_ms"] = val * 1000
+                res[key + "_le_ms"] = le * 1000 if le != float("inf") else None
+                break
+    return res
+
+
 def scen_latency(args, out, res):
     conn = db()
     kpid = kafka_pid()
@@ -448,7 +538,9 @@ def scen_latency(args, out, res):
     for vname, xargs, rates in args.variants:
         slot = "bench_lat"
         create_slot(conn, slot)
-        cmd = [args.pgoutbox, "-d", PG, "-b", BROKERS, "--slot", slot] + args.x + xargs
+        mport = free_port()
+        cmd = [args.pgoutbox, "-d", PG, "-b", BROKERS, "--slot", slot,
+               "--metrics", "127.0.0.1:%d" % mport] + args.x + xargs
         lf = open(os.path.join(out, "pgoutbox-latency-%s.log" % re.sub(r"\W+", "_", vname)), "w")
         p = subprocess.Popen(cmd, stderr=lf)
         ps = Sampler(p.pid)
@@ -466,11 +558,20 @@ def scen_latency(args, out, res):
             time.sleep(1.0)
             c, ef, rf = start_consumer(out, topic)
             cpu0, w0, k0 = proc_cpu(p.pid), proc_cpu(wpid), proc_cpu(kpid)
+            h0 = scrape_ack_histogram(mport)
             log("latency %s: %d/s for %d s" % (vname, rate, args.secs))
             lags = LagSampler(slot)
             n, tps, pglat, lag = pgbench(out, agg, "outbox", agg, rate, args.secs)
             lagres = lags.finish()
             st = finish_consumer(c, ef, rf, n)  # the consumer skips the warm-up event
+            # The consumer may see the last events before pgoutbox has served
+            # their delivery reports: wait (bounded) until all are counted.
+            deadline = time.monotonic() + 10
+            while True:
+                ack = histogram_quantiles(h0, scrape_ack_histogram(mport))
+                if ack["ack_events"] >= n or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             cpu1, w1, k1 = proc_cpu(p.pid), proc_cpu(wpid), proc_cpu(kpid)
             rss, hwm = proc_mem(p.pid)
             rec = {"variant": vname, "rate": rate, "secs": args.secs, "events": n, "tps": tps,
@@ -478,12 +579,16 @@ def scen_latency(args, out, res):
                    "pgoutbox_cpu_s": cpu1 - cpu0, "walsender_cpu_s": w1 - w0,
                    "broker_cpu_s": k1 - k0, "pgoutbox_rss_kb": rss, "pgoutbox_hwm_kb": hwm}
             rec.update(lagres)
+            rec.update(ack)
             rec.update({k: st[k] for k in ("received", "p50_ms", "p90_ms", "p99_ms", "p999_ms",
                                            "max_ms", "mean_ms")})
             log("latency %s @%d/s: achieved %.0f/s, p50 %.1f p99 %.1f p99.9 %.1f max %.1f ms, "
+                "commit-to-ack p50 %.1f p99 %.1f p99.9 %.1f ms (%d events), "
                 "%d/%d received, RSS %d kB; WAL unsent max %.0f kB, sent-unconfirmed max %.0f kB; "
                 "CPU s: pgoutbox %.2f walsender %.2f broker %.2f"
                 % (vname, rate, tps, st["p50_ms"], st["p99_ms"], st["p999_ms"], st["max_ms"],
+                   ack["ack_p50_ms"] or -1, ack["ack_p99_ms"] or -1, ack["ack_p999_ms"] or -1,
+                   ack["ack_events"],
                    st["received"], n, rss, lagres["unsent_kb_max"], lagres["unconfirmed_kb_max"],
                    cpu1 - cpu0, w1 - w0, k1 - k0))
             rows.append(rec)
@@ -641,6 +746,7 @@ def main():
     ap.add_argument("--sizes", default="200B,4KB")
     ap.add_argument("--workloads", default="t1,t10,big")
     ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument("--repeat", type=int, help="drain rounds per workload (default 3, --quick 1)")
     args = ap.parse_args()
     args.x = sum((["-X", x] for x in args.xprops), [])
     args.proto = 3
@@ -651,10 +757,15 @@ def main():
     else:
         args.drain_events, args.drain_big, args.secs = 200000, 1000000, 30
         args.variants = [("linger.ms=5 (default)", [], [1000, 2000, 5000, 10000]),
-                         ("linger.ms=1", ["-X", "linger.ms=1"], [2000, 10000]),
-                         ("linger.ms=0", ["-X", "linger.ms=0"], [2000, 10000])]
+                         # the producer settings before the tuning, for comparison
+                         ("max.in.flight=5, Nagle on (before)",
+                          ["-X", "max.in.flight.requests.per.connection=5",
+                           "-X", "socket.nagle.disable=false"], [2000, 10000]),
+                         ("linger.ms=1", ["-X", "linger.ms=1"], [2000, 10000])]
         args.poll_intervals, args.poll_rates = [0.1, 1.0], [1000, 2000, 5000, 10000]
     args.prof_events = 20000
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
     for k in ("drain_events", "drain_big", "secs"):
         if getattr(args, "o_" + k) is not None:
             setattr(args, k, getattr(args, "o_" + k))
@@ -670,6 +781,7 @@ def main():
     res.setdefault("meta", {})
     res["meta"].update({"quick": args.quick, "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                         "drain_events": args.drain_events, "drain_big": args.drain_big,
+                        "drain_rounds": args.repeat,
                         "secs": args.secs, "pgoutbox_x": args.xprops, "proto": args.proto})
     conn = db()
     res["meta"]["postgresql"] = q1(conn, "SHOW server_version")

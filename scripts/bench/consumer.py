@@ -47,6 +47,7 @@ def main():
         "enable.auto.commit": False,
         "fetch.wait.max.ms": int(os.environ.get("BENCH_FETCH_WAIT_MS", "10")),
         "fetch.min.bytes": 1,
+        "socket.nagle.disable": True,
     })
     md = c.list_topics(args.topic, timeout=30)
     tmd = md.topics.get(args.topic)
@@ -58,6 +59,10 @@ def main():
     lat = []
     ts_min = ts_max = None
 
+    # Per 100 ms of commit time: messages and their worst latency, to tell
+    # a steady tail from a few stalls.
+    series = {}
+
     def take(msgs):
         nonlocal ts_min, ts_max
         now = time.time() * 1000.0
@@ -66,6 +71,9 @@ def main():
                 continue
             ts = m.timestamp()[1]
             lat.append(now - ts)
+            b = series.setdefault(ts // 100, [0, 0.0])
+            b[0] += 1
+            b[1] = max(b[1], now - ts)
             ts_min = ts if ts_min is None or ts < ts_min else ts_min
             ts_max = ts if ts_max is None or ts > ts_max else ts_max
 
@@ -111,6 +119,7 @@ def main():
         "mean_ms": sum(s) / len(s) if s else None,
         "first_ts_ms": ts_min,
         "last_ts_ms": ts_max,
+        "series_100ms": [[k * 100, v[0], round(v[1], 1)] for k, v in sorted(series.items())],
     }
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)

@@ -12,7 +12,7 @@ Loop:
     sleep <interval> unless the batch was full.
 
 Producer settings as pgoutbox's defaults: enable.idempotence, acks=all,
-partitioner=murmur2_random, linger.ms=5. Topic outbox.event.<aggregatetype>,
+partitioner=murmur2_random, linger.ms=5, max.in.flight=1, Nagle off. Topic outbox.event.<aggregatetype>,
 key aggregateid, value payload (JSON text), headers id and type, like pgoutbox.
 The Kafka timestamp is the row's commit time (pg_xact_commit_timestamp(xmin),
 track_commit_timestamp is on in the bench stack) so that the bench consumer
@@ -60,6 +60,8 @@ def main():
         "acks": "all",
         "partitioner": "murmur2_random",
         "linger.ms": 5,
+        "max.in.flight.requests.per.connection": 1,
+        "socket.nagle.disable": True,
         "client.id": "polling-relay",
     })
     failed = []

@@ -159,15 +159,19 @@ def render(r, img_rel, note):
             "clock from process start to exit (connection and, for pgoutbox, producer start-up "
             "included); the event count in Kafka is checked afterwards. Payload: JSON "
             "`{\"seq\": n, \"data\": \"<hex>\"}` of about 200 B or 4 KB (incompressible, so the "
-            "4 KB ones are TOASTed)." % (m.get("proto", 3), m.get("proto", 3)))
+            "4 KB ones are TOASTed). Each workload is written once behind %d pairs of slots and "
+            "drained in %d rounds, pg_recvlogical and pgoutbox taking turns at going first; the "
+            "table gives the medians (ratio: median of the rounds' ratios, with their range)."
+            % (m.get("proto", 3), m.get("proto", 3), m.get("drain_rounds", 1), m.get("drain_rounds", 1)))
         add("")
         add("| workload | payload | events | WAL | pg_recvlogical (events/s) | pgoutbox (events/s) "
-            "| ratio | target ≥ %.1f | in Kafka |" % TARGET_DRAIN)
-        add("|---|---|---:|---:|---:|---:|---:|---|---:|")
+            "| ratio | range | target ≥ %.1f | in Kafka |" % TARGET_DRAIN)
+        add("|---|---|---:|---:|---:|---:|---:|---|---|---:|")
         for x in dr:
-            add("| %s | %s | %s | %s MB | %s | %s | %.2f | %s | %s |" % (
+            add("| %s | %s | %s | %s MB | %s | %s | %.2f | %s | %s | %s |" % (
                 x["workload"], x["size"], fi(x["events"]), fi(x["wal_bytes"] / 1e6),
                 fi(x["recv_eps"]), fi(x["pgoutbox_eps"]), x["ratio"],
+                "%.2f–%.2f" % (x.get("ratio_min", x["ratio"]), x.get("ratio_max", x["ratio"])),
                 "met" if x["ratio"] >= TARGET_DRAIN else "missed",
                 fi(x["in_kafka"]) + ("" if x["in_kafka"] >= x["events"] else " (!)")))
         add("")
@@ -180,7 +184,7 @@ def render(r, img_rel, note):
             "2,000/s, 8 above; one INSERT of a ~200 B event per transaction, "
             "**synchronous_commit=on**) while pgoutbox streams. An independent consumer "
             "(scripts/bench/consumer.py, Python confluent_kafka, all partitions assigned, "
-            "fetch.wait.max.ms=10) records receive time − Kafka timestamp for every message; "
+            "fetch.wait.max.ms=10, Nagle off) records receive time − Kafka timestamp for every message; "
             "pgoutbox sets the timestamp to the transaction's commit time in ms (truncated, so "
             "figures include 0–1 ms of rounding). Percentiles are nearest-rank over all messages "
             "of the run. \"achieved\" is pgbench's tps: on 2 cores pgbench, PostgreSQL, Kafka, "
@@ -188,16 +192,22 @@ def render(r, img_rel, note):
             % m.get("secs", 0))
         add("")
         add("| pgoutbox setting | offered (events/s) | achieved (events/s) | messages | p50 ms "
-            "| p99 ms | p99.9 ms | max ms | pgbench commit latency ms |")
-        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            "| p99 ms | p99.9 ms | max ms | commit-to-ack p50 / p99 / p99.9 ms "
+            "| pgbench commit latency ms |")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
         for x in lat:
-            add("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            ack = "%s / %s / %s" % (f(x.get("ack_p50_ms")), f(x.get("ack_p99_ms")),
+                                    f(x.get("ack_p999_ms"))) if "ack_p50_ms" in x else "–"
+            add("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 x["variant"], fi(x["rate"]), fi(x["tps"]), fi(x["received"]), f(x["p50_ms"]),
-                f(x["p99_ms"]), f(x["p999_ms"]), f(x["max_ms"]), f(x["pgbench_latency_ms"], 2)))
+                f(x["p99_ms"]), f(x["p999_ms"]), f(x["max_ms"]), ack,
+                f(x["pgbench_latency_ms"], 2)))
         add("")
-        add("pgoutbox's own commit-to-ack histogram (`pgoutbox_commit_to_ack_seconds` on "
-            "`--metrics`) is not collected by this benchmark yet, so only the consumer's view "
-            "is reported.")
+        add("Commit-to-ack is pgoutbox's own view (`pgoutbox_commit_to_ack_seconds` on "
+            "`--metrics`, scraped before and after each rate): from the commit time to Kafka's "
+            "acknowledgement of the event, so it leaves out the consumer's fetch. Its buckets "
+            "are 1, 2.5, 5, 10, 25, 50, 100, 250 ms ...: quantiles are interpolated inside a "
+            "bucket, as Prometheus' histogram_quantile() does.")
         add("")
         if img_rel:
             add("![latency percentiles per offered rate, pgoutbox vs polling relay (log scale)](%s)"
@@ -212,7 +222,7 @@ def render(r, img_rel, note):
             "WHERE sent_at IS NULL ORDER BY seq LIMIT 1000 FOR UPDATE SKIP LOCKED`, produce "
             "every row, `flush()`, `UPDATE … SET sent_at = now() WHERE seq = ANY(…)`, COMMIT; it "
             "sleeps the interval after a batch that was not full. Same producer settings as "
-            "pgoutbox (enable.idempotence, acks=all, murmur2_random, linger.ms=5), same Kafka "
+            "pgoutbox (enable.idempotence, acks=all, murmur2_random, linger.ms=5, max.in.flight=1, Nagle off), same Kafka "
             "timestamp (the row's commit time, from track_commit_timestamp), same pgbench load "
             "into its own table (`outbox_poll`, with a partial index on unsent rows; pgoutbox is "
             "not running meanwhile) and the same consumer. Database load: CPU of the relay's "
