@@ -87,11 +87,11 @@ dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 	rep.ok = m->err == RD_KAFKA_RESP_ERR_NO_ERROR;
 	rep.bytes = m->len + m->key_len;
 	rep.timestamp_ms = rd_kafka_message_timestamp(m, NULL);
+	rep.topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "";
 	if (!rep.ok) {
 		rep.error_name = rd_kafka_err2name(m->err);
 		rep.permanent = permanent_error(m->err);
 		rep.error = rd_kafka_err2str(m->err);
-		rep.topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "";
 		rep.key = m->key;
 		rep.key_len = m->key_len;
 		rep.value = m->payload;
