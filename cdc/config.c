@@ -27,7 +27,8 @@ enum {
 	S_CONNINFO, S_BROKERS, S_SLOT, S_PUBLICATION, S_TABLE, S_TOPIC_TEMPLATE, S_TOPIC_PREFIX,
 	S_ID_COLUMN, S_KEY_COLUMN, S_TYPE_COLUMN, S_PAYLOAD_COLUMN, S_AGGTYPE_COLUMN,
 	S_VALUE_FORMAT, S_CE_SOURCE, S_MESSAGES_PREFIX, S_ON_ERROR, S_DLQ_TOPIC,
-	S_LOG_LEVEL, S_SHUTDOWN_TIMEOUT, S_STATUS_INTERVAL, S_REPLICATION_TIMEOUT, S_ENDPOS,
+	S_LOG_LEVEL, S_SHUTDOWN_TIMEOUT, S_STATUS_INTERVAL, S_REPLICATION_TIMEOUT, S_KAFKA_STALL_TIMEOUT,
+	S_ENDPOS,
 	S_METRICS, S_LOG_FORMAT, S_STATS_INTERVAL,
 	S_COUNT
 };
@@ -80,6 +81,9 @@ static const setting settings[S_COUNT] = {
 		"longest time between two status updates to PostgreSQL", false},
 	[S_REPLICATION_TIMEOUT] = {"replication_timeout", "replication-timeout", 0, "SECONDS", "30",
 		"reconnect when the server sent nothing for this long (0: never)", false},
+	[S_KAFKA_STALL_TIMEOUT] = {"kafka_stall_timeout", "kafka-stall-timeout", 0, "SECONDS", "60",
+		"report unhealthy (/healthz 503, a warning) while events wait and Kafka has acknowledged "
+		"nothing for this long (0: never)", false},
 	[S_ENDPOS] = {"endpos", "endpos", 0, "LSN", NULL,
 		"exit 0 once everything up to this LSN is confirmed (like pg_recvlogical --endpos)", false},
 	[S_METRICS] = {"metrics", "metrics", 0, "[HOST:]PORT", NULL,
@@ -192,7 +196,8 @@ config_usage(FILE *out)
 	              "publication, table, topic_template, topic_prefix, id_column, key_column, "
 	              "type_column, payload_column, aggregatetype_column, value_format, "
 	              "cloudevents_source, messages_prefix, on_error, dlq_topic, log_level, "
-	              "shutdown_timeout, status_interval, replication_timeout, endpos, metrics, log_format, "
+	              "shutdown_timeout, status_interval, replication_timeout, kafka_stall_timeout, endpos, "
+	              "metrics, log_format, "
 	              "stats_interval), header.<name> for extra headers, "
 	              "table.<schema>.<table>.<setting> for per-table settings and kafka.<property> "
 	              "for librdkafka.", 0, 0);
@@ -857,6 +862,11 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	    (cfg->replication_timeout_s > 0 && cfg->replication_timeout_s < 2)) {
 		snprintf(errbuf, errlen, "invalid replication_timeout \"%s\": 0 or seconds from 2 to 86400",
 		         vals[S_REPLICATION_TIMEOUT]);
+		goto out;
+	}
+	if (!parse_int(vals[S_KAFKA_STALL_TIMEOUT], 0, 86400, &cfg->kafka_stall_timeout_s)) {
+		snprintf(errbuf, errlen, "invalid kafka_stall_timeout \"%s\": 0 or seconds up to 86400",
+		         vals[S_KAFKA_STALL_TIMEOUT]);
 		goto out;
 	}
 	if (vals[S_ENDPOS] != NULL && !parse_lsn(vals[S_ENDPOS], &cfg->endpos)) {

@@ -43,6 +43,7 @@ typedef struct config {
 	int         shutdown_timeout_s;
 	int         status_interval_ms;
 	int         replication_timeout_s;  /* 0: off */
+	int         kafka_stall_timeout_s;  /* 0: off */
 	uint64_t    endpos;             /* 0: none */
 	char       *metrics;            /* listen address, or NULL: off */
 	sink_property *kafka;           /* owned name/value strings */

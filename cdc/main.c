@@ -119,6 +119,9 @@ typedef struct app {
 	int          exit_code;
 
 	uint64_t     events, txns;     /* counters for the log */
+	uint64_t     acked_seen;       /* st.events when the loop last looked */
+	int64_t      last_ack_ms;      /* when the loop last saw it grow */
+	int64_t      waiting_since_ms; /* since when something is in flight; 0: nothing */
 	uint64_t     dead_letters;
 	bool         backpressure_logged;
 	bool         busy_logged;      /* "slot busy" said once per streak */
@@ -904,6 +907,53 @@ rebuild_producer(app *a, const char *cause)
 }
 
 /* The periodic one-line summary (stats_interval). */
+/*
+ * Kafka may refuse us for good without an error that stops anything (a
+ * wrong SASL password, an untrusted certificate, a broker that accepts
+ * connections but never answers): librdkafka retries forever, the WAL
+ * waits in the slot, and nothing else would show it.  When events have
+ * waited kafka_stall_timeout with no acknowledgement at all, say so once
+ * and make /healthz answer 503 with librdkafka's last error, until one
+ * comes.
+ */
+static void
+check_kafka_stall(app *a, int64_t now)
+{
+	int64_t limit = (int64_t) a->cfg.kafka_stall_timeout_s * 1000;
+	uint64_t pending = ledger_pending(&a->led);
+	int64_t since;
+	bool stalled;
+
+	if (a->st.events != a->acked_seen) {
+		a->acked_seen = a->st.events;
+		a->last_ack_ms = now;
+	}
+	if (pending == 0)
+		a->waiting_since_ms = 0;
+	else if (a->waiting_since_ms == 0)
+		a->waiting_since_ms = now;
+	since = a->waiting_since_ms > a->last_ack_ms ? a->waiting_since_ms : a->last_ack_ms;
+	stalled = limit > 0 && pending > 0 && a->snk != NULL && now - since >= limit;
+	if (stalled) {
+		const char *why = sink_last_error(a->snk);
+
+		if (!a->st.kafka_stalled)
+			log_detail(LOG_WARNING, "nothing is confirmed to PostgreSQL meanwhile; the WAL waits in the slot",
+			           "Kafka has acknowledged nothing for %d s while %" PRIu64 " events wait%s%.200s",
+			           (int) ((now - since) / 1000), pending, why[0] ? "; last Kafka error: " : "", why);
+		/* The reason /healthz gives, unless the stream itself is down. */
+		if (a->st.streaming)
+			snprintf(a->st.health, sizeof(a->st.health),
+			         "Kafka has acknowledged nothing for %d s while %" PRIu64 " events wait%s%.150s",
+			         (int) ((now - since) / 1000), pending, why[0] ? "; last Kafka error: " : "", why);
+	} else if (a->st.kafka_stalled) {
+		log_msg(LOG_INFO, "Kafka acknowledges events again");
+		if (a->st.streaming)
+			a->st.health[0] = '\0';
+	}
+	a->st.kafka_stalled = stalled;
+}
+
 static void
 log_stats(app *a)
 {
@@ -983,6 +1033,7 @@ run(app *a)
 		}
 		/* What /metrics and /healthz show. */
 		a->st.in_flight = ledger_pending(&a->led);
+		check_kafka_stall(a, now);
 		/* A pause that goes on shows in the counter as it grows. */
 		a->st.backpressure_seconds = a->backpressure_done_s +
 			(a->backpressure_since_ms ? (double) (now - a->backpressure_since_ms) / 1000.0 : 0);

@@ -411,7 +411,9 @@ handle_request(metrics *m, client *c)
 		char body[300];
 		int n;
 
-		if (m->st->streaming)
+		bool ok = m->st->streaming && !m->st->kafka_stalled;
+
+		if (ok)
 			n = snprintf(body, sizeof(body), "streaming\n");
 		else
 			n = snprintf(body, sizeof(body), "%s\n", m->st->health[0] ? m->st->health : "not streaming");
@@ -419,7 +421,7 @@ handle_request(metrics *m, client *c)
 			n = 0;
 		if ((size_t) n >= sizeof(body))
 			n = (int) sizeof(body) - 1;
-		respond(m, c, m->st->streaming ? 200 : 503, text, body, (size_t) n);
+		respond(m, c, ok ? 200 : 503, text, body, (size_t) n);
 	} else {
 		respond(m, c, 404, text, "not found: try /metrics or /healthz\n", 36);
 	}

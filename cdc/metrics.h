@@ -8,7 +8,8 @@
  * each answered with one response and the connection closed.
  *
  *   GET /metrics  Prometheus text format 0.0.4 of a metrics_stats snapshot
- *   GET /healthz  200 "streaming" while streaming, else 503 and the reason
+ *   GET /healthz  200 "streaming" while streaming and Kafka acknowledges,
+ *                 else 503 and the reason
  *
  * The counters live in metrics_stats, which main updates whether or not a
  * listener runs; this module only reads them.
@@ -43,6 +44,7 @@ typedef struct metrics_stats {
 	uint64_t reconnects;
 	double   backpressure_seconds;
 	bool     streaming;
+	bool     kafka_stalled;          /* events wait, Kafka acknowledged nothing for long */
 	char     health[256];            /* why not streaming (no secrets) */
 } metrics_stats;
 

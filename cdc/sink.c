@@ -46,6 +46,7 @@ struct sink {
 	void             *ctx;
 	bool              fatal;
 	rd_kafka_resp_err_t last_err;   /* last transient error logged, to avoid floods */
+	char              last_error[256]; /* its text, for /healthz */
 };
 
 /*
@@ -127,6 +128,7 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 		        rd_kafka_err2name(orig), buf);
 		return;
 	}
+	snprintf(s->last_error, sizeof(s->last_error), "%s", reason);
 	/* Transient: librdkafka reconnects and retries by itself, and its log
 	 * lines already say what happened; only "all brokers down" and a
 	 * change of error are worth a line of our own. */
@@ -479,6 +481,12 @@ int
 sink_outstanding(const sink *s)
 {
 	return rd_kafka_outq_len(s->rk);
+}
+
+const char *
+sink_last_error(const sink *s)
+{
+	return s->last_error;
 }
 
 bool

@@ -125,6 +125,9 @@ int   sink_flush(sink *s, int timeout_ms);
 /* Messages produced but not reported yet. */
 int   sink_outstanding(const sink *s);
 
+/* The last error librdkafka reported (e.g. a refused SASL login), or "". */
+const char *sink_last_error(const sink *s);
+
 /* True once the producer hit a fatal error; errbuf (may be NULL) gets the cause. */
 bool  sink_fatal(sink *s, char *errbuf, size_t errlen);
 

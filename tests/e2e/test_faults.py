@@ -16,6 +16,7 @@ rounds, 10-30 s broker outages, a 1,000,000-event backlog, 1 GB of
 neighbour WAL, ...).  E2E_SEED repeats a random run.
 """
 
+import http.client
 import os
 import random
 import re
@@ -164,12 +165,30 @@ def test_kill9_random_moments(request, outbox_db, pgoutbox):
 # 2. Broker frozen (SIGSTOP) / killed and restarted
 # ---------------------------------------------------------------------------
 
+STALL_S = 2   # --kafka-stall-timeout of the outage tests: shorter than any outage
+
+
+def healthz_status(port):
+    """The HTTP status of pgoutbox's /healthz, or None while it does not answer."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        c.request("GET", "/healthz")
+        return c.getresponse().status
+    except OSError:
+        return None
+    finally:
+        c.close()
+
+
 @pytest.mark.parametrize("how", ["freeze", "kill"])
 def test_broker_outage(request, outbox_db, pgoutbox, stack, how):
     db = outbox_db
     rng = seeded_rng(request)
     writer = fu.Writer(db, types_of(db, "broker"), seed=rng.randrange(1 << 30))
-    p = start_streaming(db, pgoutbox, writer)
+    port = util.free_port()
+    p = start_streaming(db, pgoutbox, writer, "--kafka-stall-timeout", str(STALL_S),
+                        "--metrics", "127.0.0.1:%d" % port)
+    assert healthz_status(port) == 200, p.describe()
     recoveries, restarts = [], []
     try:
         for rnd in range(OUTAGE_ROUNDS):
@@ -183,8 +202,10 @@ def test_broker_outage(request, outbox_db, pgoutbox, stack, how):
                 down = time.monotonic()
                 w0 = lsn(db.wal_lsn())
                 checked = 0
+                statuses = []
                 while time.monotonic() - down < hold:
                     alive(p)
+                    statuses.append((time.monotonic() - down, healthz_status(port)))
                     c = fu.confirmed(db.conn, db.slot)
                     highest = max(highest or 0, c)
                     later = writer.txns_after(w0)
@@ -198,6 +219,10 @@ def test_broker_outage(request, outbox_db, pgoutbox, stack, how):
                             % (rnd, lsn_text(c), later[0].ids, lsn_text(later[0].after)))
                     time.sleep(0.2)
                 assert checked > 0, "the writer committed nothing during the outage"
+                # Events wait and nothing is acknowledged: unhealthy after STALL_S.
+                assert any(s == 503 for t, s in statuses if t > STALL_S + 1), (
+                    "round %d: /healthz never answered 503 during a %.0f s outage: %r"
+                    % (rnd, hold, statuses))
                 during = len(writer.txns_after(w0))
             back = time.monotonic()
             if how == "kill":
@@ -205,6 +230,7 @@ def test_broker_outage(request, outbox_db, pgoutbox, stack, how):
             alive(p)
             writer.wait_events(writer.events + 20)
             recoveries.append(fu.wait_caught_up(db, p, writer.last_lsn(), CATCH_UP_S, since=back))
+            util.wait_for(lambda: healthz_status(port) == 200, 10, "/healthz 200 after the outage")
             fu.check_confirmed_means_acked(writer, highest, fu.kafka_ids(db),
                                            "round %d, highest LSN confirmed while Kafka was down"
                                            % rnd)
@@ -214,6 +240,10 @@ def test_broker_outage(request, outbox_db, pgoutbox, stack, how):
     finally:
         writer.stop()
     assert "reconnecting" not in p.stderr, "pgoutbox lost its replication connection:\n" + p.stderr
+    # Each outage was reported once it lasted STALL_S, and each report ended.
+    stalls = p.stderr.count("Kafka has acknowledged nothing for")
+    assert stalls >= OUTAGE_ROUNDS, p.stderr[-3000:]
+    assert p.stderr.count("Kafka acknowledges events again") == stalls, p.stderr[-3000:]
     rows, messages, lost, dups = fu.verify(db, writer)
     what = ("broker frozen (SIGSTOP %s)" if how == "freeze" else "broker killed + restarted (%s)")
     extra = "" if how == "freeze" else "; broker restart took %s" % fu.seconds(restarts)

@@ -11,6 +11,8 @@ pgoutbox is only ever given a TLS listener; Kafka is read back over PLAINTEXT.
 A stack without those listeners fails this module rather than skipping it.
 """
 
+import http.client
+import re
 import subprocess
 import uuid
 
@@ -27,6 +29,26 @@ KEEPS_RETRYING = 5     # seconds a refused run must stay up by itself
 REFUSED_DRAIN = 2      # --shutdown-timeout of a refused run: no ack will come
 SASL_ERROR = "SASL authentication error"
 CERT_ERROR = "certificate verify failed"
+STALL_TIMEOUT = 2      # --kafka-stall-timeout of a refused run
+STALLED = "Kafka has acknowledged nothing for"
+
+
+def _healthz(port):
+    """(status, body) of pgoutbox's /healthz, or None while it does not answer."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        c.request("GET", "/healthz")
+        r = c.getresponse()
+        return r.status, r.read().decode()
+    except OSError:
+        return None
+    finally:
+        c.close()
+
+
+def _refused_args(port):
+    """A refused run reports itself unhealthy after STALL_TIMEOUT s."""
+    return ("--kafka-stall-timeout", str(STALL_TIMEOUT), "--metrics", "127.0.0.1:%d" % port)
 
 
 class KafkaTls:
@@ -112,10 +134,12 @@ def _check(pgoutbox, db, *args, brokers, expect):
     return p, status.strip(), detail
 
 
-def _refused(db, p, agg, marker, lsn_before, endpos):
+def _refused(db, p, agg, marker, lsn_before, endpos, port):
     """A run whose Kafka connection is refused: `marker` is logged (twice: it
     retries), it stays up, nothing reaches Kafka, the slot is not confirmed
-    past `lsn_before`; SIGTERM then stops it cleanly."""
+    past `lsn_before`; after STALL_TIMEOUT s with events waiting, a warning
+    and /healthz 503 say so with the last Kafka error; SIGTERM then stops it
+    cleanly."""
     util.wait_for(lambda: p.poll() is not None or p.stderr.count(marker) >= 2,
                   ERROR_TIMEOUT, "pgoutbox to log %r twice" % marker)
     assert p.poll() is None, "pgoutbox exited (%r) instead of retrying\n%s" % (
@@ -129,6 +153,12 @@ def _refused(db, p, agg, marker, lsn_before, endpos):
         rc = None
     assert rc is None, "pgoutbox exited (%r) within %d s\n%s" % (rc, KEEPS_RETRYING, p.describe())
     assert util.read_topics(db.brokers, [util.default_topic(agg)]) == []
+    util.wait_for(lambda: p.poll() is not None or (_healthz(port) or (0, ""))[0] == 503,
+                  ERROR_TIMEOUT, "/healthz to answer 503")
+    status, body = _healthz(port)
+    assert status == 503 and body.startswith(STALLED) and marker in body, (status, body)
+    assert re.search(r"WARNING:  %s \d+ s while \d+ events wait; last Kafka error: .*%s"
+                     % (STALLED, marker), p.stderr), p.describe()
     confirmed = util.slot_state(db.conn, db.slot)[0]
     assert util.lsn_ge(db.conn, lsn_before, confirmed), (
         "slot confirmed %s, past %s, with nothing acknowledged" % (confirmed, lsn_before))
@@ -216,9 +246,10 @@ def test_wrong_scram_password(outbox_db, pgoutbox, kafka_tls):
     endpos = db.wal_lsn()
     wrong = "WrongScram-" + uuid.uuid4().hex
 
-    p = pgoutbox.start(*db.args(*kafka_tls.sasl(password=wrong), brokers=kafka_tls.sasl_brokers,
-                                shutdown_timeout=REFUSED_DRAIN))
-    _refused(db, p, agg, SASL_ERROR, lsn_before, endpos)
+    port = util.free_port()
+    p = pgoutbox.start(*db.args(*kafka_tls.sasl(password=wrong), *_refused_args(port),
+                                brokers=kafka_tls.sasl_brokers, shutdown_timeout=REFUSED_DRAIN))
+    _refused(db, p, agg, SASL_ERROR, lsn_before, endpos, port)
     assert "invalid credentials with SASL mechanism SCRAM-SHA-512" in p.stderr, p.describe()
     _no_secret(p, wrong, kafka_tls.password)
 
@@ -236,6 +267,7 @@ def test_wrong_ca(outbox_db, pgoutbox, kafka_tls, wrong_ca):
     _insert(db, agg, 3)
     endpos = db.wal_lsn()
 
-    p = pgoutbox.start(*db.args(*kafka_tls.ssl(ca=wrong_ca), brokers=kafka_tls.ssl_brokers,
-                                shutdown_timeout=REFUSED_DRAIN))
-    _refused(db, p, agg, CERT_ERROR, lsn_before, endpos)
+    port = util.free_port()
+    p = pgoutbox.start(*db.args(*kafka_tls.ssl(ca=wrong_ca), *_refused_args(port),
+                                brokers=kafka_tls.ssl_brokers, shutdown_timeout=REFUSED_DRAIN))
+    _refused(db, p, agg, CERT_ERROR, lsn_before, endpos, port)
