@@ -1140,9 +1140,18 @@ run(app *a)
 		if (source_finish(a->src, 5000, err, sizeof(err)) != SOURCE_OK)
 			log_msg(LOG_WARNING, "could not end replication cleanly: %s", err);
 	}
-	log_msg(LOG_INFO, "stopped: %" PRIu64 " events in %" PRIu64 " transactions published, "
-	        "%" PRIu64 " sent to the dead-letter topic, confirmed " LSN_FMT, a->events, a->txns,
-	        a->dead_letters, LSN_ARGS(ledger_confirmable(&a->led)));
+	{
+		uint64_t confirmed = ledger_confirmable(&a->led);
+		char pos[64];
+
+		if (confirmed)
+			snprintf(pos, sizeof(pos), "confirmed " LSN_FMT, LSN_ARGS(confirmed));
+		else
+			snprintf(pos, sizeof(pos), "nothing confirmed in this run");
+		log_msg(LOG_INFO, "stopped: %" PRIu64 " events in %" PRIu64 " transactions produced, "
+		        "%" PRIu64 " acknowledged by Kafka, %" PRIu64 " sent to the dead-letter topic, %s",
+		        a->events, a->txns, a->st.events, a->dead_letters, pos);
+	}
 	return a->exit_code;
 }
 
