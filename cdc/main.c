@@ -754,7 +754,6 @@ read_stream(app *a)
 {
 	char err[1024];
 
-	a->more_input = false;
 	for (int budget = READ_BUDGET; !a->stopping; budget--) {
 		if (budget == 0) {
 			a->more_input = true;
@@ -906,7 +905,6 @@ rebuild_producer(app *a, const char *cause)
 	a->next_connect_ms = now;
 }
 
-/* The periodic one-line summary (stats_interval). */
 /*
  * Kafka may refuse us for good without an error that stops anything (a
  * wrong SASL password, an untrusted certificate, a broker that accepts
@@ -954,6 +952,7 @@ check_kafka_stall(app *a, int64_t now)
 	a->st.kafka_stalled = stalled;
 }
 
+/* The periodic one-line summary (stats_interval). */
 static void
 log_stats(app *a)
 {
@@ -1242,7 +1241,6 @@ typedef struct check_table_cols {
  * --check: configuration errors exit 1, a failed check 2, all passed
  * (warnings allowed) 0.  Blocking is fine here: nothing streams.
  */
-
 static int
 run_check(const config *cfg)
 {
