@@ -766,23 +766,33 @@ build_topic(outbox *ob, const ob_map *m, const char *const *vals, const size_t *
 	return true;
 }
 
-typedef enum topic_check { TOPIC_VALID, TOPIC_INVALID, TOPIC_NOMEM } topic_check;
-
 /*
- * Whether the topic just built is a valid name.  Events of one aggregate
- * type come in runs, so the last valid name is kept and an equal one is not
- * checked again.
+ * The event's topic from the template and the routing values: OUTBOX_EVENT,
+ * or OUTBOX_UNMAPPABLE / OUTBOX_NOMEM with errbuf filled.  Events of one
+ * aggregate type come in runs, so the last valid name is kept and an equal
+ * one is not checked again.
  */
-static topic_check
-topic_checked(outbox *ob)
+static outbox_rc
+route(outbox *ob, const ob_map *m, const char *const *vals, const size_t *lens,
+      sink_event *ev, char *errbuf, size_t errlen)
 {
+	if (!build_topic(ob, m, vals, lens))
+		goto nomem;
+	ev->topic = ob->topic.p;
 	if (ob->topic.len == ob->valid_topic.len && ob->valid_topic.p != NULL &&
 	    memcmp(ob->topic.p, ob->valid_topic.p, ob->topic.len) == 0)
-		return TOPIC_VALID;
-	if (!outbox_topic_valid(ob->topic.p, ob->topic.len))
-		return TOPIC_INVALID;
+		return OUTBOX_EVENT;
+	if (!outbox_topic_valid(ob->topic.p, ob->topic.len)) {
+		snprintf(errbuf, errlen, "\"%.*s\" is not a valid Kafka topic name",
+		         (int) (ob->topic.len > 300 ? 300 : ob->topic.len), ob->topic.p);
+		return OUTBOX_UNMAPPABLE;
+	}
 	ob->valid_topic.len = 0;
-	return buf_put(&ob->valid_topic, ob->topic.p, ob->topic.len) ? TOPIC_VALID : TOPIC_NOMEM;
+	if (buf_put(&ob->valid_topic, ob->topic.p, ob->topic.len))
+		return OUTBOX_EVENT;
+nomem:
+	snprintf(errbuf, errlen, "out of memory building the event");
+	return OUTBOX_NOMEM;
 }
 
 /* What every format needs from the event besides the payload. */
@@ -856,6 +866,7 @@ outbox_map_insert(outbox *ob, const pgo_relation *rel, const pgo_tuple *tup,
 	const ob_map *m;
 	ob_rel *r;
 	ev_fields f;
+	outbox_rc orc;
 
 	memset(ev, 0, sizeof(*ev));
 	if ((r = lookup(ob, rel)) == NULL) {
@@ -921,18 +932,8 @@ outbox_map_insert(outbox *ob, const pgo_relation *rel, const pgo_tuple *tup,
 		lens[k] = d->value.len;
 		k++;
 	}
-	if (!build_topic(ob, m, vals, lens))
-		goto nomem;
-	ev->topic = ob->topic.p;
-	switch (topic_checked(ob)) {
-	case TOPIC_VALID:
-		break;
-	case TOPIC_INVALID:
-		UNMAPPABLE("\"%.*s\" is not a valid Kafka topic name",
-		           (int) (ob->topic.len > 300 ? 300 : ob->topic.len), ob->topic.p);
-	case TOPIC_NOMEM:
-		goto nomem;
-	}
+	if ((orc = route(ob, m, vals, lens, ev, errbuf, errlen)) != OUTBOX_EVENT)
+		return orc;
 
 	for (size_t i = 0; i < m->nheaders; i++) {
 		const pgo_datum *d = COL(r->hdrs[i]);
@@ -1019,6 +1020,7 @@ outbox_map_message(outbox *ob, uint8_t flags, pgo_bytes prefix, pgo_bytes conten
 	const json_t *payload, *headers;
 	json_error_t jerr;
 	ev_fields f;
+	outbox_rc orc;
 
 	memset(ev, 0, sizeof(*ev));
 	if (ob->msg_prefix == NULL || !(flags & PGO_MESSAGE_TRANSACTIONAL) ||
@@ -1073,18 +1075,8 @@ outbox_map_message(outbox *ob, uint8_t flags, pgo_bytes prefix, pgo_bytes conten
 			           m->parts[i].text, why);
 		k++;
 	}
-	if (!build_topic(ob, m, vals, lens))
-		goto nomem;
-	ev->topic = ob->topic.p;
-	switch (topic_checked(ob)) {
-	case TOPIC_VALID:
-		break;
-	case TOPIC_INVALID:
-		UNMAPPABLE("\"%.*s\" is not a valid Kafka topic name",
-		           (int) (ob->topic.len > 300 ? 300 : ob->topic.len), ob->topic.p);
-	case TOPIC_NOMEM:
-		goto nomem;
-	}
+	if ((orc = route(ob, m, vals, lens, ev, errbuf, errlen)) != OUTBOX_EVENT)
+		return orc;
 
 	if ((headers = json_object_get(ob->msg, "headers")) != NULL && !json_is_null(headers)) {
 		const char *name;
