@@ -445,9 +445,11 @@ def finish_consumer(p, ef, rf, count):
     with open(ef + ".tmp", "w") as f:
         f.write("%d\n" % count)
     os.rename(ef + ".tmp", ef)
-    p.wait(300)
+    _, cpu, _ = wait_measured(p)
     with open(rf) as f:
-        return json.load(f)
+        st = json.load(f)
+    st["consumer_cpu_s"] = cpu  # the instrument's own share of the two cores
+    return st
 
 
 class LagSampler(threading.Thread):
@@ -581,16 +583,16 @@ def scen_latency(args, out, res):
             rec.update(lagres)
             rec.update(ack)
             rec.update({k: st[k] for k in ("received", "p50_ms", "p90_ms", "p99_ms", "p999_ms",
-                                           "max_ms", "mean_ms")})
+                                           "max_ms", "mean_ms", "consumer_cpu_s")})
             log("latency %s @%d/s: achieved %.0f/s, p50 %.1f p99 %.1f p99.9 %.1f max %.1f ms, "
                 "commit-to-ack p50 %.1f p99 %.1f p99.9 %.1f ms (%d events), "
                 "%d/%d received, RSS %d kB; WAL unsent max %.0f kB, sent-unconfirmed max %.0f kB; "
-                "CPU s: pgoutbox %.2f walsender %.2f broker %.2f"
+                "CPU s: pgoutbox %.2f walsender %.2f broker %.2f consumer %.2f"
                 % (vname, rate, tps, st["p50_ms"], st["p99_ms"], st["p999_ms"], st["max_ms"],
                    ack["ack_p50_ms"] or -1, ack["ack_p99_ms"] or -1, ack["ack_p999_ms"] or -1,
                    ack["ack_events"],
                    st["received"], n, rss, lagres["unsent_kb_max"], lagres["unconfirmed_kb_max"],
-                   cpu1 - cpu0, w1 - w0, k1 - k0))
+                   cpu1 - cpu0, w1 - w0, k1 - k0, st["consumer_cpu_s"]))
             rows.append(rec)
             res["latency"] = rows
             save(out, res)
@@ -663,7 +665,7 @@ def scen_polling(args, out, res):
                    "relay_cpu_s": rcpu, "backend_cpu_s": b1 - b0,
                    "broker_cpu_s": k1 - k0, "table": d}
             rec.update({k: st[k] for k in ("received", "p50_ms", "p90_ms", "p99_ms", "p999_ms",
-                                           "max_ms", "mean_ms")})
+                                           "max_ms", "mean_ms", "consumer_cpu_s")})
             log("polling %s @%d/s: achieved %.0f/s, p50 %.1f p99 %.1f max %.1f ms, %d/%d received; "
                 "relay %.2f s CPU, backend %.2f s CPU, %d rows read by index, %d updated"
                 % (iname, rate, tps, st["p50_ms"], st["p99_ms"], st["max_ms"], st["received"], n,

@@ -249,7 +249,8 @@ def render(r, img_rel, note):
             "is sampled every 50 ms until it exits, pgoutbox and pg_recvlogical are measured by "
             "wait4()); peak RSS = VmHWM, sampled every 50 ms. The broker's CPU during the steady "
             "load includes serving the bench consumer's fetches (fetch.wait.max.ms=10), and at "
-            "low rates is dominated by its fixed per-request and background costs.")
+            "low rates is dominated by its fixed per-request and background costs. The bench "
+            "consumer (Python, measured by wait4()) is the instrument's own share of the cores.")
         add("")
         if dr:
             add("Drain (pgoutbox's run; pg_recvlogical's own walsender in the last column):")
@@ -269,13 +270,15 @@ def render(r, img_rel, note):
             add("Steady load (single-event transactions; pgoutbox runs through all rates of a setting):")
             add("")
             add("| pgoutbox setting | rate (events/s) | pgoutbox CPU s/M | walsender CPU s/M "
-                "| broker CPU s/M | pgoutbox RSS MB | pgoutbox peak RSS so far MB |")
-            add("|---|---:|---:|---:|---:|---:|---:|")
+                "| broker CPU s/M | bench consumer CPU s/M | pgoutbox RSS MB "
+                "| pgoutbox peak RSS so far MB |")
+            add("|---|---:|---:|---:|---:|---:|---:|---:|")
             for x in lat:
                 n = x["events"]
-                add("| %s | %s | %s | %s | %s | %s | %s |" % (
+                add("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
                     x["variant"], fi(x["rate"]), f(per_m(x["pgoutbox_cpu_s"], n)),
                     f(per_m(x["walsender_cpu_s"], n)), f(per_m(x["broker_cpu_s"], n)),
+                    f(per_m(x.get("consumer_cpu_s"), n)),  # absent in results before it was measured
                     f(mb(x["pgoutbox_rss_kb"])), f(mb(x["pgoutbox_hwm_kb"]))))
             add("")
 
