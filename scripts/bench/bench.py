@@ -120,8 +120,19 @@ def run_measured(cmd, stdout=None, stderr=None, env=None):
     return p.returncode, wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss
 
 
-def wait_measured(p):
-    _, status, ru = os.wait4(p.pid, 0)
+def wait_measured(p, timeout=None):
+    """Reap p with its rusage; with timeout (s), kill it if it has not exited by then."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        pid, status, ru = os.wait4(p.pid, 0 if deadline is None else os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            p.kill()
+            deadline = None
+            log("pid %d did not exit within %d s: killed" % (p.pid, timeout))
+        else:
+            time.sleep(0.05)
     p.returncode = os.waitstatus_to_exitcode(status)
     return p.returncode, ru.ru_utime + ru.ru_stime, ru.ru_maxrss
 
@@ -445,7 +456,7 @@ def finish_consumer(p, ef, rf, count):
     with open(ef + ".tmp", "w") as f:
         f.write("%d\n" % count)
     os.rename(ef + ".tmp", ef)
-    _, cpu, _ = wait_measured(p)
+    _, cpu, _ = wait_measured(p, 300)
     with open(rf) as f:
         st = json.load(f)
     st["consumer_cpu_s"] = cpu  # the instrument's own share of the two cores
