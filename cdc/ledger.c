@@ -52,7 +52,7 @@ grow(ledger *l)
 }
 
 ledger_rc
-ledger_begin(ledger *l, ledger_lsn commit_lsn, ledger_seq *seq)
+ledger_begin(ledger *l, ledger_lsn commit_lsn, int64_t commit_time, ledger_seq *seq)
 {
 	ledger_txn *t;
 
@@ -65,6 +65,7 @@ ledger_begin(ledger *l, ledger_lsn commit_lsn, ledger_seq *seq)
 	}
 	t = slot_of(l, l->count);
 	t->commit_lsn = commit_lsn;
+	t->commit_time = commit_time;
 	t->end_lsn = 0;
 	t->outstanding = 0;
 	t->sealed = false;
@@ -128,6 +129,24 @@ ledger_commit(ledger *l, ledger_lsn end_lsn)
 	t = slot_of(l, l->count - 1);
 	t->end_lsn = end_lsn;
 	t->sealed = true;
+	/*
+	 * Nothing of it waits for Kafka: it needs no entry of its own.  Its end
+	 * moves the previous transaction's end instead, which is confirmed no
+	 * sooner than before (when that one is acknowledged) and confirms this
+	 * one with it.  An abandoned predecessor (end 0) must not confirm
+	 * anything itself, so it keeps its place.  With only this entry left,
+	 * ledger_confirmable() retires it.  So the ring holds transactions with
+	 * messages in flight, however many empty ones stream by.
+	 */
+	if (t->outstanding == 0 && l->count >= 2) {
+		ledger_txn *prev = slot_of(l, l->count - 2);
+
+		if (prev->end_lsn != 0) {
+			prev->end_lsn = end_lsn;
+			prev->commit_time = t->commit_time;
+			l->count--;
+		}
+	}
 	return LEDGER_OK;
 }
 
@@ -150,6 +169,14 @@ ledger_reset(ledger *l)
 	l->head = 0;
 	l->pending = 0;
 	l->sent_upto = 0;
+}
+
+void
+ledger_rebase(ledger *l, ledger_lsn pos)
+{
+	ledger_reset(l);
+	l->confirmed = pos;
+	l->confirmed_time = 0;
 }
 
 ledger_rc
@@ -179,8 +206,10 @@ ledger_confirmable(ledger *l)
 
 		if (!t->sealed || t->outstanding > 0)
 			break;
-		if (t->end_lsn > l->confirmed)
+		if (t->end_lsn > l->confirmed) {
 			l->confirmed = t->end_lsn;
+			l->confirmed_time = t->commit_time;
+		}
 		l->head = (l->head + 1) & (l->cap - 1);
 		l->head_seq++;
 		l->count--;

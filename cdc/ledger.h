@@ -10,9 +10,10 @@
  * open or pending, a keepalive's WAL position may be confirmed too, so that
  * an idle outbox never pins WAL.
  *
- * The seam for a later exactly-once mode is ledger_ack(): today the Kafka
- * delivery report of each message calls it; a transactional sink would call
- * it once per message of a committed Kafka transaction instead.
+ * The seam between "Kafka has this" and "confirm this" is ledger_ack(),
+ * called through the sink interface (sink.h): by the delivery report of each
+ * message in at-least-once mode, per message of a committed Kafka
+ * transaction in exactly-once mode.
  *
  * Transactions are named by a sequence number (ledger_seq) handed out by
  * ledger_begin(); it travels with each Kafka message as its opaque.
@@ -30,6 +31,7 @@ typedef uint64_t ledger_seq;
 typedef struct ledger_txn {
 	ledger_lsn commit_lsn;   /* Begin's final LSN: names the transaction in logs */
 	ledger_lsn end_lsn;      /* Commit's end LSN; 0 while open or when abandoned */
+	int64_t    commit_time;  /* of the last transaction it stands for (folded ones too) */
 	uint32_t   outstanding;  /* messages produced but not yet acknowledged */
 	bool       sealed;       /* Commit received (or abandoned) */
 } ledger_txn;
@@ -40,7 +42,8 @@ typedef struct ledger {
 	size_t      head;        /* index of the oldest transaction */
 	size_t      count;       /* transactions in ring */
 	ledger_seq  head_seq;    /* sequence number of ring[head] */
-	ledger_lsn  confirmed;   /* highest confirmable LSN so far (monotonic) */
+	ledger_lsn  confirmed;   /* highest confirmable LSN so far (monotonic until a rebase) */
+	int64_t     confirmed_time;  /* commit time of the transaction confirmed last; 0: unknown */
 	ledger_lsn  sent_upto;   /* highest keepalive position of this stream */
 	uint64_t    pending;     /* total outstanding messages */
 } ledger;
@@ -56,7 +59,7 @@ void      ledger_init(ledger *l, ledger_lsn start);
 void      ledger_free(ledger *l);
 
 /* A Begin: opens a transaction; *seq names it for ledger_add/ack. */
-ledger_rc ledger_begin(ledger *l, ledger_lsn commit_lsn, ledger_seq *seq);
+ledger_rc ledger_begin(ledger *l, ledger_lsn commit_lsn, int64_t commit_time, ledger_seq *seq);
 /* One more message of the open transaction handed to Kafka. */
 ledger_rc ledger_add(ledger *l, ledger_seq seq);
 /*
@@ -68,7 +71,13 @@ ledger_rc ledger_add(ledger *l, ledger_seq seq);
  * is not in flight or has nothing outstanding.
  */
 ledger_rc ledger_add_to(ledger *l, ledger_seq seq);
-/* The Commit of the open transaction; end_lsn is the Commit's end LSN. */
+/*
+ * The Commit of the open transaction; end_lsn is the Commit's end LSN.  A
+ * transaction with nothing outstanding folds into the one before it (that
+ * one's end moves to end_lsn), so the ledger's memory is bounded by the
+ * transactions with messages in flight, not by the transactions seen; its
+ * sequence number is then handed out again by the next ledger_begin().
+ */
 ledger_rc ledger_commit(ledger *l, ledger_lsn end_lsn);
 /*
  * The stream broke.  A transaction still open is sealed without an LSN: its
@@ -85,6 +94,14 @@ void      ledger_stream_lost(ledger *l);
  * stream restarts from the slot's confirmed position.
  */
 void      ledger_reset(ledger *l);
+/*
+ * Start over at pos, which may be lower than what was confirmed: a session
+ * with another server (a promoted standby, another timeline) begins at its
+ * own slot's confirmed position, and nothing learnt from the previous
+ * server may be confirmed to this one.  Forgets every transaction in
+ * flight, like ledger_reset().
+ */
+void      ledger_rebase(ledger *l, ledger_lsn pos);
 /* Kafka acknowledged one message of transaction seq. */
 ledger_rc ledger_ack(ledger *l, ledger_seq seq);
 

@@ -27,7 +27,7 @@ test_single(void)
 
 	ledger_init(&l, 10);
 	CHECK(ledger_confirmable(&l) == 10);
-	CHECK(ledger_begin(&l, 90, &s) == LEDGER_OK);
+	CHECK(ledger_begin(&l, 90, 0, &s) == LEDGER_OK);
 	CHECK(ledger_add(&l, s) == LEDGER_OK);
 	CHECK(ledger_add(&l, s) == LEDGER_OK);
 	CHECK(ledger_pending(&l) == 2);
@@ -50,7 +50,7 @@ test_acked_before_commit(void)
 	ledger_seq s;
 
 	ledger_init(&l, 0);
-	ledger_begin(&l, 5, &s);
+	ledger_begin(&l, 5, 0, &s);
 	ledger_add(&l, s);
 	CHECK(ledger_ack(&l, s) == LEDGER_OK);
 	CHECK(ledger_confirmable(&l) == 0);           /* acked but Commit not seen */
@@ -66,9 +66,9 @@ test_out_of_order(void)
 	ledger_seq s1, s2, s3;
 
 	ledger_init(&l, 0);
-	ledger_begin(&l, 1, &s1); ledger_add(&l, s1); ledger_add(&l, s1); ledger_commit(&l, 100);
-	ledger_begin(&l, 2, &s2); ledger_add(&l, s2); ledger_commit(&l, 200);
-	ledger_begin(&l, 3, &s3); ledger_commit(&l, 300);    /* no outbox rows */
+	ledger_begin(&l, 1, 0, &s1); ledger_add(&l, s1); ledger_add(&l, s1); ledger_commit(&l, 100);
+	ledger_begin(&l, 2, 0, &s2); ledger_add(&l, s2); ledger_commit(&l, 200);
+	ledger_begin(&l, 3, 0, &s3); ledger_commit(&l, 300);    /* no outbox rows */
 	CHECK(s1 != s2 && s2 != s3);
 	CHECK(ledger_ack(&l, s2) == LEDGER_OK);
 	CHECK(ledger_confirmable(&l) == 0);           /* T1 still pending blocks T2, T3 */
@@ -87,7 +87,7 @@ test_empty_transaction(void)
 	ledger_seq s;
 
 	ledger_init(&l, 0);
-	ledger_begin(&l, 7, &s);
+	ledger_begin(&l, 7, 0, &s);
 	CHECK(ledger_confirmable(&l) == 0);
 	ledger_commit(&l, 70);
 	CHECK(ledger_confirmable(&l) == 70);
@@ -105,7 +105,7 @@ test_keepalive(void)
 	CHECK(ledger_confirmable(&l) == 150);
 	ledger_sent_position(&l, 120);                /* never backwards */
 	CHECK(ledger_confirmable(&l) == 150);
-	ledger_begin(&l, 160, &s);
+	ledger_begin(&l, 160, 0, &s);
 	ledger_sent_position(&l, 500);                /* open transaction: not yet */
 	CHECK(ledger_confirmable(&l) == 150);
 	ledger_add(&l, s);
@@ -126,11 +126,11 @@ test_abandon(void)
 	ledger_seq s1, s2;
 
 	ledger_init(&l, 0);
-	ledger_begin(&l, 10, &s1);
+	ledger_begin(&l, 10, 0, &s1);
 	ledger_add(&l, s1);
 	ledger_stream_lost(&l);                       /* stream broke mid-transaction */
 	CHECK(!ledger_is_open(&l));
-	ledger_begin(&l, 10, &s2);                    /* resent after reconnect */
+	ledger_begin(&l, 10, 0, &s2);                    /* resent after reconnect */
 	ledger_add(&l, s2);
 	ledger_commit(&l, 200);
 	CHECK(ledger_ack(&l, s2) == LEDGER_OK);
@@ -141,7 +141,7 @@ test_abandon(void)
 
 	/* An abandoned transaction alone never advances the LSN. */
 	ledger_init(&l, 5);
-	ledger_begin(&l, 10, &s1);
+	ledger_begin(&l, 10, 0, &s1);
 	ledger_stream_lost(&l);
 	CHECK(ledger_confirmable(&l) == 5);
 	ledger_stream_lost(&l);                       /* nothing open: no-op */
@@ -151,7 +151,7 @@ test_abandon(void)
 	/* The old stream's keepalive must not be confirmed after a reconnect:
 	 * the transaction it covered is resent and not yet delivered. */
 	ledger_init(&l, 5);
-	ledger_begin(&l, 10, &s1);
+	ledger_begin(&l, 10, 0, &s1);
 	ledger_add(&l, s1);
 	ledger_sent_position(&l, 400);                /* keepalive mid-transaction */
 	ledger_stream_lost(&l);
@@ -167,16 +167,16 @@ test_reset(void)
 	ledger_seq s1, s2, s3;
 
 	ledger_init(&l, 0);
-	ledger_begin(&l, 10, &s1); ledger_add(&l, s1); ledger_commit(&l, 100);
+	ledger_begin(&l, 10, 0, &s1); ledger_add(&l, s1); ledger_commit(&l, 100);
 	ledger_ack(&l, s1);
 	CHECK(ledger_confirmable(&l) == 100);
-	ledger_begin(&l, 110, &s2); ledger_add(&l, s2); ledger_commit(&l, 200);
+	ledger_begin(&l, 110, 0, &s2); ledger_add(&l, s2); ledger_commit(&l, 200);
 	ledger_sent_position(&l, 300);
 	ledger_reset(&l);                             /* producer rebuilt */
 	CHECK(ledger_confirmable(&l) == 100);         /* kept, not advanced */
 	CHECK(ledger_pending(&l) == 0 && ledger_txns(&l) == 0);
 	CHECK(ledger_ack(&l, s2) == LEDGER_UNKNOWN);  /* old producer's report */
-	CHECK(ledger_begin(&l, 110, &s3) == LEDGER_OK);
+	CHECK(ledger_begin(&l, 110, 0, &s3) == LEDGER_OK);
 	CHECK(s3 != s2);                              /* sequence numbers never reused */
 	ledger_add(&l, s3); ledger_commit(&l, 200); ledger_ack(&l, s3);
 	CHECK(ledger_confirmable(&l) == 200);
@@ -192,8 +192,8 @@ test_misuse(void)
 	ledger_init(&l, 0);
 	CHECK(ledger_commit(&l, 10) == LEDGER_STATE); /* nothing open */
 	CHECK(ledger_ack(&l, 1) == LEDGER_UNKNOWN);
-	CHECK(ledger_begin(&l, 1, &s1) == LEDGER_OK);
-	CHECK(ledger_begin(&l, 2, &s2) == LEDGER_STATE); /* nested */
+	CHECK(ledger_begin(&l, 1, 0, &s1) == LEDGER_OK);
+	CHECK(ledger_begin(&l, 2, 0, &s2) == LEDGER_STATE); /* nested */
 	CHECK(ledger_ack(&l, s1) == LEDGER_UNKNOWN);  /* nothing outstanding */
 	ledger_commit(&l, 10);
 	CHECK(ledger_add(&l, s1) == LEDGER_STATE);    /* sealed */
@@ -217,6 +217,7 @@ typedef struct model_txn {
 	uint64_t end;
 	unsigned produced, acked;
 	int sealed;     /* 0 open, 1 committed, 2 abandoned */
+	int kept;       /* committed with messages outstanding: has an entry of its own */
 	ledger_seq seq;
 } model_txn;
 
@@ -239,7 +240,7 @@ test_random_model(void)
 
 		if (op < 15 && !open && ntx < N) {
 			m[ntx].seq = 0;
-			if (ledger_begin(&l, lsn, &m[ntx].seq) != LEDGER_OK)
+			if (ledger_begin(&l, lsn, 0, &m[ntx].seq) != LEDGER_OK)
 				bad = 1;
 			ntx++;
 		} else if (op < 40 && open) {
@@ -250,6 +251,7 @@ test_random_model(void)
 			lsn += 1 + next_rand() % 50;
 			m[ntx - 1].end = lsn;
 			m[ntx - 1].sealed = 1;
+			m[ntx - 1].kept = m[ntx - 1].acked < m[ntx - 1].produced;
 			if (ledger_commit(&l, lsn) != LEDGER_OK)
 				bad = 1;
 		} else if (op < 53 && open) {
@@ -262,8 +264,10 @@ test_random_model(void)
 				m[i].acked++;
 				if (ledger_ack(&l, m[i].seq) != LEDGER_OK)
 					bad = 1;
-			} else if (ledger_ack(&l, m[i].seq) != LEDGER_UNKNOWN) {
-				bad = 1;                      /* over-ack must be refused */
+			} else if (m[i].sealed == 0 && ledger_ack(&l, m[i].seq) != LEDGER_UNKNOWN) {
+				/* over-ack must be refused (a sealed one's number may be
+				 * handed out again once it folded: never acked again) */
+				bad = 1;
 			}
 		} else {
 			lsn += next_rand() % 20;
@@ -283,13 +287,92 @@ test_random_model(void)
 			        iter, ledger_confirmable(&l), expect);
 			bad = 1;
 		}
-		if (ledger_txns(&l) != ntx - retired)
+		/* Folding: never more entries than unfinished transactions, and
+		 * only those committed with messages out, the open one and the
+		 * abandoned ones have one (an empty one after an abandoned one, or
+		 * at the head, may keep its own). */
+		if (ledger_txns(&l) > ntx - retired)
 			bad = 1;
+		{
+			size_t busy = 0;
+			for (size_t i = retired; i < ntx; i++)
+				busy += m[i].kept || m[i].sealed == 0 ? 1 : m[i].sealed == 2 ? 2 : 0;
+			if (ledger_txns(&l) > busy + 1) {
+				fprintf(stderr, "iteration %d: %zu entries for %zu busy transactions\n",
+				        iter, ledger_txns(&l), busy);
+				bad = 1;
+			}
+		}
 	}
 	CHECK(!bad);
 	CHECK(ntx > 1000);        /* the run exercised many transactions */
 	ledger_free(&l);
 	free(m);
+}
+
+/*
+ * PostgreSQL 13 and 14 send Begin/Commit for every transaction of the
+ * database, and logical messages of other prefixes make empty ones too: a
+ * million of them while one event waits for Kafka must not grow the ring.
+ */
+static void
+test_empty_fold(void)
+{
+	ledger l;
+	ledger_seq s, e;
+	size_t cap_before;
+
+	ledger_init(&l, 0);
+	ledger_begin(&l, 10, 0, &s);
+	ledger_add(&l, s);
+	ledger_commit(&l, 20);
+	cap_before = l.cap;
+	for (uint64_t i = 0; i < 1000000; i++) {
+		ledger_begin(&l, 30 + 2 * i, 0, &e);
+		ledger_commit(&l, 31 + 2 * i);
+	}
+	CHECK(ledger_txns(&l) == 1);                 /* all folded into the pending one */
+	CHECK(l.cap == cap_before);                  /* no growth */
+	CHECK(ledger_confirmable(&l) == 0);          /* still waiting for its event */
+	CHECK(ledger_ack(&l, s) == LEDGER_OK);
+	CHECK(ledger_confirmable(&l) == 31 + 2 * 999999);   /* and confirms them all with it */
+	CHECK(ledger_is_idle(&l));
+
+	/* Interleaved: events every 1000th transaction, acked out of order. */
+	{
+		ledger_seq seqs[100];
+		uint64_t lsn = 10000000, last_end = 0;
+
+		for (int k = 0; k < 100; k++) {
+			ledger_begin(&l, lsn++, 0, &seqs[k]);
+			ledger_add(&l, seqs[k]);
+			ledger_commit(&l, lsn++);
+			for (int j = 0; j < 999; j++) {
+				ledger_begin(&l, lsn++, 0, &e);
+				ledger_commit(&l, lsn++);
+			}
+			last_end = lsn - 1;
+		}
+		CHECK(ledger_txns(&l) == 100);           /* one per transaction with an event */
+		for (int k = 99; k >= 1; k--)
+			CHECK(ledger_ack(&l, seqs[k]) == LEDGER_OK);
+		CHECK(ledger_confirmable(&l) == 31 + 2 * 999999);   /* the first still pending */
+		CHECK(ledger_ack(&l, seqs[0]) == LEDGER_OK);
+		CHECK(ledger_confirmable(&l) == last_end);
+	}
+
+	/* An abandoned transaction (stream lost) keeps its place: the empty one
+	 * after it must not inherit a position through it. */
+	ledger_begin(&l, 20000000, 0, &s);
+	ledger_add(&l, s);
+	ledger_stream_lost(&l);
+	ledger_begin(&l, 20000002, 0, &e);
+	ledger_commit(&l, 20000003);
+	CHECK(ledger_txns(&l) == 2);
+	CHECK(ledger_get(&l, s)->end_lsn == 0);
+	CHECK(ledger_ack(&l, s) == LEDGER_OK);
+	CHECK(ledger_confirmable(&l) == 20000003);
+	ledger_free(&l);
 }
 
 /* A dead-letter copy added from the delivery report of a refused message. */
@@ -300,10 +383,10 @@ test_add_to_sealed(void)
 	ledger_seq s1, s2;
 
 	ledger_init(&l, 0);
-	ledger_begin(&l, 10, &s1);
+	ledger_begin(&l, 10, 0, &s1);
 	ledger_add(&l, s1);
 	ledger_commit(&l, 20);
-	ledger_begin(&l, 30, &s2);
+	ledger_begin(&l, 30, 0, &s2);
 	ledger_add(&l, s2);
 	ledger_commit(&l, 40);
 	CHECK(ledger_add(&l, s1) == LEDGER_STATE);      /* sealed: ledger_add refuses */
@@ -316,11 +399,11 @@ test_add_to_sealed(void)
 	CHECK(ledger_confirmable(&l) == 40);
 	CHECK(ledger_add_to(&l, s1) == LEDGER_STATE);   /* retired */
 	/* sealed with nothing outstanding may be retired any moment: refused */
-	ledger_begin(&l, 50, &s1);
+	ledger_begin(&l, 50, 0, &s1);
 	ledger_commit(&l, 60);
 	CHECK(ledger_add_to(&l, s1) == LEDGER_STATE);
 	/* open: allowed, like ledger_add */
-	ledger_begin(&l, 70, &s2);
+	ledger_begin(&l, 70, 0, &s2);
 	CHECK(ledger_add_to(&l, s2) == LEDGER_OK);
 	ledger_free(&l);
 }
@@ -337,6 +420,7 @@ main(void)
 	test_reset();
 	test_misuse();
 	test_add_to_sealed();
+	test_empty_fold();
 	test_random_model();
 	printf("ledger: %d passed, %d failed\n", passed, failed);
 	return failed ? 1 : 0;
