@@ -3,6 +3,7 @@
  * See outbox.h.
  */
 #include "outbox.h"
+#include "sha256.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -159,6 +160,9 @@ struct outbox {
 
 	ob_rel   *rels;
 	size_t    nrels, relcap;
+	uint32_t *part_oid;         /* partitions of the tables (sorted by OID) ... */
+	int      *part_table;       /* ... and the table each belongs to */
+	size_t    nparts;
 
 	buf       topic;
 	buf       valid_topic;      /* the last topic that passed outbox_topic_valid */
@@ -609,11 +613,26 @@ outbox_free(outbox *ob)
 	map_free(&ob->msg_map);
 	free(ob->database);
 	free(ob->rels);
+	free(ob->part_oid);
+	free(ob->part_table);
 	free(ob->topic.p);
 	free(ob->valid_topic.p);
 	free(ob->value.p);
 	json_decref(ob->msg);
 	free(ob);
+}
+
+size_t
+outbox_tables(const outbox *ob)
+{
+	return ob->ntables;
+}
+
+void
+outbox_table_ident(const outbox *ob, size_t i, const char **nsp, const char **rel)
+{
+	*nsp = ob->tables[i].nspname;
+	*rel = ob->tables[i].relname;
 }
 
 unsigned
@@ -644,6 +663,57 @@ column_index(const pgo_relation *rel, const char *name)
 	return -1;
 }
 
+/* The table whose partition oid is, or -1. */
+static int
+partition_table(const outbox *ob, uint32_t oid)
+{
+	size_t lo = 0, hi = ob->nparts;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (ob->part_oid[mid] == oid)
+			return ob->part_table[mid];
+		if (ob->part_oid[mid] < oid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -1;
+}
+
+bool
+outbox_set_partitions(outbox *ob, const uint32_t *oids, const int *tables, size_t n)
+{
+	uint32_t *po = NULL;
+	int *pt = NULL;
+
+	if (n > 0 && ((po = malloc(n * sizeof(*po))) == NULL || (pt = malloc(n * sizeof(*pt))) == NULL)) {
+		free(po);
+		return false;
+	}
+	/* Insertion sort by OID: the lists are short and arrive nearly sorted. */
+	for (size_t i = 0; i < n; i++) {
+		size_t j = i;
+
+		while (j > 0 && po[j - 1] > oids[i]) {
+			po[j] = po[j - 1];
+			pt[j] = pt[j - 1];
+			j--;
+		}
+		po[j] = oids[i];
+		pt[j] = tables[i] >= 0 && (size_t) tables[i] < ob->ntables ? tables[i] : -1;
+	}
+	free(ob->part_oid);
+	free(ob->part_table);
+	ob->part_oid = po;
+	ob->part_table = pt;
+	ob->nparts = n;
+	/* Relations resolved before are resolved again on their next use. */
+	ob->nrels = 0;
+	return true;
+}
+
 static void
 resolve(const outbox *ob, ob_rel *r, const pgo_relation *rel)
 {
@@ -659,6 +729,8 @@ resolve(const outbox *ob, ob_rel *r, const pgo_relation *rel)
 			r->table = (int) i;
 			break;
 		}
+	if (r->table < 0)
+		r->table = partition_table(ob, rel->oid);
 	if (r->table < 0)
 		return;
 	m = &ob->tables[r->table].map;
@@ -686,7 +758,7 @@ find_rel(const outbox *ob, uint32_t oid)
 }
 
 bool
-outbox_relation(outbox *ob, const pgo_relation *rel)
+outbox_relation(outbox *ob, const pgo_relation *rel, int *table)
 {
 	ob_rel *r = find_rel(ob, rel->oid);
 
@@ -702,6 +774,8 @@ outbox_relation(outbox *ob, const pgo_relation *rel)
 		r = &ob->rels[ob->nrels++];
 	}
 	resolve(ob, r, rel);
+	if (table != NULL)
+		*table = r->table;
 	return true;
 }
 
@@ -720,7 +794,7 @@ lookup(outbox *ob, const pgo_relation *rel)
 
 	if (r != NULL && r->rel == rel)
 		return r;
-	if (!outbox_relation(ob, rel))
+	if (!outbox_relation(ob, rel, NULL))
 		return NULL;
 	return find_rel(ob, rel->oid);
 }
@@ -1133,7 +1207,7 @@ nomem:
 void
 outbox_dead_letter(sink_event *ev, const char *dlq_topic, const char *error,
                    const char *source_topic, pgo_lsn commit_lsn, bool is_message,
-                   const char *source_name, outbox_dlq_buf *buf)
+                   const char *source_name, bool trim, outbox_dlq_buf *buf)
 {
 	const size_t keep = SINK_MAX_HEADERS - OUTBOX_DLQ_HEADERS;
 	size_t n = 0;
@@ -1155,5 +1229,20 @@ outbox_dead_letter(sink_event *ev, const char *dlq_topic, const char *error,
 	add_header(ev, "pgoutbox.lsn", buf->lsn, strlen(buf->lsn));
 	add_header(ev, is_message ? "pgoutbox.message.prefix" : "pgoutbox.table", source_name,
 	           strlen(source_name));
+	if (trim) {
+		/* Refused for its size: a copy that always fits, and what it takes
+		 * to recognise the original (its row is still in the table). */
+		snprintf(buf->size, sizeof(buf->size), "%zu", ev->value ? ev->value_len : (size_t) 0);
+		sha256_hex(ev->value ? ev->value : "", ev->value ? ev->value_len : 0, buf->sha256);
+		add_header(ev, "pgoutbox.original.size", buf->size, strlen(buf->size));
+		add_header(ev, "pgoutbox.original.sha256", buf->sha256, strlen(buf->sha256));
+		if (ev->value != NULL && ev->value_len > OUTBOX_DLQ_TRIM_VALUE)
+			ev->value_len = OUTBOX_DLQ_TRIM_VALUE;
+		if (ev->key != NULL && ev->key_len > OUTBOX_DLQ_TRIM_OTHER)
+			ev->key_len = OUTBOX_DLQ_TRIM_OTHER;
+		for (size_t i = 0; i < ev->nheaders; i++)
+			if (ev->headers[i].value != NULL && ev->headers[i].len > OUTBOX_DLQ_TRIM_OTHER)
+				ev->headers[i].len = OUTBOX_DLQ_TRIM_OTHER;
+	}
 	ev->topic = dlq_topic;
 }

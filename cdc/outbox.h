@@ -33,7 +33,10 @@ typedef struct outbox outbox;
 #define OUTBOX_MAX_EXTRA_HEADERS 16   /* header.<name> = <column>, or a message's "headers" */
 #define OUTBOX_MAX_TABLES        64
 #define OUTBOX_MAX_TEMPLATE_REFS 16   /* ${...} references in one topic template */
-#define OUTBOX_DLQ_HEADERS       4    /* pgoutbox.error, .source.topic, .lsn, .table/.message.prefix */
+#define OUTBOX_DLQ_HEADERS       6    /* pgoutbox.error, .source.topic, .lsn, .table/.message.prefix,
+                                       * and for a trimmed copy .original.size, .original.sha256 */
+#define OUTBOX_DLQ_TRIM_VALUE    65536  /* a trimmed dead-letter copy keeps this much of the value */
+#define OUTBOX_DLQ_TRIM_OTHER    1024   /* ... and of the key and of each header value */
 
 typedef enum outbox_format {
 	OUTBOX_FORMAT_RAW = 0,     /* value = the payload column's text */
@@ -106,9 +109,24 @@ bool      outbox_set_database(outbox *ob, const char *dbname);
 /*
  * A Relation message arrived (first use of a relation in a session, or after
  * ALTER TABLE): resolve (again) whether it is an outbox table and its column
- * indexes.  Returns false when out of memory.
+ * indexes.  A relation is an outbox table's when the stream names it so
+ * (schema and name), or when its OID is a partition of one (a publication
+ * without publish_via_partition_root streams partitions under their own
+ * names).  *table (may be NULL) gets the table's index, -1 for none.
+ * Returns false when out of memory.
  */
-bool      outbox_relation(outbox *ob, const pgo_relation *rel);
+bool      outbox_relation(outbox *ob, const pgo_relation *rel, int *table);
+
+/*
+ * The partitions of the outbox tables, from the catalog: oids[i] belongs to
+ * table tables[i].  Replaces the previous list; false when out of memory
+ * (the previous list stays).
+ */
+bool      outbox_set_partitions(outbox *ob, const uint32_t *oids, const int *tables, size_t n);
+
+/* The outbox tables: how many, and table i's schema and name (owned by ob). */
+size_t    outbox_tables(const outbox *ob);
+void      outbox_table_ident(const outbox *ob, size_t i, const char **nsp, const char **rel);
 /* A new replication session: forget every resolved relation. */
 void      outbox_forget_relations(outbox *ob);
 
@@ -145,6 +163,8 @@ outbox_rc outbox_map_message(outbox *ob, uint8_t flags, pgo_bytes prefix, pgo_by
 /* Storage for the strings a dead-letter copy adds; lives as long as the event. */
 typedef struct outbox_dlq_buf {
 	char lsn[24];
+	char size[24];
+	char sha256[65];
 } outbox_dlq_buf;
 
 /*
@@ -154,11 +174,17 @@ typedef struct outbox_dlq_buf {
  * pgoutbox.error, pgoutbox.source.topic (source_topic or ""), pgoutbox.lsn
  * (commit LSN as X/Y) and pgoutbox.table or pgoutbox.message.prefix.
  * error and source_name must outlive ev.  Headers of the original beyond
- * what fits are dropped, the "id" header is always kept.
+ * what fits are dropped, the "id" header is always kept.  With trim (the
+ * original was refused for its size) the copy always fits: headers
+ * pgoutbox.original.size (the value's length in bytes) and
+ * pgoutbox.original.sha256 (hex SHA-256 of the whole value, as PostgreSQL's
+ * sha256() computes it) are added, and the value is cut to
+ * OUTBOX_DLQ_TRIM_VALUE bytes, the key and header values to
+ * OUTBOX_DLQ_TRIM_OTHER.
  */
 void      outbox_dead_letter(sink_event *ev, const char *dlq_topic, const char *error,
                              const char *source_topic, pgo_lsn commit_lsn, bool is_message,
-                             const char *source_name, outbox_dlq_buf *buf);
+                             const char *source_name, bool trim, outbox_dlq_buf *buf);
 
 /* A valid Kafka topic name: 1..249 of [A-Za-z0-9._-], not "." or "..". */
 bool      outbox_topic_valid(const char *name, size_t len);

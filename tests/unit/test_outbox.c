@@ -113,7 +113,7 @@ test_default_mapping(void)
 	if (!ob)
 		return;
 	fixture_init(&f, 100, "public", "outbox", 5, default_cols, default_types, v);
-	CHECK(outbox_relation(ob, &f.rel));
+	CHECK(outbox_relation(ob, &f.rel, NULL));
 	CHECK(outbox_map_insert(ob, &f.rel, &f.tup, &txn, &ev, &src, err, sizeof(err)) == OUTBOX_EVENT);
 	CHECK(src == 0);
 	CHECK(strcmp(ev.topic, "outbox.event.order") == 0);
@@ -161,7 +161,7 @@ test_custom_columns_prefix_headers(void)
 	if (!ob)
 		return;
 	fixture_init(&f, 7, "billing", "Out\"Box", 7, names, NULL, v);
-	CHECK(outbox_relation(ob, &f.rel));
+	CHECK(outbox_relation(ob, &f.rel, NULL));
 	CHECK(outbox_map_insert(ob, &f.rel, &f.tup, &txn, &ev, &src, err, sizeof(err)) == OUTBOX_EVENT);
 	CHECK(strcmp(ev.topic, "prod.invoice.events") == 0);
 	CHECK_EQ(ev.key, ev.key_len, "R-1");
@@ -174,7 +174,7 @@ test_custom_columns_prefix_headers(void)
 
 	/* ALTER TABLE: a new Relation message with the columns elsewhere. */
 	fixture_init(&f, 7, "billing", "Out\"Box", 7, names2, NULL, v2);
-	CHECK(outbox_relation(ob, &f.rel));
+	CHECK(outbox_relation(ob, &f.rel, NULL));
 	CHECK(outbox_map_insert(ob, &f.rel, &f.tup, &txn, &ev, &src, err, sizeof(err)) == OUTBOX_EVENT);
 	CHECK_HEADER(&ev, "id", "t-9");           /* event_id is now the first column */
 	CHECK_EQ(ev.key, ev.key_len, "R-2");
@@ -286,7 +286,7 @@ test_unmappable(void)
 	CHECK(ev.topic == NULL);
 
 	fixture_init(&f, 1, "public", "outbox", 5, default_cols, default_types, v2);
-	CHECK(outbox_relation(ob, &f.rel));
+	CHECK(outbox_relation(ob, &f.rel, NULL));
 	CHECK(outbox_map_insert(ob, &f.rel, &f.tup, &txn, &ev, &src, err, sizeof(err)) == OUTBOX_UNMAPPABLE);
 	CHECK(strstr(err, "not a valid Kafka topic") != NULL);
 	CHECK(ev.topic != NULL && strcmp(ev.topic, "outbox.event.not a/topic") == 0);
@@ -294,7 +294,7 @@ test_unmappable(void)
 
 	/* A table without the payload column. */
 	fixture_init(&f, 1, "public", "outbox", 4, names, NULL, v2);
-	CHECK(outbox_relation(ob, &f.rel));
+	CHECK(outbox_relation(ob, &f.rel, NULL));
 	CHECK(outbox_map_insert(ob, &f.rel, &f.tup, &txn, &ev, &src, err, sizeof(err)) == OUTBOX_UNMAPPABLE);
 	CHECK(strstr(err, "payload") != NULL);
 
@@ -302,7 +302,7 @@ test_unmappable(void)
 	{
 		outbox_dlq_buf buf;
 		outbox_dead_letter(&ev, "dead.letters", err, ev.topic, txn.commit_lsn, false,
-		                   "public.outbox", &buf);
+		                   "public.outbox", false, &buf);
 		CHECK(strcmp(ev.topic, "dead.letters") == 0);
 		CHECK_HEADER(&ev, "id", "u-2");
 		CHECK_HEADER(&ev, "pgoutbox.error", err);
@@ -484,7 +484,7 @@ test_messages(void)
 	CHECK_EQ(ev.key, ev.key_len, "1");
 	{
 		outbox_dlq_buf buf;
-		outbox_dead_letter(&ev, "dlq", err, NULL, 0x10, true, "outbox", &buf);
+		outbox_dead_letter(&ev, "dlq", err, NULL, 0x10, true, "outbox", false, &buf);
 		CHECK_HEADER(&ev, "pgoutbox.message.prefix", "outbox");
 		CHECK_HEADER(&ev, "pgoutbox.lsn", "0/10");
 		CHECK_HEADER(&ev, "pgoutbox.source.topic", "");
@@ -554,6 +554,101 @@ test_time_and_names(void)
 	CHECK(!outbox_header_reserved("tenant", 6));
 }
 
+/*
+ * A partitioned outbox table whose publication does not publish via the
+ * root: rows arrive under the partitions' names and are mapped by OID.
+ */
+static void
+test_partitions(void)
+{
+	outbox_table t = {.table = "public.outbox"};
+	outbox *ob = new_outbox(&t, 1, NULL, (outbox_mapping) {0});
+	const char *v[] = {"p-1", "order", "42", "OrderPaid", "{}"};
+	const uint32_t oids[] = {301, 300};
+	const int tabs[] = {0, 0};
+	fixture part, other;
+	sink_event ev;
+	unsigned src = 99;
+	char err[256];
+	int table = 7;
+
+	CHECK(ob != NULL);
+	if (!ob)
+		return;
+	fixture_init(&part, 300, "public", "outbox_2026_12", 5, default_cols, default_types, v);
+	fixture_init(&other, 400, "public", "outbox_archive", 5, default_cols, default_types, v);
+	/* Before the catalog says so, a partition is not recognised. */
+	CHECK(outbox_relation(ob, &part.rel, &table) && table == -1);
+	CHECK(outbox_map_insert(ob, &part.rel, &part.tup, &txn, &ev, &src, err, sizeof(err)) ==
+	      OUTBOX_IGNORE);
+	CHECK(outbox_set_partitions(ob, oids, tabs, 2));
+	CHECK(outbox_relation(ob, &part.rel, &table) && table == 0);
+	CHECK(outbox_map_insert(ob, &part.rel, &part.tup, &txn, &ev, &src, err, sizeof(err)) ==
+	      OUTBOX_EVENT);
+	CHECK(src == 0);
+	CHECK(strcmp(ev.topic, "outbox.event.order") == 0);
+	CHECK_HEADER(&ev, "id", "p-1");
+	/* A table that is not a partition stays a neighbour. */
+	CHECK(outbox_relation(ob, &other.rel, &table) && table == -1);
+	CHECK(outbox_is_table(ob, &part.rel));
+	CHECK(!outbox_is_table(ob, &other.rel));
+	/* A new list replaces the old one. */
+	CHECK(outbox_set_partitions(ob, oids, tabs, 1));
+	CHECK(outbox_relation(ob, &part.rel, &table) && table == -1);
+	outbox_free(ob);
+}
+
+/* The dead-letter copy of an event refused for its size always fits. */
+static void
+test_dead_letter_trim(void)
+{
+	size_t big = 300000;
+	char *value = malloc(big), *key = malloc(5000), *hv = malloc(5000);
+	sink_event ev;
+	outbox_dlq_buf buf;
+	const sink_header *h;
+
+	memset(value, 'v', big);
+	memset(key, 'k', 5000);
+	memset(hv, 'h', 5000);
+	memset(&ev, 0, sizeof(ev));
+	ev.topic = "outbox.event.order";
+	ev.key = key;
+	ev.key_len = 5000;
+	ev.value = value;
+	ev.value_len = big;
+	ev.nheaders = 2;
+	ev.headers[0] = (sink_header) {"id", "e-1", 3};
+	ev.headers[1] = (sink_header) {"trace", hv, 5000};
+	outbox_dead_letter(&ev, "dlq", "Broker: Message size too large", "outbox.event.order", 0x10,
+	                   false, "public.outbox", true, &buf);
+	CHECK(strcmp(ev.topic, "dlq") == 0);
+	CHECK(ev.value_len == OUTBOX_DLQ_TRIM_VALUE);
+	CHECK(ev.key_len == OUTBOX_DLQ_TRIM_OTHER);
+	CHECK_HEADER(&ev, "id", "e-1");
+	CHECK_HEADER(&ev, "pgoutbox.original.size", "300000");
+	/* printf 'v%.0s' $(seq 300000) | sha256sum */
+	CHECK_HEADER(&ev, "pgoutbox.original.sha256",
+	             "1baacc86f4cba31d93db69f344b089ce468c5ac2e44d8857f200f426bb62db17");
+	h = header(&ev, "trace");
+	CHECK(h != NULL && h->len == OUTBOX_DLQ_TRIM_OTHER);
+	CHECK(ev.nheaders == 2 + OUTBOX_DLQ_HEADERS);
+
+	/* Refused for another reason: kept whole, no size headers. */
+	memset(&ev, 0, sizeof(ev));
+	ev.topic = "bad topic";
+	ev.value = value;
+	ev.value_len = big;
+	ev.nheaders = 1;
+	ev.headers[0] = (sink_header) {"id", "e-2", 3};
+	outbox_dead_letter(&ev, "dlq", "invalid topic", NULL, 0x10, false, "public.outbox", false, &buf);
+	CHECK(ev.value_len == big);
+	CHECK(header(&ev, "pgoutbox.original.size") == NULL);
+	free(value);
+	free(key);
+	free(hv);
+}
+
 int
 main(void)
 {
@@ -568,6 +663,8 @@ main(void)
 	test_messages();
 	test_message_formats();
 	test_time_and_names();
+	test_partitions();
+	test_dead_letter_trim();
 	printf("%d checks passed, %d failed\n", passed, failed);
 	return failed ? 1 : 0;
 }
