@@ -1,7 +1,7 @@
 /*
  * check.h — how --check results travel from source and sink to main.
  *
- * source_check() and sink_check() inspect their side and report each item
+ * source_check() and kafka_check() inspect their side and report each item
  * through a check_report_fn; main prints the lines and decides the exit
  * status.  Details never contain a password (source and sink redact what
  * their libraries say; main redacts again before printing).

@@ -259,7 +259,7 @@ typedef struct hdr {
 /* Sources of values while loading; vals[i] owned strings or NULL. */
 typedef struct layer {
 	char          *vals[S_COUNT];
-	sink_property *kafka;
+	kafka_property *kafka;
 	size_t         nkafka;
 	hdr           *hdrs;
 	size_t         nhdrs;
@@ -308,7 +308,7 @@ layer_set(layer *l, int idx, const char *val)
 static bool
 layer_add_kafka(layer *l, const char *name, size_t nlen, const char *value)
 {
-	sink_property *np = realloc(l->kafka, (l->nkafka + 1) * sizeof(*np));
+	kafka_property *np = realloc(l->kafka, (l->nkafka + 1) * sizeof(*np));
 
 	if (np == NULL)
 		return false;

@@ -16,7 +16,7 @@
 #include <stdio.h>
 
 #include "outbox.h"
-#include "sink.h"
+#include "kafka.h"
 
 typedef struct config {
 	char       *conninfo;
@@ -46,7 +46,7 @@ typedef struct config {
 	int         kafka_stall_timeout_s;  /* 0: off */
 	uint64_t    endpos;             /* 0: none */
 	char       *metrics;            /* listen address, or NULL: off */
-	sink_property *kafka;           /* owned name/value strings */
+	kafka_property *kafka;           /* owned name/value strings */
 	size_t      nkafka;
 	bool        show_help;
 	bool        show_version;

@@ -1,12 +1,12 @@
 /*
- * sink.c — the Kafka producer on librdkafka.  See sink.h.
+ * kafka.c — the Kafka producer on librdkafka.  See kafka.h.
  *
  * librdkafka's main queue (delivery reports, errors) is wired to a pipe with
  * rd_kafka_queue_io_event_enable(): librdkafka writes a byte whenever the
  * queue becomes non-empty, so the main loop can poll() it beside the libpq
  * socket instead of polling librdkafka on a timer.
  */
-#include "sink.h"
+#include "kafka.h"
 #include "log.h"
 
 #include <errno.h>
@@ -28,56 +28,72 @@
  * librdkafka up to 2.10.0 delays the first message of a topic named only in
  * rd_kafka_producev() by up to a second (librdkafka #5032).
  */
-typedef struct sink_topic {
+typedef struct kafka_topic {
 	char             *name;        /* NULL: free slot */
 	uint32_t          hash;
 	rd_kafka_topic_t *rkt;
-} sink_topic;
+} kafka_topic;
 
-struct sink {
+typedef struct kafka_sink {
+	sink              base;        /* first: a kafka_sink is a sink */
 	rd_kafka_t       *rk;
-	sink_topic       *topics;      /* open addressing, power-of-two size */
+	kafka_topic      *topics;      /* open addressing, power-of-two size */
 	size_t            ntopics;
 	size_t            topics_cap;
 	size_t            last_topic;  /* index of the last topic used */
 	rd_kafka_queue_t *mainq;
 	int               pipefd[2];
-	sink_delivery_fn  cb;
-	void             *ctx;
 	bool              fatal;
 	rd_kafka_resp_err_t last_err;   /* last transient error logged, to avoid floods */
 	char              last_error[256]; /* its text, for /healthz */
-};
+} kafka_sink;
 
 /*
- * Delivery errors after which retrying the same message cannot succeed.
- * Everything else librdkafka retries by itself (with no local timeout it
- * never gives up on a transient error).
+ * The one classifier of librdkafka's errors, for produce-time refusals and
+ * delivery reports alike.  Retriable errors are those librdkafka retries by
+ * itself (with no local message timeout it never gives up on one); a
+ * delivery report that carries one anyway (a timeout set with -X) means
+ * librdkafka gave up, which is permanent for that message.
  */
-static bool
-permanent_error(rd_kafka_resp_err_t err)
+static sink_class
+classify(rd_kafka_resp_err_t err)
 {
 	switch (err) {
 	case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
-	case RD_KAFKA_RESP_ERR_INVALID_MSG:
 	case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+	case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+		return SINK_CLASS_TOO_LARGE;
+	case RD_KAFKA_RESP_ERR_INVALID_MSG:
 	case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
 	case RD_KAFKA_RESP_ERR__INVALID_ARG:
 	case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
-	case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
 	case RD_KAFKA_RESP_ERR_INVALID_RECORD:
 	case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+	case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
 	case RD_KAFKA_RESP_ERR_INVALID_REQUIRED_ACKS:
-		return true;
+	case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+	case RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP:
+	case RD_KAFKA_RESP_ERR_UNSUPPORTED_FOR_MESSAGE_FORMAT:
+		return SINK_CLASS_PERMANENT;
+	case RD_KAFKA_RESP_ERR__FATAL:
+		return SINK_CLASS_FATAL;
 	default:
-		return false;
+		return SINK_CLASS_RETRIABLE;
 	}
+}
+
+static void
+set_error(sink_error *e, rd_kafka_resp_err_t err)
+{
+	e->cls = classify(err);
+	e->name = rd_kafka_err2name(err);
+	snprintf(e->text, sizeof(e->text), "%s", rd_kafka_err2str(err));
 }
 
 static void
 dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
-	sink *s = opaque;
+	kafka_sink *ks = opaque;
 	sink_report rep;
 	rd_kafka_headers_t *hdrs = NULL;
 	const void *id = NULL;
@@ -90,14 +106,14 @@ dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 	rep.timestamp_ms = rd_kafka_message_timestamp(m, NULL);
 	rep.topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "";
 	if (!rep.ok) {
-		rep.error_name = rd_kafka_err2name(m->err);
-		rep.permanent = permanent_error(m->err);
-		rep.error = rd_kafka_err2str(m->err);
+		set_error(&rep.err, m->err);
+		/* librdkafka gave up on it (a local timeout): it will not retry. */
+		if (rep.err.cls == SINK_CLASS_RETRIABLE)
+			rep.err.cls = SINK_CLASS_PERMANENT;
 		rep.key = m->key;
 		rep.key_len = m->key_len;
 		rep.value = m->payload;
 		rep.value_len = m->len;
-		rep.timestamp_ms = rd_kafka_message_timestamp(m, NULL);
 		if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
 			const char *name;
 			const void *val;
@@ -112,30 +128,30 @@ dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 				rep.headers[rep.nheaders++] = (sink_header) {name, val, len};
 		}
 	}
-	s->cb(s->ctx, (uint64_t) (uintptr_t) m->_private, &rep);
+	sink_dispatch(&ks->base, (uint64_t) (uintptr_t) m->_private, &rep);
 }
 
 static void
 error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-	sink *s = opaque;
+	kafka_sink *ks = opaque;
 	char buf[512];
 
 	if (err == RD_KAFKA_RESP_ERR__FATAL) {
 		rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof(buf));
-		s->fatal = true;
+		ks->fatal = true;
 		log_msg(LOG_ERROR, "fatal Kafka producer error: %s: %s",
 		        rd_kafka_err2name(orig), buf);
 		return;
 	}
-	snprintf(s->last_error, sizeof(s->last_error), "%s", reason);
+	snprintf(ks->last_error, sizeof(ks->last_error), "%s", reason);
 	/* Transient: librdkafka reconnects and retries by itself, and its log
 	 * lines already say what happened; only "all brokers down" and a
 	 * change of error are worth a line of our own. */
-	if ((rd_kafka_resp_err_t) err != s->last_err) {
+	if ((rd_kafka_resp_err_t) err != ks->last_err) {
 		log_msg(err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ? LOG_WARNING : LOG_DEBUG,
 		        "Kafka: %s", reason);
-		s->last_err = (rd_kafka_resp_err_t) err;
+		ks->last_err = (rd_kafka_resp_err_t) err;
 	}
 }
 
@@ -167,138 +183,223 @@ conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
 	return true;
 }
 
-sink *
-sink_new(const char *brokers, const sink_property *props, size_t nprops,
-         sink_delivery_fn cb, void *ctx, char *errbuf, size_t errlen)
-{
+/*
+ * Defaults.  No local message timeout: a message waits for the broker as
+ * long as it takes (the WAL stays in the slot meanwhile), and the bounded
+ * queue turns a long outage into backpressure instead of memory growth.
+ */
+static const kafka_property producer_defaults[] = {
+	{"enable.idempotence", "true"},
+	{"acks", "all"},
 	/*
-	 * Defaults.  No local message timeout: a message waits for the broker as
-	 * long as it takes (the WAL stays in the slot meanwhile), and the bounded
-	 * queue turns a long outage into backpressure instead of memory growth.
+	 * One request in flight per connection.  librdkafka 2.0.2's
+	 * idempotent producer already allows a partition only one request in
+	 * flight (it subtracts messages, not requests, from its limit of 5),
+	 * and while that request is out and the next batch is ready its broker
+	 * thread busy-polls: a core spinning exactly when the broker is slow,
+	 * which made it slower (p99 150-750 ms at 10,000 events/s on 2 cores).
+	 * With one request per connection the ready batches wait in the output
+	 * queue instead; drains are as fast (docs/benchmarks.md).
 	 */
-	static const sink_property defaults[] = {
-		{"enable.idempotence", "true"},
-		{"acks", "all"},
-		/*
-		 * One request in flight per connection.  librdkafka 2.0.2's
-		 * idempotent producer already allows a partition only one
-		 * request in flight (it subtracts messages, not requests, from
-		 * its limit of 5), and while that request is out and the next
-		 * batch is ready its broker thread busy-polls: a core spinning
-		 * exactly when the broker is slow, which made it slower (p99
-		 * 150-750 ms at 10,000 events/s on 2 cores).  With one request
-		 * per connection the ready batches wait in the output queue
-		 * instead; drains are as fast (docs/benchmarks.md).
-		 */
-		{"max.in.flight.requests.per.connection", "1"},
-		{"partitioner", "murmur2_random"},
-		{"message.timeout.ms", "0"},
-		{"queue.buffering.max.kbytes", "16384"},
-		/* With librdkafka's ~0.5 kB per queued message, 100,000 let a
-		 * drain of small events reach ~70 MB; 20,000 keep it near 16 MB
-		 * at ~6 % of the drain rate of one huge transaction. */
-		{"queue.buffering.max.messages", "20000"},
-		{"linger.ms", "5"},
-		{"socket.keepalive.enable", "true"},
-		/* librdkafka sends one ProduceRequest per partition, back to back
-		 * on one connection: with Nagle's algorithm the second waits for
-		 * the ACK of the first, which the broker delays. */
-		{"socket.nagle.disable", "true"},
-		{"client.id", "pgoutbox"},
-	};
-	rd_kafka_conf_t *conf;
-	sink *s;
-	char err[512];
+	{"max.in.flight.requests.per.connection", "1"},
+	{"partitioner", "murmur2_random"},
+	{"message.timeout.ms", "0"},
+	{"queue.buffering.max.kbytes", "16384"},
+	/* With librdkafka's ~0.5 kB per queued message, 100,000 let a drain of
+	 * small events reach ~70 MB; 20,000 keep it near 16 MB at ~6 % of the
+	 * drain rate of one huge transaction. */
+	{"queue.buffering.max.messages", "20000"},
+	{"linger.ms", "5"},
+	{"socket.keepalive.enable", "true"},
+	/* librdkafka sends one ProduceRequest per partition, back to back on
+	 * one connection: with Nagle's algorithm the second waits for the ACK
+	 * of the first, which the broker delays. */
+	{"socket.nagle.disable", "true"},
+	{"client.id", "pgoutbox"},
+};
 
-	s = calloc(1, sizeof(*s));
-	if (s == NULL) {
+/* An integer property as the configuration holds it now; -1 when unreadable. */
+static long long
+conf_int(rd_kafka_conf_t *conf, const char *name)
+{
+	char buf[64], *end;
+	size_t len = sizeof(buf);
+	long long v;
+
+	if (rd_kafka_conf_get(conf, name, buf, &len) != RD_KAFKA_CONF_OK)
+		return -1;
+	v = strtoll(buf, &end, 10);
+	return end == buf ? -1 : v;
+}
+
+/*
+ * The producer's configuration: defaults, bootstrap servers, props.  An
+ * event up to message.max.bytes is accepted by librdkafka, so it must fit
+ * the queue, or pgoutbox would wait for room that never comes.  NULL with
+ * errbuf filled.  *queue_messages gets queue.buffering.max.messages.
+ */
+static rd_kafka_conf_t *
+make_conf(const char *brokers, const kafka_property *props, size_t nprops,
+          uint64_t *queue_messages, char *errbuf, size_t errlen)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	long long mmb, qkb, qmsg;
+
+	if (conf == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
 		return NULL;
 	}
-	s->pipefd[0] = s->pipefd[1] = -1;
-	s->cb = cb;
-	s->ctx = ctx;
-
-	conf = rd_kafka_conf_new();
-	for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
-		if (!conf_set(conf, defaults[i].name, defaults[i].value, errbuf, errlen))
-			goto error_conf;
+	for (size_t i = 0; i < sizeof(producer_defaults) / sizeof(producer_defaults[0]); i++)
+		if (!conf_set(conf, producer_defaults[i].name, producer_defaults[i].value, errbuf, errlen))
+			goto error;
 	if (!conf_set(conf, "bootstrap.servers", brokers, errbuf, errlen))
-		goto error_conf;
+		goto error;
 	for (size_t i = 0; i < nprops; i++)
 		if (!conf_set(conf, props[i].name, props[i].value, errbuf, errlen))
-			goto error_conf;
+			goto error;
+	mmb = conf_int(conf, "message.max.bytes");
+	qkb = conf_int(conf, "queue.buffering.max.kbytes");
+	qmsg = conf_int(conf, "queue.buffering.max.messages");
+	if (mmb > 0 && qkb > 0 && mmb > qkb * 1024) {
+		snprintf(errbuf, errlen, "Kafka property message.max.bytes = %lld exceeds the producer "
+		         "queue (queue.buffering.max.kbytes = %lld, %lld bytes): an event that large would "
+		         "wait for room forever; raise queue.buffering.max.kbytes to at least %lld or "
+		         "lower message.max.bytes", mmb, qkb, qkb * 1024, (mmb + 1023) / 1024);
+		goto error;
+	}
+	if (queue_messages != NULL)
+		*queue_messages = qmsg > 0 ? (uint64_t) qmsg : 0;
+	return conf;
+
+error:
+	rd_kafka_conf_destroy(conf);
+	return NULL;
+}
+
+bool
+kafka_config_valid(const char *brokers, const kafka_property *props, size_t nprops,
+                   char *errbuf, size_t errlen)
+{
+	rd_kafka_conf_t *conf = make_conf(brokers, props, nprops, NULL, errbuf, errlen);
+
+	if (conf == NULL)
+		return false;
+	rd_kafka_conf_destroy(conf);
+	return true;
+}
+
+static sink_rc kafka_produce(sink *s, const sink_event *ev, uint64_t opaque, sink_error *err);
+static void    kafka_serve(sink *s);
+static int     kafka_fd(const sink *s);
+static int     kafka_outstanding(const sink *s);
+static const char *kafka_last_error(const sink *s);
+static bool    kafka_fatal(sink *s, char *errbuf, size_t errlen);
+static void    kafka_test_fatal(sink *s);
+static void    kafka_destroy(sink *s);
+
+static const sink_ops kafka_ops = {
+	.produce = kafka_produce,
+	.txn_end = NULL,           /* at least once: a report is the acknowledgement */
+	.serve = kafka_serve,
+	.fd = kafka_fd,
+	.outstanding = kafka_outstanding,
+	.last_error = kafka_last_error,
+	.fatal = kafka_fatal,
+	.test_fatal = kafka_test_fatal,
+	.destroy = kafka_destroy,
+};
+
+sink *
+kafka_sink_new(const char *brokers, const kafka_property *props, size_t nprops,
+               char *errbuf, size_t errlen)
+{
+	rd_kafka_conf_t *conf;
+	kafka_sink *ks;
+	uint64_t qmsg = 0;
+	char err[512];
+
+	ks = calloc(1, sizeof(*ks));
+	if (ks == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	ks->pipefd[0] = ks->pipefd[1] = -1;
+	if ((conf = make_conf(brokers, props, nprops, &qmsg, errbuf, errlen)) == NULL) {
+		free(ks);
+		return NULL;
+	}
+	sink_init(&ks->base, &kafka_ops, qmsg);
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
 	rd_kafka_conf_set_error_cb(conf, error_cb);
 	rd_kafka_conf_set_log_cb(conf, log_cb);
 	if (!conf_set(conf, "log.queue", "true", errbuf, errlen))
 		goto error_conf;
-	rd_kafka_conf_set_opaque(conf, s);
+	rd_kafka_conf_set_opaque(conf, ks);
 
 	/* rd_kafka_new() takes ownership of conf on success only. */
-	s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
-	if (s->rk == NULL) {
+	ks->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+	if (ks->rk == NULL) {
 		snprintf(errbuf, errlen, "could not create Kafka producer: %s", err);
 		goto error_conf;
 	}
 
-	if (pipe(s->pipefd) != 0) {
+	if (pipe(ks->pipefd) != 0) {
 		snprintf(errbuf, errlen, "could not create pipe: %s", strerror(errno));
 		goto error;
 	}
 	for (int i = 0; i < 2; i++) {
-		int fl = fcntl(s->pipefd[i], F_GETFL);
-		if (fl < 0 || fcntl(s->pipefd[i], F_SETFL, fl | O_NONBLOCK) < 0 ||
-		    fcntl(s->pipefd[i], F_SETFD, FD_CLOEXEC) < 0) {
+		int fl = fcntl(ks->pipefd[i], F_GETFL);
+		if (fl < 0 || fcntl(ks->pipefd[i], F_SETFL, fl | O_NONBLOCK) < 0 ||
+		    fcntl(ks->pipefd[i], F_SETFD, FD_CLOEXEC) < 0) {
 			snprintf(errbuf, errlen, "could not configure pipe: %s", strerror(errno));
 			goto error;
 		}
 	}
 	/* Log lines go to the main queue too, so only the main thread prints. */
-	rd_kafka_set_log_queue(s->rk, NULL);
-	s->mainq = rd_kafka_queue_get_main(s->rk);
-	rd_kafka_queue_io_event_enable(s->mainq, s->pipefd[1], "1", 1);
-	return s;
+	rd_kafka_set_log_queue(ks->rk, NULL);
+	ks->mainq = rd_kafka_queue_get_main(ks->rk);
+	rd_kafka_queue_io_event_enable(ks->mainq, ks->pipefd[1], "1", 1);
+	return &ks->base;
 
 error_conf:
 	rd_kafka_conf_destroy(conf);
 error:
-	sink_free(s);
+	kafka_destroy(&ks->base);
 	return NULL;
 }
 
-void
-sink_free(sink *s)
+static void
+kafka_destroy(sink *s)
 {
-	if (s == NULL)
-		return;
-	if (s->mainq != NULL) {
-		rd_kafka_queue_io_event_enable(s->mainq, -1, NULL, 0);
-		rd_kafka_queue_destroy(s->mainq);
+	kafka_sink *ks = (kafka_sink *) s;
+
+	if (ks->mainq != NULL) {
+		rd_kafka_queue_io_event_enable(ks->mainq, -1, NULL, 0);
+		rd_kafka_queue_destroy(ks->mainq);
 	}
-	for (size_t i = 0; i < s->topics_cap; i++) {
-		if (s->topics[i].name != NULL) {
-			rd_kafka_topic_destroy(s->topics[i].rkt);
-			free(s->topics[i].name);
+	for (size_t i = 0; i < ks->topics_cap; i++) {
+		if (ks->topics[i].name != NULL) {
+			rd_kafka_topic_destroy(ks->topics[i].rkt);
+			free(ks->topics[i].name);
 		}
 	}
-	free(s->topics);
-	if (s->rk != NULL) {
-		/* Whatever was not delivered is dropped here; the caller confirmed
-		 * nothing past it, so the slot still holds it. */
-		rd_kafka_purge(s->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-		rd_kafka_destroy(s->rk);
+	free(ks->topics);
+	if (ks->rk != NULL) {
+		/* Whatever was not delivered is dropped here; the clients confirmed
+		 * nothing past it, so their slots still hold it. */
+		rd_kafka_purge(ks->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+		rd_kafka_destroy(ks->rk);
 	}
 	for (int i = 0; i < 2; i++)
-		if (s->pipefd[i] >= 0)
-			close(s->pipefd[i]);
-	free(s);
+		if (ks->pipefd[i] >= 0)
+			close(ks->pipefd[i]);
+	free(ks);
 }
 
-int
-sink_fd(const sink *s)
+static int
+kafka_fd(const sink *s)
 {
-	return s->pipefd[0];
+	return ((const kafka_sink *) s)->pipefd[0];
 }
 
 static uint32_t
@@ -317,7 +418,7 @@ topic_hash(const char *name)
  * slot from hash's place.
  */
 static size_t
-topic_slot(const sink_topic *tab, size_t cap, const char *name, uint32_t hash)
+topic_slot(const kafka_topic *tab, size_t cap, const char *name, uint32_t hash)
 {
 	size_t i = hash & (cap - 1);
 
@@ -328,26 +429,26 @@ topic_slot(const sink_topic *tab, size_t cap, const char *name, uint32_t hash)
 }
 
 static bool
-topics_grow(sink *s)
+topics_grow(kafka_sink *ks)
 {
-	size_t cap = s->topics_cap ? s->topics_cap * 2 : 16;
-	sink_topic *tab;
+	size_t cap = ks->topics_cap ? ks->topics_cap * 2 : 16;
+	kafka_topic *tab;
 
 	if (cap > SIZE_MAX / sizeof(*tab) || (tab = calloc(cap, sizeof(*tab))) == NULL)
 		return false;
-	for (size_t i = 0; i < s->topics_cap; i++)
-		if (s->topics[i].name != NULL)
-			tab[topic_slot(tab, cap, NULL, s->topics[i].hash)] = s->topics[i];
-	free(s->topics);
-	s->topics = tab;
-	s->topics_cap = cap;
-	s->last_topic = 0;
+	for (size_t i = 0; i < ks->topics_cap; i++)
+		if (ks->topics[i].name != NULL)
+			tab[topic_slot(tab, cap, NULL, ks->topics[i].hash)] = ks->topics[i];
+	free(ks->topics);
+	ks->topics = tab;
+	ks->topics_cap = cap;
+	ks->last_topic = 0;
 	return true;
 }
 
-/* The handle of topic name, made on first use; NULL with errbuf filled. */
+/* The handle of topic name, made on first use; NULL with err filled. */
 static rd_kafka_topic_t *
-topic_handle(sink *s, const char *name, char *errbuf, size_t errlen)
+topic_handle(kafka_sink *ks, const char *name, sink_error *err)
 {
 	uint32_t hash;
 	size_t i;
@@ -355,47 +456,51 @@ topic_handle(sink *s, const char *name, char *errbuf, size_t errlen)
 	rd_kafka_topic_t *rkt;
 
 	/* Events of one aggregate type come in runs: try the last one first. */
-	if (s->topics_cap > 0 && s->topics[s->last_topic].name != NULL &&
-	    strcmp(s->topics[s->last_topic].name, name) == 0)
-		return s->topics[s->last_topic].rkt;
+	if (ks->topics_cap > 0 && ks->topics[ks->last_topic].name != NULL &&
+	    strcmp(ks->topics[ks->last_topic].name, name) == 0)
+		return ks->topics[ks->last_topic].rkt;
 	hash = topic_hash(name);
-	if (s->topics_cap > 0) {
-		i = topic_slot(s->topics, s->topics_cap, name, hash);
-		if (s->topics[i].name != NULL) {
-			s->last_topic = i;
-			return s->topics[i].rkt;
+	if (ks->topics_cap > 0) {
+		i = topic_slot(ks->topics, ks->topics_cap, name, hash);
+		if (ks->topics[i].name != NULL) {
+			ks->last_topic = i;
+			return ks->topics[i].rkt;
 		}
 	}
 	/* New: keep the table at most half full. */
-	if ((s->ntopics + 1) * 2 > s->topics_cap && !topics_grow(s)) {
-		snprintf(errbuf, errlen, "out of memory");
+	if (((ks->ntopics + 1) * 2 > ks->topics_cap && !topics_grow(ks)) ||
+	    (copy = strdup(name)) == NULL) {
+		err->cls = SINK_CLASS_FATAL;
+		err->name = "OUT_OF_MEMORY";
+		snprintf(err->text, sizeof(err->text), "out of memory");
 		return NULL;
 	}
-	if ((copy = strdup(name)) == NULL) {
-		snprintf(errbuf, errlen, "out of memory");
-		return NULL;
-	}
-	if ((rkt = rd_kafka_topic_new(s->rk, name, NULL)) == NULL) {
-		snprintf(errbuf, errlen, "topic \"%s\": %s", name, rd_kafka_err2str(rd_kafka_last_error()));
+	if ((rkt = rd_kafka_topic_new(ks->rk, name, NULL)) == NULL) {
+		set_error(err, rd_kafka_last_error());
+		if (err->cls == SINK_CLASS_RETRIABLE)
+			err->cls = SINK_CLASS_PERMANENT;
+		snprintf(err->text, sizeof(err->text), "topic \"%s\": %s", name,
+		         rd_kafka_err2str(rd_kafka_last_error()));
 		free(copy);
 		return NULL;
 	}
-	i = topic_slot(s->topics, s->topics_cap, name, hash);
-	s->topics[i] = (sink_topic) {copy, hash, rkt};
-	s->ntopics++;
-	s->last_topic = i;
+	i = topic_slot(ks->topics, ks->topics_cap, name, hash);
+	ks->topics[i] = (kafka_topic) {copy, hash, rkt};
+	ks->ntopics++;
+	ks->last_topic = i;
 	return rkt;
 }
 
-sink_rc
-sink_produce(sink *s, const sink_event *ev, uint64_t opaque, char *errbuf, size_t errlen)
+static sink_rc
+kafka_produce(sink *s, const sink_event *ev, uint64_t opaque, sink_error *e)
 {
+	kafka_sink *ks = (kafka_sink *) s;
 	rd_kafka_headers_t *hdrs;
 	rd_kafka_resp_err_t err;
 	rd_kafka_topic_t *rkt;
 
-	if ((rkt = topic_handle(s, ev->topic, errbuf, errlen)) == NULL)
-		return SINK_FAILED;
+	if ((rkt = topic_handle(ks, ev->topic, e)) == NULL)
+		return e->cls == SINK_CLASS_FATAL ? SINK_FATAL : SINK_REFUSED;
 
 	hdrs = rd_kafka_headers_new(ev->nheaders);
 	for (size_t i = 0; i < ev->nheaders; i++) {
@@ -403,12 +508,14 @@ sink_produce(sink *s, const sink_event *ev, uint64_t opaque, char *errbuf, size_
 		                          ev->headers[i].value, (ssize_t) ev->headers[i].len);
 		if (err) {
 			rd_kafka_headers_destroy(hdrs);
-			snprintf(errbuf, errlen, "could not add header \"%s\": %s",
+			set_error(e, err);
+			e->cls = SINK_CLASS_PERMANENT;
+			snprintf(e->text, sizeof(e->text), "could not add header \"%s\": %s",
 			         ev->headers[i].name, rd_kafka_err2str(err));
-			return SINK_FAILED;
+			return SINK_REFUSED;
 		}
 	}
-	err = rd_kafka_producev(s->rk,
+	err = rd_kafka_producev(ks->rk,
 	                        RD_KAFKA_V_RKT(rkt),
 	                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 	                        RD_KAFKA_V_KEY(ev->key, ev->key_len),
@@ -422,92 +529,66 @@ sink_produce(sink *s, const sink_event *ev, uint64_t opaque, char *errbuf, size_
 	rd_kafka_headers_destroy(hdrs);
 	if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
 		return SINK_FULL;
-	if (err == RD_KAFKA_RESP_ERR__FATAL) {
-		s->fatal = true;   /* error_cb may not have been served yet */
+	set_error(e, err);
+	switch (e->cls) {
+	case SINK_CLASS_FATAL:
+		ks->fatal = true;   /* error_cb may not have been served yet */
 		return SINK_FATAL;
+	case SINK_CLASS_RETRIABLE:
+		/* librdkafka would retry a message it holds; one it did not take
+		 * is worth another try later, like a full queue. */
+		return SINK_FULL;
+	default:
+		return SINK_REFUSED;
 	}
-	snprintf(errbuf, errlen, "%s", rd_kafka_err2str(err));
-	return SINK_FAILED;
 }
 
-sink_event *
-sink_event_dup(const sink_event *ev)
+static void
+kafka_serve(sink *s)
 {
-	size_t need = sizeof(*ev) + strlen(ev->topic) + 1 + ev->key_len + ev->value_len;
-	sink_event *copy;
-	char *p;
-
-	for (size_t i = 0; i < ev->nheaders; i++)
-		need += strlen(ev->headers[i].name) + 1 + ev->headers[i].len;
-	if ((copy = malloc(need)) == NULL)
-		return NULL;
-	*copy = *ev;
-	p = (char *) (copy + 1);
-#define DUP(dst, src, n) do { if ((n) > 0) memcpy(p, (src), (n)); (dst) = p; p += (n); } while (0)
-	DUP(copy->topic, ev->topic, strlen(ev->topic) + 1);
-	if (ev->key != NULL)
-		DUP(copy->key, ev->key, ev->key_len);
-	if (ev->value != NULL)
-		DUP(copy->value, ev->value, ev->value_len);
-	for (size_t i = 0; i < ev->nheaders; i++) {
-		DUP(copy->headers[i].name, ev->headers[i].name, strlen(ev->headers[i].name) + 1);
-		if (ev->headers[i].value != NULL)
-			DUP(copy->headers[i].value, ev->headers[i].value, ev->headers[i].len);
-	}
-#undef DUP
-	return copy;
-}
-
-void
-sink_serve(sink *s)
-{
+	kafka_sink *ks = (kafka_sink *) s;
 	char buf[256];
 
 	/* Drain the wakeup pipe first, then the queue: a report that arrives in
 	 * between writes a new byte, so nothing is missed. */
-	while (read(s->pipefd[0], buf, sizeof(buf)) > 0)
+	while (read(ks->pipefd[0], buf, sizeof(buf)) > 0)
 		;
-	rd_kafka_poll(s->rk, 0);
+	rd_kafka_poll(ks->rk, 0);
 }
 
-int
-sink_flush(sink *s, int timeout_ms)
+static int
+kafka_outstanding(const sink *s)
 {
-	rd_kafka_flush(s->rk, timeout_ms);
-	return rd_kafka_outq_len(s->rk);
+	return rd_kafka_outq_len(((const kafka_sink *) s)->rk);
 }
 
-int
-sink_outstanding(const sink *s)
+static const char *
+kafka_last_error(const sink *s)
 {
-	return rd_kafka_outq_len(s->rk);
+	return ((const kafka_sink *) s)->last_error;
 }
 
-const char *
-sink_last_error(const sink *s)
+static bool
+kafka_fatal(sink *s, char *errbuf, size_t errlen)
 {
-	return s->last_error;
-}
+	kafka_sink *ks = (kafka_sink *) s;
 
-bool
-sink_fatal(sink *s, char *errbuf, size_t errlen)
-{
-	if (!s->fatal)
+	if (!ks->fatal)
 		return false;
 	if (errbuf != NULL && errlen > 0)
-		rd_kafka_fatal_error(s->rk, errbuf, errlen);
+		rd_kafka_fatal_error(ks->rk, errbuf, errlen);
 	return true;
 }
 
-void
-sink_test_fatal(sink *s)
+static void
+kafka_test_fatal(sink *s)
 {
-	rd_kafka_test_fatal_error(s->rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+	rd_kafka_test_fatal_error(((kafka_sink *) s)->rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
 	                          "forced by PGOUTBOX_TEST_FATAL_AFTER");
 }
 
 const char *
-sink_library_version(void)
+kafka_library_version(void)
 {
 	return rd_kafka_version_str();
 }
@@ -627,7 +708,7 @@ out:
 }
 
 int
-sink_check(const char *brokers, const sink_property *props, size_t nprops,
+kafka_check(const char *brokers, const kafka_property *props, size_t nprops,
            const char *fixed_topic, int timeout_ms, check_report_fn report, void *ctx)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();

@@ -1,16 +1,23 @@
 /*
- * sink.h — the Kafka producer: the only module that touches librdkafka.
+ * sink.h — the delivery seam: where "Kafka has this" becomes "this LSN may
+ * be confirmed".
  *
- * The sink takes events, hands them to librdkafka, and reports each
- * message's fate exactly once through the delivery callback, carrying the
- * opaque the caller gave at produce time (pgoutbox passes the ledger's
- * transaction sequence number).  That callback is the seam between "Kafka
- * acknowledged this" and "this LSN may be confirmed"; a later exactly-once
- * mode replaces it by one call per message of a committed Kafka transaction.
+ * A sink takes events and reports each one's fate exactly once, carrying
+ * back the opaque the producer of the event gave.  Pipelines (cdc/pipeline.h)
+ * are its clients: each attaches once and gets its own delivery callback, so
+ * several pipelines can share one sink, and a report always reaches the
+ * ledger of the pipeline whose event it is.  What "delivered" means is the
+ * implementation's:
  *
- * Nothing here blocks except sink_flush(), used only while draining at exit.
- * Delivery reports are served from sink_serve(), which the main loop calls
- * when sink_fd() becomes readable.
+ *   kafka_sink_new()   at least once: a message is delivered when Kafka
+ *                      acknowledged it (its delivery report), cdc/kafka.h;
+ *   a transactional    exactly once: messages are delivered when the Kafka
+ *   sink               transaction holding them committed.
+ *
+ * The pipeline needs nothing else: it produces, marks the end of each
+ * source transaction (sink_txn_end), and acts on reports.  Everything here
+ * is non-blocking; reports are served from sink_serve(), which the main loop
+ * calls when sink_fd() becomes readable.
  */
 #ifndef PGOUTBOX_SINK_H
 #define PGOUTBOX_SINK_H
@@ -19,20 +26,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "check.h"
-
 typedef struct sink sink;
 
 typedef struct sink_header {
 	const char *name;          /* NUL-terminated */
-	const void *value;
+	const void *value;         /* NULL: a null header */
 	size_t      len;
 } sink_header;
 
 /*
  * Headers one message may carry: the contract's id and type, the six of
  * CloudEvents binary mode, up to OUTBOX_MAX_EXTRA_HEADERS mapped ones and
- * the four a dead-letter copy adds.  A fixed bound keeps sink_event free of
+ * the six a dead-letter copy adds.  A fixed bound keeps sink_event free of
  * allocations; the configuration is checked against it at load time.
  */
 #define SINK_MAX_HEADERS 32
@@ -49,19 +54,35 @@ typedef struct sink_event {
 } sink_event;
 
 /*
- * What a delivery report says.  When !ok, the refused message itself is
- * described too (key, value, headers), so that the caller can produce a
- * dead-letter copy from inside the callback.  Every pointer is a view into
- * librdkafka's message, valid only until the callback returns.
+ * What the sink says of a refused message, at produce time or in a report.
+ * One classifier (the implementation's) sorts every error into these.
+ */
+typedef enum sink_class {
+	SINK_CLASS_RETRIABLE = 0,  /* the sink retries by itself; not reported as a refusal */
+	SINK_CLASS_PERMANENT,      /* refused for good: unknown or invalid topic, not authorized, ... */
+	SINK_CLASS_TOO_LARGE,      /* refused for good because of its size */
+	SINK_CLASS_FATAL,          /* the producer itself is broken: see sink_fatal() */
+} sink_class;
+
+typedef struct sink_error {
+	sink_class  cls;
+	const char *name;          /* static, e.g. "MSG_SIZE_TOO_LARGE" */
+	char        text[256];     /* the library's words */
+} sink_error;
+
+/*
+ * A delivery report.  When !ok the refused message itself is described too
+ * (key, value, headers), so that the client can produce a dead-letter copy
+ * from inside the callback.  Every pointer is a view valid only until the
+ * callback returns.  A transactional sink reports ok messages without
+ * their content (only ok, bytes and timestamp_ms are set).
  */
 typedef struct sink_report {
 	bool        ok;
-	bool        permanent;     /* !ok: the broker refuses this message for good */
-	const char *error;         /* !ok: librdkafka's error string */
+	sink_error  err;           /* !ok */
 	const char *topic;
 	const void *id;            /* value of the "id" header, when present */
 	size_t      id_len;
-	const char *error_name;    /* !ok: librdkafka's error name, e.g. "MSG_SIZE_TOO_LARGE" */
 	size_t      bytes;         /* key + value length */
 	int64_t     timestamp_ms;  /* the message's timestamp (the commit time); -1 if none */
 	const void *key;           /* !ok: the message's key (NULL: none) */
@@ -72,39 +93,99 @@ typedef struct sink_report {
 	sink_header headers[SINK_MAX_HEADERS];
 } sink_report;
 
+/* A client's delivery callback: opaque is what the client passed to sink_produce(). */
 typedef void (*sink_delivery_fn)(void *ctx, uint64_t opaque, const sink_report *rep);
-
-typedef struct sink_property {
-	const char *name;
-	const char *value;
-} sink_property;
 
 typedef enum sink_rc {
 	SINK_OK = 0,
-	SINK_FULL,                 /* local queue full: back off, serve reports, retry */
-	SINK_FAILED,               /* refused at once; errbuf says why */
+	SINK_FULL,                 /* no room now: back off, serve reports, retry the same event */
+	SINK_REFUSED,              /* this event is refused for good; *err says why (PERMANENT, TOO_LARGE) */
 	SINK_FATAL,                /* the producer failed fatally: see sink_fatal() */
 } sink_rc;
 
-/*
- * Create the producer.  Defaults (idempotence, acks=all, murmur2_random,
- * no local message timeout, bounded queue) are set first; props override
- * them in order.  Returns NULL with errbuf filled on a bad property.
- */
-sink *sink_new(const char *brokers, const sink_property *props, size_t nprops,
-               sink_delivery_fn cb, void *ctx, char *errbuf, size_t errlen);
-void  sink_free(sink *s);
+/* Bits of an opaque that are the client's: the top ones name the client. */
+#define SINK_OPAQUE_BITS   56
+#define SINK_MAX_CLIENTS   64
 
+/* What an implementation provides; see the wrappers below for the contract. */
+typedef struct sink_ops {
+	sink_rc     (*produce)(sink *s, const sink_event *ev, uint64_t opaque, sink_error *err);
+	void        (*txn_end)(sink *s, unsigned client, uint64_t end_lsn);   /* may be NULL */
+	void        (*serve)(sink *s);
+	int         (*fd)(const sink *s);
+	int         (*outstanding)(const sink *s);
+	const char *(*last_error)(const sink *s);
+	bool        (*fatal)(sink *s, char *errbuf, size_t errlen);
+	void        (*test_fatal)(sink *s);
+	void        (*destroy)(sink *s);
+} sink_ops;
+
+typedef struct sink_client {
+	sink_delivery_fn fn;
+	void            *ctx;
+	uint64_t         queued;   /* produced, not yet reported */
+} sink_client;
+
+/* The part every implementation shares; implementations embed it first. */
+struct sink {
+	const sink_ops *ops;
+	uint64_t        queue_messages;   /* room of the sink's queue, for fair shares; 0: no limit */
+	sink_client     clients[SINK_MAX_CLIENTS];
+	unsigned        nclients;
+	bool            discard;          /* reports are dropped (the sink is being freed) */
+};
+
+/* For implementations: set up the shared part. */
+void     sink_init(sink *s, const sink_ops *ops, uint64_t queue_messages);
+/* For implementations: hand a report to the client named in the packed opaque. */
+void     sink_dispatch(sink *s, uint64_t packed, const sink_report *rep);
+
+/*
+ * A client (pipeline) attaches once; the number returned names it in
+ * sink_produce().  -1 when SINK_MAX_CLIENTS are attached.  Clients are never
+ * detached: a stopped pipeline simply produces nothing more.
+ */
+int      sink_attach(sink *s, sink_delivery_fn fn, void *ctx);
+
+/*
+ * Hand one event to the sink (it copies everything), for client; opaque
+ * must fit in SINK_OPAQUE_BITS.  May be called from inside a delivery
+ * callback (for a dead-letter copy); never blocks, never serves callbacks.
+ * With several clients, one that holds more than its fair share of a
+ * nearly full queue gets SINK_FULL first, so that a busy pipeline cannot
+ * starve the others.
+ */
+sink_rc  sink_produce(sink *s, unsigned client, const sink_event *ev, uint64_t opaque,
+                      sink_error *err);
+
+/*
+ * Client's source transaction whose Commit ends at end_lsn is whole: every
+ * event of it was produced.  A transactional sink commits Kafka transactions
+ * only at such points; an at-least-once sink ignores it.
+ */
+void     sink_txn_end(sink *s, unsigned client, uint64_t end_lsn);
+
+/* Serve delivery reports and errors that wait; never blocks. */
+static inline void sink_serve(sink *s) { s->ops->serve(s); }
 /* File descriptor that becomes readable when reports or errors wait. */
-int   sink_fd(const sink *s);
+static inline int  sink_fd(const sink *s) { return s->ops->fd(s); }
+/* Messages produced but not reported yet, of all clients. */
+static inline int  sink_outstanding(const sink *s) { return s->ops->outstanding(s); }
+/* The last error the library reported (e.g. a refused SASL login), or "". */
+static inline const char *sink_last_error(const sink *s) { return s->ops->last_error(s); }
+/* True once the producer hit a fatal error; errbuf (may be NULL) gets the cause. */
+static inline bool sink_fatal(sink *s, char *errbuf, size_t errlen)
+{
+	return s->ops->fatal(s, errbuf, errlen);
+}
+/* Test hook: make the producer fail fatally, as an idempotence violation would. */
+static inline void sink_test_fatal(sink *s) { s->ops->test_fatal(s); }
 
 /*
- * Hand one event to librdkafka (it copies everything).  May be called from
- * inside the delivery callback (to produce a dead-letter copy); it never
- * blocks and never serves callbacks itself.
+ * Free the sink.  Whatever was not reported is dropped without a report:
+ * the clients confirmed nothing past it, so their slots still hold it.
  */
-sink_rc sink_produce(sink *s, const sink_event *ev, uint64_t opaque,
-                     char *errbuf, size_t errlen);
+void     sink_free(sink *s);
 
 /*
  * A deep copy of ev in one allocation (topic, key, value, header names and
@@ -112,41 +193,5 @@ sink_rc sink_produce(sink *s, const sink_event *ev, uint64_t opaque,
  * it with free().  NULL when out of memory.
  */
 sink_event *sink_event_dup(const sink_event *ev);
-
-/* Serve delivery reports and errors that wait; never blocks. */
-void  sink_serve(sink *s);
-
-/*
- * Wait up to timeout_ms for every produced message to be reported.  Returns
- * the number of messages still unreported.
- */
-int   sink_flush(sink *s, int timeout_ms);
-
-/* Messages produced but not reported yet. */
-int   sink_outstanding(const sink *s);
-
-/* The last error librdkafka reported (e.g. a refused SASL login), or "". */
-const char *sink_last_error(const sink *s);
-
-/* True once the producer hit a fatal error; errbuf (may be NULL) gets the cause. */
-bool  sink_fatal(sink *s, char *errbuf, size_t errlen);
-
-/* Test hook: make the producer fail fatally, as an idempotence violation would. */
-void  sink_test_fatal(sink *s);
-
-/*
- * --check: with a short-lived client configured like the producer (so TLS
- * and SASL apply), ask the cluster for metadata within timeout_ms and report
- * the brokers; then whether events' topics can come into being: when
- * fixed_topic is set (a template without ${...}), whether it exists,
- * otherwise the brokers' auto.create.topics.enable if DescribeConfigs shows
- * it.  Whether the principal may write is only known when producing, and is
- * said so.  Blocks up to about twice timeout_ms.  Returns the failed items.
- */
-int   sink_check(const char *brokers, const sink_property *props, size_t nprops,
-                 const char *fixed_topic, int timeout_ms, check_report_fn report, void *ctx);
-
-/* librdkafka's version string. */
-const char *sink_library_version(void);
 
 #endif /* PGOUTBOX_SINK_H */
