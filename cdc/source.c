@@ -1,10 +1,21 @@
 /*
- * source.c — the replication connection on libpq.  See source.h.
+ * source.c — the replication source on libpq.  See source.h.
  *
  * The shape follows pg_recvlogical: a replication=database connection,
  * START_REPLICATION ... LOGICAL, non-blocking PQgetCopyData(), and standby
  * status updates whose flush position is only what the caller says is
- * durable (for pgoutbox: acknowledged by Kafka).
+ * durable (for pgoutbox: acknowledged by Kafka).  Unlike pg_recvlogical it
+ * never blocks: connecting is PQconnectStartParams/PQconnectPoll, and every
+ * query before START_REPLICATION goes out with PQsendQuery and is collected
+ * as its bytes arrive, so that the one loop keeps serving Kafka reports,
+ * metrics and the watchdog while a server is slow to answer.
+ *
+ * Before streaming, the session is checked: IDENTIFY_SYSTEM (system
+ * identifier, timeline, WAL position), the slot (exists, pgoutput, this
+ * database, not invalidated, not in use, its confirmed position), and the
+ * catalog facts the pipeline judges (publication, outbox tables and their
+ * partitions).  The same facts are read again, later, on a side connection
+ * (an ordinary one, to the same host), without disturbing the stream.
  */
 #include "source.h"
 #include "log.h"
@@ -19,22 +30,82 @@
 
 #include "pgoutput.h"
 
-struct source {
-	PGconn *conn;
-	char   *conninfo;
-	char   *slot;
-	char   *publication;
-	char   *secret;           /* password from the conninfo, for redaction */
-	int     proto_version;     /* asked for; 0: negotiate */
-	int     proto_running;     /* in use by the current stream */
-	int     sender_timeout_ms; /* the server's wal_sender_timeout; 0: off or unknown */
-	bool    streaming;
-	bool    want_write;       /* output queued that the socket did not take yet */
-};
+#define DEFAULT_CONNECT_TIMEOUT_S 10
+#define QUERY_TIMEOUT_MS          30000   /* any query before streaming, and verification */
+
+typedef enum phase {
+	PH_IDLE = 0,
+	PH_CONNECTING,      /* PQconnectPoll */
+	PH_IDENTIFY,        /* IDENTIFY_SYSTEM sent */
+	PH_SLOT,            /* the slot's row and settings asked for */
+	PH_VERIFY,          /* the catalog facts asked for */
+	PH_START,           /* START_REPLICATION sent, waiting for CopyBoth */
+	PH_STREAMING,
+} phase;
+
+/* An ordinary connection to the stream's host, for verifications. */
+typedef enum side_phase {
+	SIDE_IDLE = 0,
+	SIDE_CONNECTING,
+	SIDE_READY,
+	SIDE_QUERY,
+} side_phase;
+
+typedef struct source_libpq {
+	source   base;          /* first: a source_libpq is a source */
+	char    *conninfo;
+	char    *slot;
+	char    *publication;
+	char    *secret;        /* password from the conninfo, for redaction */
+	int      proto_version; /* asked for; 0: negotiate */
+	size_t   ntables;
+	char   **nsp, **rel;
+
+	/* The parsed conninfo: every keyword the user set, hosts split. */
+	char   **keys, **vals;  /* NULL-terminated; host/hostaddr/port slots replaced per attempt */
+	size_t   nkeys;
+	int      key_host, key_hostaddr, key_port;   /* their index in keys; -1: not set */
+	char   **hosts, **hostaddrs, **ports;        /* one element per host (ports: or one for all) */
+	size_t   nhosts, nhostnames, nhostaddrs, nports;
+	size_t   next_host;     /* host of the next attempt */
+	size_t   cur_host;      /* host of the current one */
+	int      connect_timeout_ms;
+
+	PGconn  *conn;
+	phase    ph;
+	PostgresPollingStatusType poll;
+	int64_t  deadline;      /* of the current connect attempt or query */
+	bool     want_write;
+	int      server_version;
+	char     host[256];
+	char     database[256];
+	source_session sess;
+	source_catalog cat;     /* verified before START_REPLICATION */
+
+	PGconn  *side;
+	side_phase side_ph;
+	PostgresPollingStatusType side_poll;
+	int64_t  side_deadline;
+	bool     side_want_write;
+	uint32_t side_asked;
+	PGresult *side_res[2];
+	int      side_nres;
+	source_catalog side_cat;
+	char     lost[512];     /* why events() closed the stream, for the next read() */
+} source_libpq;
+
+static int64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* Copy a libpq message into errbuf with the password masked. */
 static void
-set_error(const source *s, char *errbuf, size_t errlen, const char *prefix, const char *msg)
+set_error(const source_libpq *s, char *errbuf, size_t errlen, const char *prefix, const char *msg)
 {
 	snprintf(errbuf, errlen, "%s%s", prefix, msg ? msg : "");
 	redact_secret(errbuf, errlen, s ? s->secret : NULL);
@@ -72,53 +143,220 @@ guess_password(const char *conninfo)
 	return strdup("");
 }
 
-source *
-source_new(const source_config *cfg, char *errbuf, size_t errlen)
+static void free_strv(char **v, size_t n)
 {
-	source *s = calloc(1, sizeof(*s));
+	if (v == NULL)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+/* Split a comma-separated libpq list ("a,b,c"); an empty string is one empty element. */
+static char **
+split_list(const char *s, size_t *n)
+{
+	size_t count = 1, i = 0;
+	char **v;
+
+	for (const char *p = s; *p; p++)
+		count += *p == ',';
+	if ((v = calloc(count, sizeof(*v))) == NULL)
+		return NULL;
+	for (const char *p = s;; i++) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t) (end - p) : strlen(p);
+
+		if ((v[i] = strndup(p, len)) == NULL) {
+			free_strv(v, count);
+			return NULL;
+		}
+		if (end == NULL)
+			break;
+		p = end + 1;
+	}
+	*n = count;
+	return v;
+}
+
+/*
+ * Keep the user's settings as keyword/value arrays, with defaults of ours
+ * before them (the user's win) and replication=database after (ours wins),
+ * and the host list split: each connection attempt goes to one host, so
+ * that a host that does not answer costs one connect_timeout, after which
+ * the next host is tried (libpq's non-blocking connect has no timeout of
+ * its own and would wait for the kernel's TCP timeout on each).
+ */
+static bool
+parse_conninfo(source_libpq *s, char *errbuf, size_t errlen)
+{
+	static const char *const ours_before[][2] = {
+		{"keepalives", "1"}, {"keepalives_idle", "10"}, {"keepalives_interval", "5"},
+		{"keepalives_count", "3"}, {"fallback_application_name", "pgoutbox"},
+	};
 	PQconninfoOption *opts;
 	char *perr = NULL;
+	size_t nopts = 0, k = 0;
+	const char *host = NULL, *hostaddr = NULL, *port = NULL;
+	size_t nh = 0, na = 0, np = 0;
+
+	opts = PQconninfoParse(s->conninfo, &perr);
+	if (opts == NULL) {
+		s->secret = guess_password(s->conninfo);
+		set_error(s, errbuf, errlen, "invalid connection string: ", perr ? perr : "out of memory");
+		PQfreemem(perr);
+		return false;
+	}
+	for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+		nopts++;
+	s->nkeys = nopts + sizeof(ours_before) / sizeof(ours_before[0]) + 4;
+	s->keys = calloc(s->nkeys + 1, sizeof(char *));
+	s->vals = calloc(s->nkeys + 1, sizeof(char *));
+	if (s->keys == NULL || s->vals == NULL)
+		goto nomem;
+	for (size_t i = 0; i < sizeof(ours_before) / sizeof(ours_before[0]); i++) {
+		s->keys[k] = strdup(ours_before[i][0]);
+		s->vals[k] = strdup(ours_before[i][1]);
+		if (!s->keys[k++] || !s->vals[k - 1])
+			goto nomem;
+	}
+	s->key_host = s->key_hostaddr = s->key_port = -1;
+	s->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_S * 1000;
+	for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+		if (o->val == NULL || strcmp(o->keyword, "replication") == 0)
+			continue;
+		if (strcmp(o->keyword, "password") == 0 && s->secret == NULL &&
+		    (s->secret = strdup(o->val)) == NULL)
+			goto nomem;
+		if (strcmp(o->keyword, "host") == 0) {
+			host = o->val;
+			s->key_host = (int) k;
+		} else if (strcmp(o->keyword, "hostaddr") == 0) {
+			hostaddr = o->val;
+			s->key_hostaddr = (int) k;
+		} else if (strcmp(o->keyword, "port") == 0) {
+			port = o->val;
+			s->key_port = (int) k;
+		} else if (strcmp(o->keyword, "connect_timeout") == 0) {
+			int t = atoi(o->val);
+			/* libpq treats values below 2 s as 2 s; 0 means none: ours is 10 s */
+			if (t > 0)
+				s->connect_timeout_ms = (t < 2 ? 2 : t) * 1000;
+		}
+		s->keys[k] = strdup(o->keyword);
+		s->vals[k] = strdup(o->val);
+		if (!s->keys[k++] || !s->vals[k - 1])
+			goto nomem;
+	}
+	s->keys[k] = strdup("replication");
+	s->vals[k] = strdup("database");
+	if (!s->keys[k++] || !s->vals[k - 1])
+		goto nomem;
+	s->nkeys = k;
+	/* One attempt per host: host, hostaddr and port lists run in parallel. */
+	if ((host && (s->hosts = split_list(host, &nh)) == NULL) ||
+	    (hostaddr && (s->hostaddrs = split_list(hostaddr, &na)) == NULL) ||
+	    (port && (s->ports = split_list(port, &np)) == NULL))
+		goto nomem;
+	s->nhostnames = nh;
+	s->nhostaddrs = na;
+	s->nports = np;
+	s->nhosts = nh > na ? nh : na;
+	if (s->nhosts == 0)
+		s->nhosts = 1;
+	if ((nh > 1 && na > 1 && nh != na) || (np > 1 && np != s->nhosts)) {
+		snprintf(errbuf, errlen, "invalid connection string: %zu host names, %zu host addresses "
+		         "and %zu ports do not match", nh, na, np);
+		PQconninfoFree(opts);
+		return false;
+	}
+	PQconninfoFree(opts);
+	if (s->secret == NULL && (s->secret = strdup("")) == NULL)
+		goto nomem_noopts;
+	return true;
+
+nomem:
+	PQconninfoFree(opts);
+nomem_noopts:
+	snprintf(errbuf, errlen, "out of memory");
+	return false;
+}
+
+static const source_ops libpq_ops;
+
+source *
+source_libpq_new(const source_config *cfg, char *errbuf, size_t errlen)
+{
+	source_libpq *s = calloc(1, sizeof(*s));
 
 	if (s == NULL)
 		goto nomem;
+	s->base.ops = &libpq_ops;
 	s->proto_version = cfg->proto_version;
 	s->conninfo = strdup(cfg->conninfo);
 	s->slot = strdup(cfg->slot);
 	s->publication = strdup(cfg->publication);
 	if (!s->conninfo || !s->slot || !s->publication)
 		goto nomem;
-
-	opts = PQconninfoParse(cfg->conninfo, &perr);
-	if (opts == NULL) {
-		s->secret = guess_password(cfg->conninfo);
-		set_error(s, errbuf, errlen, "invalid connection string: ",
-		          perr ? perr : "out of memory");
-		PQfreemem(perr);
-		source_free(s);
+	if (cfg->ntables > SOURCE_MAX_TABLES) {
+		snprintf(errbuf, errlen, "too many outbox tables (%zu, at most %d)", cfg->ntables,
+		         SOURCE_MAX_TABLES);
+		source_free(&s->base);
 		return NULL;
 	}
-	for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
-		if (strcmp(o->keyword, "password") == 0 && o->val != NULL)
-			s->secret = strdup(o->val);
-	PQconninfoFree(opts);
-	if (s->secret == NULL)
-		s->secret = strdup("");
-	if (s->secret == NULL)
+	s->ntables = cfg->ntables;
+	s->nsp = calloc(cfg->ntables + 1, sizeof(char *));
+	s->rel = calloc(cfg->ntables + 1, sizeof(char *));
+	if (!s->nsp || !s->rel)
 		goto nomem;
-	return s;
+	for (size_t i = 0; i < cfg->ntables; i++)
+		if ((s->nsp[i] = strdup(cfg->table_nsp[i])) == NULL ||
+		    (s->rel[i] = strdup(cfg->table_rel[i])) == NULL)
+			goto nomem;
+	if (!parse_conninfo(s, errbuf, errlen)) {
+		source_free(&s->base);
+		return NULL;
+	}
+	return &s->base;
 
 nomem:
 	snprintf(errbuf, errlen, "out of memory");
-	source_free(s);
+	source_free(s ? &s->base : NULL);
 	return NULL;
 }
 
-void
-source_free(source *s)
+static void
+side_close(source_libpq *s)
 {
-	if (s == NULL)
-		return;
-	source_close(s);
+	for (int i = 0; i < s->side_nres; i++)
+		PQclear(s->side_res[i]);
+	s->side_nres = 0;
+	if (s->side != NULL)
+		PQfinish(s->side);
+	s->side = NULL;
+	s->side_ph = SIDE_IDLE;
+	s->side_want_write = false;
+}
+
+static void
+libpq_close(source *src)
+{
+	source_libpq *s = (source_libpq *) src;
+
+	if (s->conn != NULL)
+		PQfinish(s->conn);
+	s->conn = NULL;
+	s->ph = PH_IDLE;
+	s->want_write = false;
+	side_close(s);
+}
+
+static void
+libpq_destroy(source *src)
+{
+	source_libpq *s = (source_libpq *) src;
+
+	libpq_close(src);
 	free(s->conninfo);
 	free(s->slot);
 	free(s->publication);
@@ -126,139 +364,59 @@ source_free(source *s)
 		memset(s->secret, 0, strlen(s->secret));
 		free(s->secret);
 	}
+	free_strv(s->nsp, s->ntables);
+	free_strv(s->rel, s->ntables);
+	if (s->keys != NULL) {
+		for (size_t i = 0; i < s->nkeys; i++) {
+			if (s->vals[i] != NULL && s->keys[i] != NULL && strcmp(s->keys[i], "password") == 0)
+				memset(s->vals[i], 0, strlen(s->vals[i]));
+			free(s->keys[i]);
+			free(s->vals[i]);
+		}
+	}
+	free(s->keys);
+	free(s->vals);
+	free_strv(s->hosts, s->nhostnames);
+	free_strv(s->hostaddrs, s->nhostaddrs);
+	free_strv(s->ports, s->nports);
+	free(s->cat.parts);
+	free(s->side_cat.parts);
 	free(s);
 }
 
-void
-source_close(source *s)
-{
-	if (s->conn != NULL) {
-		PQfinish(s->conn);
-		s->conn = NULL;
-	}
-	s->streaming = false;
-	s->want_write = false;
-}
-
-bool
-source_connected(const source *s)
-{
-	return s->conn != NULL && s->streaming;
-}
-
 const char *
-source_secret(const source *s)
+source_libpq_secret(const source *src)
 {
-	return s->secret;
+	return ((const source_libpq *) src)->secret;
 }
 
 /*
- * Classify a server error.  Missing objects and invalidated slots cannot be
- * fixed by retrying; everything else (slot busy, shutdown, network) can.
+ * Classify a server error.  Missing objects, invalidated slots and missing
+ * privileges cannot be fixed by retrying; a busy slot is retried soon;
+ * everything else (recovery, startup, too many connections, shutdown,
+ * network) is retried with back-off.
  */
 static source_rc
 classify(const PGresult *res)
 {
 	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
 
 	if (state == NULL)
 		return SOURCE_LOST;
 	if (strcmp(state, "42704") == 0)     /* undefined_object */
 		return SOURCE_FATAL;
-	if (strcmp(state, "55000") == 0)     /* object_not_in_prerequisite_state */
+	if (strcmp(state, "55000") == 0) {   /* object_not_in_prerequisite_state */
+		/* "logical decoding cannot be used while in recovery", a synced
+		 * slot on a standby: a switchover in progress, not the slot's fault */
+		if (msg != NULL && (strstr(msg, "recovery") || strstr(msg, "synchroniz")))
+			return SOURCE_LOST;
 		return SOURCE_FATAL;
+	}
 	if (strcmp(state, "42501") == 0)     /* insufficient_privilege */
 		return SOURCE_FATAL;
 	if (strcmp(state, "55006") == 0)     /* object_in_use: slot active elsewhere */
 		return SOURCE_BUSY;
-	return SOURCE_LOST;
-}
-
-/* Run a catalog query on the replication connection; NULL on failure. */
-static PGresult *
-query(source *s, const char *sql, char *errbuf, size_t errlen)
-{
-	PGresult *res = PQexec(s->conn, sql);
-
-	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		set_error(s, errbuf, errlen, "could not query the server: ", PQerrorMessage(s->conn));
-		PQclear(res);
-		return NULL;
-	}
-	return res;
-}
-
-/* Check the slot and the publication so that their absence is reported by
- * name, not as whatever START_REPLICATION would say later. */
-static source_rc
-check_objects(source *s, char *errbuf, size_t errlen)
-{
-	char sql[1024];
-	char *lit;
-	PGresult *res;
-	source_rc rc = SOURCE_OK;
-
-	lit = PQescapeLiteral(s->conn, s->slot, strlen(s->slot));
-	if (lit == NULL)
-		goto lost;
-	snprintf(sql, sizeof(sql),
-	         "SELECT plugin, slot_type, database = current_database(), "
-	         "coalesce(wal_status, '') FROM pg_catalog.pg_replication_slots "
-	         "WHERE slot_name = %s", lit);
-	PQfreemem(lit);
-	if ((res = query(s, sql, errbuf, errlen)) == NULL)
-		return SOURCE_LOST;
-	if (PQntuples(res) == 0) {
-		snprintf(errbuf, errlen,
-		         "replication slot \"%s\" does not exist; create it with scripts/setup-slot.sh "
-		         "(if it existed before, it was dropped: events committed since its last confirmed "
-		         "position are not in a new slot and must be backfilled)",
-		         s->slot);
-		rc = SOURCE_FATAL;
-	} else if (strcmp(PQgetvalue(res, 0, 1), "logical") != 0 ||
-	           strcmp(PQgetvalue(res, 0, 0), "pgoutput") != 0) {
-		snprintf(errbuf, errlen,
-		         "replication slot \"%s\" is not a logical slot of plugin pgoutput (plugin \"%s\")",
-		         s->slot, PQgetvalue(res, 0, 0));
-		rc = SOURCE_FATAL;
-	} else if (strcmp(PQgetvalue(res, 0, 2), "t") != 0) {
-		snprintf(errbuf, errlen,
-		         "replication slot \"%s\" belongs to another database than the one in the connection string",
-		         s->slot);
-		rc = SOURCE_FATAL;
-	} else if (strcmp(PQgetvalue(res, 0, 3), "lost") == 0) {
-		snprintf(errbuf, errlen,
-		         "replication slot \"%s\" has been invalidated (wal_status = lost): the WAL it needed was removed; "
-		         "drop and re-create the slot, then backfill events committed since it was lost",
-		         s->slot);
-		rc = SOURCE_FATAL;
-	}
-	PQclear(res);
-	if (rc != SOURCE_OK)
-		return rc;
-
-	lit = PQescapeLiteral(s->conn, s->publication, strlen(s->publication));
-	if (lit == NULL)
-		goto lost;
-	snprintf(sql, sizeof(sql),
-	         "SELECT pubinsert FROM pg_catalog.pg_publication WHERE pubname = %s", lit);
-	PQfreemem(lit);
-	if ((res = query(s, sql, errbuf, errlen)) == NULL)
-		return SOURCE_LOST;
-	if (PQntuples(res) == 0) {
-		snprintf(errbuf, errlen,
-		         "publication \"%s\" does not exist; create it with scripts/setup-slot.sh",
-		         s->publication);
-		rc = SOURCE_FATAL;
-	} else if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
-		snprintf(errbuf, errlen, "publication \"%s\" does not publish inserts", s->publication);
-		rc = SOURCE_FATAL;
-	}
-	PQclear(res);
-	return rc;
-
-lost:
-	set_error(s, errbuf, errlen, "could not quote a name: ", PQerrorMessage(s->conn));
 	return SOURCE_LOST;
 }
 
@@ -275,114 +433,406 @@ negotiate_proto(int server_version)
 	return PGO_PROTO_V1;
 }
 
-/*
- * The server's wal_sender_timeout in ms (0: off or unknown).  While Kafka's
- * queue is full pgoutbox reads nothing, so only its own status updates keep
- * the walsender from timing it out: they must come more often than this.
- */
+/* wal_sender_timeout's text ("60s", "1min", "500ms", "0") in ms; 0: off or unknown. */
 static int
-query_sender_timeout(source *s)
+parse_timeout_ms(const char *v)
 {
-	PGresult *res = PQexec(s->conn, "SELECT pg_catalog.current_setting('wal_sender_timeout')");
-	int ms = 0;
+	char *end;
+	long n = strtol(v, &end, 10);
 
-	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
-		const char *v = PQgetvalue(res, 0, 0);
-		char *end;
-		long n = strtol(v, &end, 10);
-
-		if (end != v && n > 0 && n < INT32_MAX / 1000) {
-			if (strcmp(end, "ms") == 0 || *end == '\0')
-				ms = (int) n;
-			else if (strcmp(end, "s") == 0)
-				ms = (int) n * 1000;
-			else if (strcmp(end, "min") == 0 && n < INT32_MAX / 60000)
-				ms = (int) n * 60000;
-		}
-	}
-	PQclear(res);
-	return ms;
+	if (end == v || n <= 0 || n >= INT32_MAX / 60000)
+		return 0;
+	if (strcmp(end, "ms") == 0 || *end == '\0')
+		return (int) n;
+	if (strcmp(end, "s") == 0)
+		return (int) n * 1000;
+	if (strcmp(end, "min") == 0)
+		return (int) n * 60000;
+	return 0;
 }
 
-int
-source_sender_timeout_ms(const source *s)
+static bool
+parse_lsn_text(const char *s, uint64_t *out)
 {
-	return s->sender_timeout_ms;
+	unsigned hi, lo;
+	char tail;
+
+	if (s == NULL || sscanf(s, "%X/%X%c", &hi, &lo, &tail) != 2)
+		return false;
+	*out = ((uint64_t) hi << 32) | lo;
+	return true;
 }
 
-int
-source_proto_version(const source *s)
-{
-	return s->proto_running;
-}
-
-const char *
-source_database(const source *s)
-{
-	const char *db = s->conn ? PQdb(s->conn) : NULL;
-
-	return db ? db : "";
-}
-
-/* Open the replication=database connection (blocking, connect_timeout bound). */
+/* Start connecting to the next host of the list. */
 static source_rc
-connect_replication(source *s, char *errbuf, size_t errlen)
+connect_start(source_libpq *s, char *errbuf, size_t errlen)
 {
-	/*
-	 * Keywords before "dbname" are defaults the user's string may override;
-	 * "replication" comes after it so that ours always wins.
-	 */
-	const char *keys[] = {
-		"connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
-		"keepalives_count", "fallback_application_name", "dbname", "replication", NULL,
-	};
-	const char *vals[] = {
-		"10", "1", "10", "5", "3", "pgoutbox", s->conninfo, "database", NULL,
-	};
+	size_t h = s->next_host % s->nhosts;
 
-	source_close(s);
-	s->conn = PQconnectdbParams(keys, vals, 1);
+	s->cur_host = h;
+	s->next_host = h + 1;
+	if (s->key_host >= 0 && s->hosts != NULL) {
+		free(s->vals[s->key_host]);
+		s->vals[s->key_host] = strdup(s->hosts[s->nhostnames > 1 ? h : 0]);
+	}
+	if (s->key_hostaddr >= 0 && s->hostaddrs != NULL) {
+		free(s->vals[s->key_hostaddr]);
+		s->vals[s->key_hostaddr] = strdup(s->hostaddrs[s->nhostaddrs > 1 ? h : 0]);
+	}
+	if (s->key_port >= 0 && s->ports != NULL) {
+		free(s->vals[s->key_port]);
+		s->vals[s->key_port] = strdup(s->ports[s->nports > 1 ? h : 0]);
+	}
+	if ((s->key_host >= 0 && s->vals[s->key_host] == NULL) ||
+	    (s->key_hostaddr >= 0 && s->vals[s->key_hostaddr] == NULL) ||
+	    (s->key_port >= 0 && s->vals[s->key_port] == NULL)) {
+		snprintf(errbuf, errlen, "could not connect to the server: out of memory");
+		return SOURCE_LOST;
+	}
+	s->conn = PQconnectStartParams((const char *const *) s->keys, (const char *const *) s->vals, 0);
 	if (s->conn == NULL) {
 		snprintf(errbuf, errlen, "could not connect to the server: out of memory");
 		return SOURCE_LOST;
 	}
-	if (PQstatus(s->conn) != CONNECTION_OK) {
+	if (PQstatus(s->conn) == CONNECTION_BAD) {
 		set_error(s, errbuf, errlen, "could not connect to the server: ", PQerrorMessage(s->conn));
-		source_close(s);
+		libpq_close(&s->base);
+		return SOURCE_LOST;
+	}
+	s->ph = PH_CONNECTING;
+	s->poll = PGRES_POLLING_WRITING;
+	s->deadline = mono_ms() + s->connect_timeout_ms;
+	return SOURCE_AGAIN;
+}
+
+/* Send a query on the replication connection without blocking. */
+static source_rc
+send_query(source_libpq *s, const char *sql, phase next, char *errbuf, size_t errlen)
+{
+	int r;
+
+	if (!PQsendQuery(s->conn, sql)) {
+		set_error(s, errbuf, errlen, "could not send a query: ", PQerrorMessage(s->conn));
+		return SOURCE_LOST;
+	}
+	r = PQflush(s->conn);
+	if (r < 0) {
+		set_error(s, errbuf, errlen, "could not send a query: ", PQerrorMessage(s->conn));
+		return SOURCE_LOST;
+	}
+	s->want_write = r == 1;
+	s->ph = next;
+	s->deadline = mono_ms() + QUERY_TIMEOUT_MS;
+	return SOURCE_AGAIN;
+}
+
+/*
+ * Collect what has arrived of the query in flight on conn.  SOURCE_AGAIN
+ * while results are still to come; SOURCE_OK when they are complete (or a
+ * CopyBoth result arrived), with up to max results in res[] (the caller
+ * clears them; later ones are dropped).
+ */
+static source_rc
+collect(const source_libpq *s, PGconn *conn, bool *want_write, PGresult **res, int max, int *n,
+        char *errbuf, size_t errlen)
+{
+	int r = PQflush(conn);
+
+	if (r < 0 || !PQconsumeInput(conn)) {
+		set_error(s, errbuf, errlen, "lost the connection to the server: ", PQerrorMessage(conn));
+		return SOURCE_LOST;
+	}
+	*want_write = r == 1;
+	while (!PQisBusy(conn)) {
+		PGresult *one = PQgetResult(conn);
+
+		if (one == NULL)
+			return SOURCE_OK;
+		if (*n < max)
+			res[(*n)++] = one;
+		else
+			PQclear(one);
+		if (PQresultStatus(one) == PGRES_COPY_BOTH)
+			return SOURCE_OK;
+	}
+	return SOURCE_AGAIN;
+}
+
+/* The one result a query before streaming must give; NULL after filling errbuf. */
+static PGresult *
+one_result(source_libpq *s, PGresult **res, int n, ExecStatusType want, const char *what,
+           source_rc *rc, char *errbuf, size_t errlen)
+{
+	for (int i = 1; i < n; i++)
+		PQclear(res[i]);
+	if (n == 0 || PQresultStatus(res[0]) != want) {
+		*rc = n > 0 ? classify(res[0]) : SOURCE_LOST;
+		snprintf(errbuf, errlen, "%s: ", what);
+		set_error(s, errbuf + strlen(errbuf), errlen - strlen(errbuf), "",
+		          n > 0 ? PQresultErrorMessage(res[0]) : PQerrorMessage(s->conn));
+		if (n > 0)
+			PQclear(res[0]);
+		return NULL;
+	}
+	return res[0];
+}
+
+static bool
+is_true(const PGresult *res, int row, int col)
+{
+	return strcmp(PQgetvalue(res, row, col), "t") == 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * The catalog facts (start and side verifications share the query)
+ * ------------------------------------------------------------------------- */
+
+/*
+ * One statement, rows of four kinds: 'P' the publication, 'T' a configured
+ * table, 'p' a partition of one, 'A' the relation asked about.  Columns:
+ * kind, i (table index), oid, relkind, b1, b2, b3, name.
+ * Returns a malloc'd string, NULL when out of memory or a name cannot be quoted.
+ */
+static char *
+catalog_sql(const source_libpq *s, PGconn *conn, int server_version, uint32_t asked)
+{
+	size_t cap = 4096 + s->ntables * 600, len = 0;
+	char *sql = malloc(cap), *pub = NULL;
+	bool v15 = server_version >= 150000;
+	int n;
+
+#define ADD(...) do { \
+	n = snprintf(sql + len, cap - len, __VA_ARGS__); \
+	if (n < 0 || (size_t) n >= cap - len) goto fail; \
+	len += (size_t) n; \
+} while (0)
+
+	if (sql == NULL)
+		return NULL;
+	if ((pub = PQescapeLiteral(conn, s->publication, strlen(s->publication))) == NULL)
+		goto fail;
+	ADD("WITH cfg(i, nsp, rel) AS (VALUES ");
+	for (size_t i = 0; i < s->ntables; i++) {
+		char *a = PQescapeLiteral(conn, s->nsp[i], strlen(s->nsp[i]));
+		char *b = a ? PQescapeLiteral(conn, s->rel[i], strlen(s->rel[i])) : NULL;
+
+		if (b != NULL) {
+			n = snprintf(sql + len, cap - len, "%s(%zu, %s::text, %s::text)", i ? ", " : "", i, a, b);
+			if (n < 0 || (size_t) n >= cap - len)
+				b = NULL, PQfreemem(a), a = NULL;
+			else
+				len += (size_t) n;
+		}
+		PQfreemem(a);
+		if (b == NULL)
+			goto fail;
+		PQfreemem(b);
+	}
+	ADD("), pub AS (SELECT oid, pubinsert, pubviaroot, puballtables FROM pg_catalog.pg_publication "
+	    "WHERE pubname = %s), "
+	    "tab AS (SELECT cfg.i, c.oid, c.relkind FROM cfg "
+	    "LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = cfg.nsp "
+	    "LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = cfg.rel), "
+	    "anc AS (SELECT tab.i, tab.oid AS relid FROM tab WHERE tab.oid IS NOT NULL UNION "
+	    "SELECT tab.i, a.relid FROM tab, pg_catalog.pg_partition_ancestors(tab.oid) a "
+	    "WHERE tab.oid IS NOT NULL) ", pub);
+	ADD("SELECT 'P'::text, NULL::int, NULL::oid, NULL::text, pub.pubinsert, pub.pubviaroot, "
+	    "pub.puballtables, NULL::text FROM (SELECT 1) d LEFT JOIN pub ON true ");
+	ADD("UNION ALL SELECT 'T', tab.i, tab.oid, tab.relkind::text, "
+	    "coalesce((SELECT puballtables FROM pub), false) "
+	    "OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r, pub, anc WHERE r.prpubid = pub.oid "
+	    "AND anc.i = tab.i AND r.prrelid = anc.relid)");
+	if (v15)
+		ADD(" OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_namespace pn, pub, anc, "
+		    "pg_catalog.pg_class k WHERE pn.pnpubid = pub.oid AND anc.i = tab.i AND k.oid = anc.relid "
+		    "AND pn.pnnspid = k.relnamespace), "
+		    "EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r, pub, anc WHERE r.prpubid = pub.oid "
+		    "AND anc.i = tab.i AND r.prrelid = anc.relid AND r.prqual IS NOT NULL), "
+		    "EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r, pub, anc WHERE r.prpubid = pub.oid "
+		    "AND anc.i = tab.i AND r.prrelid = anc.relid AND r.prattrs IS NOT NULL), ");
+	else
+		ADD(", false, false, ");
+	ADD("NULL::text FROM tab ");
+	ADD("UNION ALL SELECT 'p', tab.i, t.relid, k.relkind::text, NULL, NULL, NULL, "
+	    "n.nspname || '.' || k.relname FROM tab, pg_catalog.pg_partition_tree(tab.oid) t, "
+	    "pg_catalog.pg_class k, pg_catalog.pg_namespace n WHERE tab.relkind = 'p' AND t.level > 0 "
+	    "AND k.oid = t.relid AND n.oid = k.relnamespace ");
+	if (asked != 0)
+		ADD("UNION ALL SELECT 'A', NULL, c.oid, c.relkind::text, NULL, NULL, NULL, "
+		    "n.nspname || '.' || c.relname FROM pg_catalog.pg_class c, pg_catalog.pg_namespace n "
+		    "WHERE c.oid = %u AND n.oid = c.relnamespace", asked);
+#undef ADD
+	PQfreemem(pub);
+	return sql;
+
+fail:
+	PQfreemem(pub);
+	free(sql);
+	return NULL;
+}
+
+static uint32_t
+oid_of(const char *s)
+{
+	return (uint32_t) strtoul(s, NULL, 10);
+}
+
+/* Fill *cat from the catalog query's result; false when out of memory or malformed. */
+static bool
+catalog_parse(const PGresult *res, size_t ntables, uint32_t asked, source_catalog *cat)
+{
+	size_t nparts = 0;
+
+	free(cat->parts);
+	memset(cat, 0, sizeof(*cat));
+	cat->ntables = ntables;
+	cat->asked_oid = asked;
+	if (PQnfields(res) != 8)
+		return false;
+	for (int r = 0; r < PQntuples(res); r++)
+		nparts += PQgetvalue(res, r, 0)[0] == 'p';
+	if (nparts > 0 && (cat->parts = calloc(nparts, sizeof(*cat->parts))) == NULL)
+		return false;
+	for (int r = 0; r < PQntuples(res); r++) {
+		const char *kind = PQgetvalue(res, r, 0);
+		long i = PQgetisnull(res, r, 1) ? -1 : strtol(PQgetvalue(res, r, 1), NULL, 10);
+
+		switch (kind[0]) {
+		case 'P':
+			cat->pub_exists = !PQgetisnull(res, r, 4);
+			cat->pub_insert = is_true(res, r, 4);
+			cat->pub_via_root = is_true(res, r, 5);
+			cat->pub_all_tables = is_true(res, r, 6);
+			break;
+		case 'T':
+			if (i < 0 || (size_t) i >= ntables)
+				return false;
+			cat->tables[i].exists = !PQgetisnull(res, r, 2);
+			cat->tables[i].oid = oid_of(PQgetvalue(res, r, 2));
+			cat->tables[i].relkind = PQgetvalue(res, r, 3)[0];
+			cat->tables[i].in_pub = is_true(res, r, 4);
+			cat->tables[i].row_filter = is_true(res, r, 5);
+			cat->tables[i].column_list = is_true(res, r, 6);
+			break;
+		case 'p':
+			if (i < 0 || (size_t) i >= ntables || cat->nparts >= nparts)
+				return false;
+			cat->parts[cat->nparts].oid = oid_of(PQgetvalue(res, r, 2));
+			cat->parts[cat->nparts].table = (int) i;
+			snprintf(cat->parts[cat->nparts].name, sizeof(cat->parts[0].name), "%s",
+			         PQgetvalue(res, r, 7));
+			cat->nparts++;
+			break;
+		case 'A':
+			cat->asked_exists = true;
+			snprintf(cat->asked_name, sizeof(cat->asked_name), "%s", PQgetvalue(res, r, 7));
+			break;
+		default:
+			return false;
+		}
+	}
+	return true;
+}
+
+/* ---------------------------------------------------------------------------
+ * Starting a stream
+ * ------------------------------------------------------------------------- */
+
+static source_rc
+ask_slot(source_libpq *s, char *errbuf, size_t errlen)
+{
+	char sql[1024];
+	char *lit = PQescapeLiteral(s->conn, s->slot, strlen(s->slot));
+	source_rc rc;
+
+	if (lit == NULL) {
+		set_error(s, errbuf, errlen, "could not quote the slot name: ", PQerrorMessage(s->conn));
+		return SOURCE_LOST;
+	}
+	/* 16+ says when a standby's slot conflicted, 17+ why a slot was invalidated. */
+	snprintf(sql, sizeof(sql),
+	         "SELECT plugin, slot_type, database = current_database(), coalesce(wal_status, ''), "
+	         "coalesce(confirmed_flush_lsn::text, ''), active, coalesce(active_pid::text, ''), "
+	         "pg_catalog.current_setting('wal_sender_timeout'), pg_catalog.pg_is_in_recovery(), %s "
+	         "FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+	         s->server_version >= 170000 ? "coalesce(invalidation_reason, '')" :
+	         s->server_version >= 160000 ? "CASE WHEN conflicting THEN 'conflict' ELSE '' END" : "''",
+	         lit);
+	PQfreemem(lit);
+	rc = send_query(s, sql, PH_SLOT, errbuf, errlen);
+	return rc;
+}
+
+static source_rc
+check_slot_row(source_libpq *s, const PGresult *res, char *errbuf, size_t errlen)
+{
+	const char *wal, *why;
+
+	if (PQntuples(res) == 0) {
+		snprintf(errbuf, errlen,
+		         "replication slot \"%s\" does not exist on %s; create it with scripts/setup-slot.sh "
+		         "(if it existed before, it was dropped, or this server was promoted from a standby "
+		         "that did not have it: events committed since its last confirmed position are not "
+		         "in a new slot and must be backfilled)", s->slot, s->host);
+		return SOURCE_FATAL;
+	}
+	if (strcmp(PQgetvalue(res, 0, 1), "logical") != 0 ||
+	    strcmp(PQgetvalue(res, 0, 0), "pgoutput") != 0) {
+		snprintf(errbuf, errlen,
+		         "replication slot \"%s\" is not a logical slot of plugin pgoutput (plugin \"%s\")",
+		         s->slot, PQgetvalue(res, 0, 0));
+		return SOURCE_FATAL;
+	}
+	if (!is_true(res, 0, 2)) {
+		snprintf(errbuf, errlen,
+		         "replication slot \"%s\" belongs to another database than the one in the connection string",
+		         s->slot);
+		return SOURCE_FATAL;
+	}
+	wal = PQgetvalue(res, 0, 3);
+	why = PQgetvalue(res, 0, 9);
+	if (strcmp(wal, "lost") == 0 || why[0] != '\0') {
+		snprintf(errbuf, errlen, "replication slot \"%s\" has been invalidated (%s%s%s)", s->slot,
+		         why[0] ? why : "", why[0] && wal[0] ? ", wal_status = " : "", wal);
+		return SOURCE_FATAL;
+	}
+	if (is_true(res, 0, 5)) {
+		snprintf(errbuf, errlen, "replication slot \"%s\" is active for the process with PID %s",
+		         s->slot, PQgetvalue(res, 0, 6));
+		return SOURCE_BUSY;
+	}
+	if (!parse_lsn_text(PQgetvalue(res, 0, 4), &s->sess.slot_confirmed))
+		s->sess.slot_confirmed = 0;
+	s->sess.sender_timeout_ms = parse_timeout_ms(PQgetvalue(res, 0, 7));
+	s->sess.in_recovery = is_true(res, 0, 8);
+	if (s->sess.in_recovery && s->server_version < 160000) {
+		snprintf(errbuf, errlen, "%s is a standby in recovery and PostgreSQL %d cannot decode "
+		         "there (16+ can); waiting for a primary (set target_session_attrs=read-write to "
+		         "skip standbys)", s->host, s->server_version / 10000);
 		return SOURCE_LOST;
 	}
 	return SOURCE_OK;
 }
 
-source_rc
-source_start(source *s, char *errbuf, size_t errlen)
+static source_rc
+ask_start(source_libpq *s, char *errbuf, size_t errlen)
 {
 	char cmd[2048];
-	char *ident = NULL, *pubident = NULL, *publit = NULL;
-	PGresult *res;
+	char *ident, *pubident = NULL, *publit = NULL;
 	source_rc rc;
 
-	if ((rc = connect_replication(s, errbuf, errlen)) != SOURCE_OK)
-		return rc;
-
-	rc = check_objects(s, errbuf, errlen);
-	if (rc != SOURCE_OK) {
-		source_close(s);
-		return rc;
-	}
-	s->sender_timeout_ms = query_sender_timeout(s);
-
 	ident = PQescapeIdentifier(s->conn, s->slot, strlen(s->slot));
-	pubident = PQescapeIdentifier(s->conn, s->publication, strlen(s->publication));
-	if (ident && pubident)
+	if (ident)
+		pubident = PQescapeIdentifier(s->conn, s->publication, strlen(s->publication));
+	if (pubident)
 		publit = PQescapeLiteral(s->conn, pubident, strlen(pubident));
 	if (!ident || !pubident || !publit) {
 		set_error(s, errbuf, errlen, "could not quote a name: ", PQerrorMessage(s->conn));
-		rc = SOURCE_LOST;
-		goto out;
+		PQfreemem(ident);
+		PQfreemem(pubident);
+		return SOURCE_LOST;
 	}
-	s->proto_running = s->proto_version ? s->proto_version
-	                                    : negotiate_proto(PQserverVersion(s->conn));
+	s->sess.proto_version = s->proto_version ? s->proto_version : negotiate_proto(s->server_version);
 	/*
 	 * 0/0: the walsender starts at the slot's confirmed_flush_lsn.
 	 * Streaming of in-progress transactions and two-phase decoding are never
@@ -392,48 +842,154 @@ source_start(source *s, char *errbuf, size_t errlen)
 	 */
 	snprintf(cmd, sizeof(cmd),
 	         "START_REPLICATION SLOT %s LOGICAL 0/0 (proto_version '%d', publication_names %s%s)",
-	         ident, s->proto_running, publit,
-	         s->proto_running >= PGO_PROTO_V2 ? ", messages 'true'" : "");
-	res = PQexec(s->conn, cmd);
-	if (PQresultStatus(res) != PGRES_COPY_BOTH) {
-		rc = classify(res);
-		set_error(s, errbuf, errlen, "could not start replication: ", PQerrorMessage(s->conn));
-		PQclear(res);
-		goto out;
-	}
-	PQclear(res);
-	if (PQsetnonblocking(s->conn, 1) != 0) {
-		set_error(s, errbuf, errlen, "could not set non-blocking mode: ", PQerrorMessage(s->conn));
-		rc = SOURCE_LOST;
-		goto out;
-	}
-	s->streaming = true;
-	rc = SOURCE_OK;
-
-out:
+	         ident, s->sess.proto_version, publit,
+	         s->sess.proto_version >= PGO_PROTO_V2 ? ", messages 'true'" : "");
 	PQfreemem(ident);
 	PQfreemem(pubident);
 	PQfreemem(publit);
-	if (rc != SOURCE_OK)
-		source_close(s);
+	rc = send_query(s, cmd, PH_START, errbuf, errlen);
 	return rc;
 }
 
-int
-source_fd(const source *s)
+/* Advance the current phase by what has arrived. */
+static source_rc
+advance(source_libpq *s, char *errbuf, size_t errlen)
 {
-	return s->conn ? PQsocket(s->conn) : -1;
+	PGresult *res[2] = {NULL, NULL}, *r;
+	int n = 0;
+	source_rc rc = SOURCE_LOST;
+	char *sql;
+
+	if (s->ph == PH_CONNECTING) {
+		s->poll = PQconnectPoll(s->conn);
+		if (s->poll == PGRES_POLLING_FAILED) {
+			set_error(s, errbuf, errlen, "could not connect to the server: ", PQerrorMessage(s->conn));
+			return SOURCE_LOST;
+		}
+		if (s->poll != PGRES_POLLING_OK)
+			return SOURCE_AGAIN;
+		if (PQsetnonblocking(s->conn, 1) != 0) {
+			set_error(s, errbuf, errlen, "could not set non-blocking mode: ", PQerrorMessage(s->conn));
+			return SOURCE_LOST;
+		}
+		s->server_version = PQserverVersion(s->conn);
+		snprintf(s->host, sizeof(s->host), "%s:%s", PQhost(s->conn) ? PQhost(s->conn) : "",
+		         PQport(s->conn) ? PQport(s->conn) : "");
+		snprintf(s->database, sizeof(s->database), "%s", PQdb(s->conn) ? PQdb(s->conn) : "");
+		return send_query(s, "IDENTIFY_SYSTEM", PH_IDENTIFY, errbuf, errlen);
+	}
+	if (collect(s, s->conn, &s->want_write, res, 2, &n, errbuf, errlen) == SOURCE_AGAIN)
+		return SOURCE_AGAIN;
+	if (n == 0 && PQstatus(s->conn) == CONNECTION_BAD) {
+		set_error(s, errbuf, errlen, "lost the connection to the server: ", PQerrorMessage(s->conn));
+		return SOURCE_LOST;
+	}
+	switch (s->ph) {
+	case PH_IDENTIFY:
+		if ((r = one_result(s, res, n, PGRES_TUPLES_OK, "IDENTIFY_SYSTEM failed", &rc, errbuf,
+		                    errlen)) == NULL)
+			return rc;
+		if (PQntuples(r) != 1 || PQnfields(r) < 3 ||
+		    !parse_lsn_text(PQgetvalue(r, 0, 2), &s->sess.wal_end)) {
+			snprintf(errbuf, errlen, "IDENTIFY_SYSTEM returned an unexpected result");
+			PQclear(r);
+			return SOURCE_LOST;
+		}
+		s->sess.system_id = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+		s->sess.timeline = (uint32_t) strtoul(PQgetvalue(r, 0, 1), NULL, 10);
+		PQclear(r);
+		return ask_slot(s, errbuf, errlen);
+	case PH_SLOT:
+		if ((r = one_result(s, res, n, PGRES_TUPLES_OK, "could not read the replication slot",
+		                    &rc, errbuf, errlen)) == NULL)
+			return rc;
+		rc = check_slot_row(s, r, errbuf, errlen);
+		PQclear(r);
+		if (rc != SOURCE_OK)
+			return rc;
+		if ((sql = catalog_sql(s, s->conn, s->server_version, 0)) == NULL) {
+			set_error(s, errbuf, errlen, "could not build the catalog query: ",
+			          PQerrorMessage(s->conn));
+			return SOURCE_LOST;
+		}
+		rc = send_query(s, sql, PH_VERIFY, errbuf, errlen);
+		free(sql);
+		return rc;
+	case PH_VERIFY:
+		if ((r = one_result(s, res, n, PGRES_TUPLES_OK, "could not read the catalog", &rc, errbuf,
+		                    errlen)) == NULL)
+			return rc;
+		if (!catalog_parse(r, s->ntables, 0, &s->cat)) {
+			snprintf(errbuf, errlen, "could not read the catalog: unexpected result or out of memory");
+			PQclear(r);
+			return SOURCE_LOST;
+		}
+		PQclear(r);
+		/* IDENTIFY_SYSTEM's position was read before these facts. */
+		s->cat.valid_from = s->sess.wal_end;
+		return ask_start(s, errbuf, errlen);
+	case PH_START:
+		if ((r = one_result(s, res, n, PGRES_COPY_BOTH, "could not start replication", &rc, errbuf,
+		                    errlen)) == NULL)
+			return rc;
+		PQclear(r);
+		s->ph = PH_STREAMING;
+		s->sess.server_version = s->server_version;
+		s->sess.database = s->database;
+		s->sess.host = s->host;
+		s->sess.catalog = &s->cat;
+		return SOURCE_OK;
+	default:
+		for (int i = 0; i < n; i++)
+			PQclear(res[i]);
+		snprintf(errbuf, errlen, "internal error: source in phase %d", (int) s->ph);
+		return SOURCE_LOST;
+	}
 }
 
-bool
-source_wants_write(const source *s)
+static source_rc
+libpq_start(source *src, source_session *session, char *errbuf, size_t errlen)
 {
-	return s->conn != NULL && s->want_write;
+	source_libpq *s = (source_libpq *) src;
+	source_rc rc;
+
+	if (s->ph == PH_STREAMING) {
+		*session = s->sess;
+		return SOURCE_OK;
+	}
+	if (s->ph == PH_IDLE) {
+		memset(&s->sess, 0, sizeof(s->sess));
+		if ((rc = connect_start(s, errbuf, errlen)) != SOURCE_AGAIN)
+			return rc;
+	}
+	rc = advance(s, errbuf, errlen);
+	if (rc == SOURCE_AGAIN && mono_ms() >= s->deadline) {
+		if (s->ph == PH_CONNECTING)
+			snprintf(errbuf, errlen, "could not connect to the server%s%s: no answer within %d s",
+			         s->nhosts > 1 ? " " : "", s->nhosts > 1 ? "(one host of the list)" : "",
+			         s->connect_timeout_ms / 1000);
+		else
+			snprintf(errbuf, errlen, "the server at %s did not answer within %d s while starting "
+			         "replication", s->host, QUERY_TIMEOUT_MS / 1000);
+		rc = SOURCE_LOST;
+	}
+	if (rc == SOURCE_OK) {
+		*session = s->sess;
+		/* Reconnect to the host that worked first. */
+		s->next_host = s->cur_host;
+	} else if (rc != SOURCE_AGAIN) {
+		libpq_close(src);
+	}
+	return rc;
 }
+
+/* ---------------------------------------------------------------------------
+ * Streaming
+ * ------------------------------------------------------------------------- */
 
 /* The COPY stream ended: fetch the server's reason. */
 static source_rc
-stream_ended(source *s, char *errbuf, size_t errlen)
+stream_ended(source_libpq *s, char *errbuf, size_t errlen)
 {
 	PGresult *res = PQgetResult(s->conn);
 	source_rc rc = SOURCE_LOST;
@@ -446,23 +1002,27 @@ stream_ended(source *s, char *errbuf, size_t errlen)
 		          res ? PQresultErrorMessage(res) : PQerrorMessage(s->conn));
 	}
 	PQclear(res);
-	source_close(s);
+	libpq_close(&s->base);
 	return rc;
 }
 
-source_rc
-source_read(source *s, uint8_t **buf, size_t *len, char *errbuf, size_t errlen)
+static source_rc
+libpq_read(source *src, uint8_t **buf, size_t *len, char *errbuf, size_t errlen)
 {
+	source_libpq *s = (source_libpq *) src;
 	char *data = NULL;
 	int r;
 
-	if (s->conn == NULL)
+	if (s->ph != PH_STREAMING) {
+		snprintf(errbuf, errlen, "%s", s->lost[0] ? s->lost : "not streaming");
+		s->lost[0] = '\0';
 		return SOURCE_LOST;
+	}
 	r = PQgetCopyData(s->conn, &data, 1);
 	if (r == 0) {
 		if (PQconsumeInput(s->conn) == 0) {
 			set_error(s, errbuf, errlen, "could not receive data: ", PQerrorMessage(s->conn));
-			source_close(s);
+			libpq_close(src);
 			return SOURCE_LOST;
 		}
 		r = PQgetCopyData(s->conn, &data, 1);
@@ -477,13 +1037,14 @@ source_read(source *s, uint8_t **buf, size_t *len, char *errbuf, size_t errlen)
 	if (r == -1)
 		return stream_ended(s, errbuf, errlen);
 	set_error(s, errbuf, errlen, "could not read COPY data: ", PQerrorMessage(s->conn));
-	source_close(s);
+	libpq_close(src);
 	return SOURCE_LOST;
 }
 
-void
-source_release(uint8_t *buf)
+static void
+libpq_release(source *src, uint8_t *buf)
 {
+	(void) src;
 	PQfreemem(buf);
 }
 
@@ -496,16 +1057,32 @@ put_u64(uint8_t *p, uint64_t v)
 	}
 }
 
-source_rc
-source_send_status(source *s, uint64_t written, uint64_t flushed, bool reply,
-                   char *errbuf, size_t errlen)
+static source_rc
+flush_output(source_libpq *s, char *errbuf, size_t errlen)
 {
+	int r = PQflush(s->conn);
+
+	s->want_write = r == 1;
+	if (r == 0)
+		return SOURCE_OK;
+	if (r == 1)
+		return SOURCE_AGAIN;
+	set_error(s, errbuf, errlen, "could not send data: ", PQerrorMessage(s->conn));
+	libpq_close(&s->base);
+	return SOURCE_LOST;
+}
+
+static source_rc
+libpq_send_status(source *src, uint64_t written, uint64_t flushed, bool reply,
+                  char *errbuf, size_t errlen)
+{
+	source_libpq *s = (source_libpq *) src;
 	uint8_t msg[1 + 8 * 4 + 1];
 	struct timespec now;
 	int64_t pgnow;
 	int r;
 
-	if (!source_connected(s))
+	if (s->ph != PH_STREAMING)
 		return SOURCE_LOST;
 	clock_gettime(CLOCK_REALTIME, &now);
 	pgnow = (int64_t) now.tv_sec * 1000000 + now.tv_nsec / 1000 - PGO_EPOCH_OFFSET_USEC;
@@ -520,42 +1097,15 @@ source_send_status(source *s, uint64_t written, uint64_t flushed, bool reply,
 		return SOURCE_AGAIN;   /* output buffer full: the next update carries the news */
 	if (r < 0) {
 		set_error(s, errbuf, errlen, "could not send status update: ", PQerrorMessage(s->conn));
-		source_close(s);
+		libpq_close(src);
 		return SOURCE_LOST;
 	}
-	return source_flush(s, errbuf, errlen);
-}
-
-source_rc
-source_flush(source *s, char *errbuf, size_t errlen)
-{
-	int r;
-
-	if (s->conn == NULL)
-		return SOURCE_LOST;
-	r = PQflush(s->conn);
-	s->want_write = r == 1;
-	if (r == 0)
-		return SOURCE_OK;
-	if (r == 1)
-		return SOURCE_AGAIN;
-	set_error(s, errbuf, errlen, "could not send data: ", PQerrorMessage(s->conn));
-	source_close(s);
-	return SOURCE_LOST;
-}
-
-static int64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return flush_output(s, errbuf, errlen);
 }
 
 /* Wait until the socket is ready or the deadline passes; false on timeout. */
 static bool
-wait_socket(source *s, int64_t deadline)
+wait_socket(source_libpq *s, int64_t deadline)
 {
 	struct pollfd p = {.fd = PQsocket(s->conn), .events = POLLIN};
 	int64_t left = deadline - mono_ms();
@@ -567,16 +1117,19 @@ wait_socket(source *s, int64_t deadline)
 	return poll(&p, 1, (int) left) > 0 || left > 0;
 }
 
-source_rc
-source_finish(source *s, int timeout_ms, char *errbuf, size_t errlen)
+static source_rc
+libpq_finish(source *src, int timeout_ms, char *errbuf, size_t errlen)
 {
+	source_libpq *s = (source_libpq *) src;
 	int64_t deadline = mono_ms() + timeout_ms;
 	source_rc rc = SOURCE_OK;
 	char *buf;
 	int r;
 
-	if (!source_connected(s))
+	if (s->ph != PH_STREAMING) {
+		libpq_close(src);
 		return SOURCE_LOST;
+	}
 	if (PQputCopyEnd(s->conn, NULL) < 0) {
 		set_error(s, errbuf, errlen, "could not end COPY: ", PQerrorMessage(s->conn));
 		rc = SOURCE_LOST;
@@ -585,8 +1138,8 @@ source_finish(source *s, int timeout_ms, char *errbuf, size_t errlen)
 	/* Data still in flight from the server is read and dropped until its
 	 * CopyDone arrives (PQgetCopyData returns -1). */
 	for (;;) {
-		if (source_flush(s, errbuf, errlen) == SOURCE_LOST)
-			return SOURCE_LOST;   /* closed by source_flush */
+		if (flush_output(s, errbuf, errlen) == SOURCE_LOST)
+			return SOURCE_LOST;   /* closed by flush_output */
 		r = PQgetCopyData(s->conn, &buf, 1);
 		if (r > 0) {
 			PQfreemem(buf);
@@ -624,14 +1177,333 @@ source_finish(source *s, int timeout_ms, char *errbuf, size_t errlen)
 		PQclear(res);
 	}
 out:
-	source_close(s);
+	libpq_close(src);
 	return rc;
 }
 
+/* ---------------------------------------------------------------------------
+ * Verification on the side connection
+ * ------------------------------------------------------------------------- */
+
+/*
+ * Open the side connection to the host the stream comes from: the user's
+ * settings with that one host, without replication (an ordinary backend,
+ * so the queries never wait behind the stream).
+ */
+static source_rc
+side_start(source_libpq *s, char *errbuf, size_t errlen)
+{
+	const char *host = PQhost(s->conn), *port = PQport(s->conn);
+	const char **keys, **vals;
+	size_t n = 0;
+	bool have_host = false, have_port = false;
+
+	keys = calloc(s->nkeys + 3, sizeof(*keys));
+	vals = calloc(s->nkeys + 3, sizeof(*vals));
+	if (keys == NULL || vals == NULL) {
+		free(keys);
+		free(vals);
+		snprintf(errbuf, errlen, "out of memory");
+		return SOURCE_LOST;
+	}
+	for (size_t i = 0; i < s->nkeys; i++) {
+		const char *v = s->vals[i];
+
+		if (strcmp(s->keys[i], "replication") == 0 || strcmp(s->keys[i], "hostaddr") == 0 ||
+		    strcmp(s->keys[i], "target_session_attrs") == 0 ||
+		    strcmp(s->keys[i], "load_balance_hosts") == 0)
+			continue;
+		if (strcmp(s->keys[i], "host") == 0) {
+			v = host;
+			have_host = true;
+		} else if (strcmp(s->keys[i], "port") == 0) {
+			v = port;
+			have_port = true;
+		} else if (strcmp(s->keys[i], "fallback_application_name") == 0) {
+			v = "pgoutbox verify";
+		}
+		keys[n] = s->keys[i];
+		vals[n++] = v;
+	}
+	if (!have_host && host != NULL) {
+		keys[n] = "host";
+		vals[n++] = host;
+	}
+	if (!have_port && port != NULL) {
+		keys[n] = "port";
+		vals[n++] = port;
+	}
+	s->side = PQconnectStartParams(keys, vals, 0);
+	free(keys);
+	free(vals);
+	if (s->side == NULL || PQstatus(s->side) == CONNECTION_BAD) {
+		set_error(s, errbuf, errlen, "could not open a connection for verification: ",
+		          s->side ? PQerrorMessage(s->side) : "out of memory");
+		side_close(s);
+		return SOURCE_LOST;
+	}
+	s->side_ph = SIDE_CONNECTING;
+	s->side_poll = PGRES_POLLING_WRITING;
+	s->side_deadline = mono_ms() + s->connect_timeout_ms;
+	return SOURCE_AGAIN;
+}
+
+static source_rc
+side_send(source_libpq *s, uint32_t asked, char *errbuf, size_t errlen)
+{
+	/* The WAL position first, in a statement of its own, so that the
+	 * catalog snapshot of the second is taken after it. */
+	static const char lsn_sql[] =
+		"SELECT CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() "
+		"ELSE pg_catalog.pg_current_wal_lsn() END::text; ";
+	char *cat = catalog_sql(s, s->side, PQserverVersion(s->side), asked);
+	char *sql = cat ? malloc(strlen(lsn_sql) + strlen(cat) + 1) : NULL;
+	int r;
+
+	if (sql == NULL) {
+		free(cat);
+		snprintf(errbuf, errlen, "could not build the verification query: out of memory");
+		return SOURCE_LOST;
+	}
+	strcpy(sql, lsn_sql);
+	strcat(sql, cat);
+	free(cat);
+	r = PQsendQuery(s->side, sql);
+	free(sql);
+	if (!r || (r = PQflush(s->side)) < 0) {
+		set_error(s, errbuf, errlen, "could not send the verification query: ",
+		          PQerrorMessage(s->side));
+		side_close(s);
+		return SOURCE_LOST;
+	}
+	s->side_want_write = r == 1;
+	s->side_ph = SIDE_QUERY;
+	s->side_asked = asked;
+	s->side_deadline = mono_ms() + QUERY_TIMEOUT_MS;
+	return SOURCE_AGAIN;
+}
+
+static source_rc
+libpq_verify(source *src, uint32_t asked, source_catalog *out, char *errbuf, size_t errlen)
+{
+	source_libpq *s = (source_libpq *) src;
+	source_rc rc;
+
+	if (s->ph != PH_STREAMING) {
+		snprintf(errbuf, errlen, "not streaming");
+		return SOURCE_LOST;
+	}
+	if (s->side_ph == SIDE_IDLE && (rc = side_start(s, errbuf, errlen)) != SOURCE_AGAIN)
+		return rc;
+	if (s->side_ph == SIDE_CONNECTING) {
+		s->side_poll = PQconnectPoll(s->side);
+		if (s->side_poll == PGRES_POLLING_FAILED) {
+			set_error(s, errbuf, errlen, "could not open a connection for verification: ",
+			          PQerrorMessage(s->side));
+			side_close(s);
+			return SOURCE_LOST;
+		}
+		if (s->side_poll != PGRES_POLLING_OK)
+			goto again;
+		if (PQsetnonblocking(s->side, 1) != 0) {
+			set_error(s, errbuf, errlen, "could not set non-blocking mode: ", PQerrorMessage(s->side));
+			side_close(s);
+			return SOURCE_LOST;
+		}
+		s->side_ph = SIDE_READY;
+	}
+	if (s->side_ph == SIDE_READY)
+		return side_send(s, asked, errbuf, errlen);
+	/* SIDE_QUERY */
+	rc = collect(s, s->side, &s->side_want_write, s->side_res, 2, &s->side_nres, errbuf, errlen);
+	if (rc == SOURCE_LOST) {
+		side_close(s);
+		return SOURCE_LOST;
+	}
+	if (rc == SOURCE_AGAIN)
+		goto again;
+	rc = SOURCE_OK;
+	if (s->side_nres != 2 || PQresultStatus(s->side_res[0]) != PGRES_TUPLES_OK ||
+	    PQresultStatus(s->side_res[1]) != PGRES_TUPLES_OK) {
+		PGresult *bad = NULL;
+		for (int i = 0; i < s->side_nres && bad == NULL; i++)
+			if (PQresultStatus(s->side_res[i]) != PGRES_TUPLES_OK)
+				bad = s->side_res[i];
+		set_error(s, errbuf, errlen, "verification query failed: ",
+		          bad ? PQresultErrorMessage(bad) : "unexpected results");
+		rc = SOURCE_LOST;
+	} else if (PQntuples(s->side_res[0]) != 1 ||
+	           !parse_lsn_text(PQgetvalue(s->side_res[0], 0, 0), &s->side_cat.valid_from) ||
+	           !catalog_parse(s->side_res[1], s->ntables, s->side_asked, &s->side_cat)) {
+		snprintf(errbuf, errlen, "verification query gave an unexpected result (or out of memory)");
+		rc = SOURCE_LOST;
+	}
+	if (rc == SOURCE_OK) {
+		uint64_t from;
+		parse_lsn_text(PQgetvalue(s->side_res[0], 0, 0), &from);
+		s->side_cat.valid_from = from;
+		*out = s->side_cat;
+	}
+	for (int i = 0; i < s->side_nres; i++)
+		PQclear(s->side_res[i]);
+	s->side_nres = 0;
+	if (rc == SOURCE_OK)
+		s->side_ph = SIDE_READY;
+	else
+		side_close(s);
+	return rc;
+
+again:
+	if (mono_ms() >= s->side_deadline) {
+		snprintf(errbuf, errlen, "the verification connection to %s did not answer within %d s",
+		         s->host, (s->side_ph == SIDE_CONNECTING ? s->connect_timeout_ms : QUERY_TIMEOUT_MS) / 1000);
+		side_close(s);
+		return SOURCE_LOST;
+	}
+	return SOURCE_AGAIN;
+}
+
+/* ---------------------------------------------------------------------------
+ * Polling
+ * ------------------------------------------------------------------------- */
+
+static short
+conn_events(PostgresPollingStatusType poll_st, bool connecting, bool want_write)
+{
+	if (connecting)
+		return poll_st == PGRES_POLLING_WRITING ? POLLOUT : POLLIN;
+	return (short) (POLLIN | (want_write ? POLLOUT : 0));
+}
+
+static int
+libpq_pollfds(source *src, struct pollfd *pfd, int max)
+{
+	source_libpq *s = (source_libpq *) src;
+	int n = 0;
+
+	if (s->conn != NULL && n < max && PQsocket(s->conn) >= 0)
+		pfd[n++] = (struct pollfd) {.fd = PQsocket(s->conn),
+		                            .events = conn_events(s->poll, s->ph == PH_CONNECTING, s->want_write)};
+	if (s->side != NULL && s->side_ph != SIDE_READY && n < max && PQsocket(s->side) >= 0)
+		pfd[n++] = (struct pollfd) {.fd = PQsocket(s->side),
+		                            .events = conn_events(s->side_poll, s->side_ph == SIDE_CONNECTING,
+		                                                  s->side_want_write)};
+	return n;
+}
+
+static void
+libpq_events(source *src, const struct pollfd *pfd, int n)
+{
+	source_libpq *s = (source_libpq *) src;
+	char err[512];
+
+	for (int i = 0; i < n; i++) {
+		if (s->ph != PH_STREAMING || pfd[i].fd != PQsocket(s->conn))
+			continue;
+		if (pfd[i].revents & POLLOUT && flush_output(s, err, sizeof(err)) == SOURCE_LOST) {
+			snprintf(s->lost, sizeof(s->lost), "%s", err);
+			return;
+		}
+		/*
+		 * An error or hang-up is reported whether or not POLLIN was asked
+		 * for: while the pipeline does not read (Kafka's queue is full),
+		 * find out now whether the connection is still alive, or the loop
+		 * would wake for it again and again.  What arrives meanwhile waits
+		 * in libpq's buffer, bounded by the socket's.
+		 */
+		if ((pfd[i].revents & (POLLERR | POLLHUP | POLLNVAL)) && !(pfd[i].events & POLLIN)) {
+			if (PQconsumeInput(s->conn) == 0 || PQstatus(s->conn) == CONNECTION_BAD) {
+				set_error(s, s->lost, sizeof(s->lost), "lost the replication connection: ",
+				          PQerrorMessage(s->conn));
+				libpq_close(src);
+			}
+		}
+	}
+}
+
+static int64_t
+libpq_deadline(const source *src)
+{
+	const source_libpq *s = (const source_libpq *) src;
+	int64_t d = -1;
+
+	if (s->conn != NULL && s->ph != PH_STREAMING)
+		d = s->deadline;
+	if (s->side != NULL && (s->side_ph == SIDE_CONNECTING || s->side_ph == SIDE_QUERY) &&
+	    (d < 0 || s->side_deadline < d))
+		d = s->side_deadline;
+	return d;
+}
+
+static bool
+libpq_streaming(const source *src)
+{
+	return ((const source_libpq *) src)->ph == PH_STREAMING;
+}
+
+static const source_ops libpq_ops = {
+	.start = libpq_start,
+	.read = libpq_read,
+	.release = libpq_release,
+	.send_status = libpq_send_status,
+	.finish = libpq_finish,
+	.close = libpq_close,
+	.verify = libpq_verify,
+	.pollfds = libpq_pollfds,
+	.events = libpq_events,
+	.deadline = libpq_deadline,
+	.streaming = libpq_streaming,
+	.destroy = libpq_destroy,
+};
 /* --check ---------------------------------------------------------------- */
 
+/* Run a catalog query on the (blocking) connection; NULL on failure. */
+static PGresult *
+query(source_libpq *s, const char *sql, char *errbuf, size_t errlen)
+{
+	PGresult *res = PQexec(s->conn, sql);
+
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		set_error(s, errbuf, errlen, "could not query the server: ", PQerrorMessage(s->conn));
+		PQclear(res);
+		return NULL;
+	}
+	return res;
+}
+
+/* Open a replication=database connection, blocking up to connect_timeout per host. */
+static source_rc
+connect_blocking(source_libpq *s, char *errbuf, size_t errlen)
+{
+	/*
+	 * Keywords before "dbname" are defaults the user's string may override;
+	 * "replication" comes after it so that ours always wins.
+	 */
+	const char *keys[] = {
+		"connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+		"keepalives_count", "fallback_application_name", "dbname", "replication", NULL,
+	};
+	const char *vals[] = {
+		"10", "1", "10", "5", "3", "pgoutbox", s->conninfo, "database", NULL,
+	};
+
+	libpq_close(&s->base);
+	s->conn = PQconnectdbParams(keys, vals, 1);
+	if (s->conn == NULL) {
+		snprintf(errbuf, errlen, "could not connect to the server: out of memory");
+		return SOURCE_LOST;
+	}
+	if (PQstatus(s->conn) != CONNECTION_OK) {
+		set_error(s, errbuf, errlen, "could not connect to the server: ", PQerrorMessage(s->conn));
+		libpq_close(&s->base);
+		return SOURCE_LOST;
+	}
+	return SOURCE_OK;
+}
+
 typedef struct checker {
-	source         *s;
+	source_libpq   *s;
+	const source_check_spec *specs;
 	check_report_fn report;
 	void           *ctx;
 	int             fails;
@@ -679,11 +1551,6 @@ check_query(checker *c, const char *name, const char *fmt, ...)
 	return res;
 }
 
-static bool
-is_true(const PGresult *res, int row, int col)
-{
-	return strcmp(PQgetvalue(res, row, col), "t") == 0;
-}
 
 static void
 check_slot(checker *c, const char *slotlit)
@@ -774,70 +1641,65 @@ in_list(const char *const *list, const char *name)
 }
 
 static void
-check_table(checker *c, const source_check_spec *spec, const char *publit, bool pub_exists)
+check_table(checker *c, const source_check_spec *spec, const source_table_state *ts,
+            const source_catalog *cat)
 {
-	char qualified[1024], missing[1024] = "", found[1024] = "";
-	char *tablit;
-	const char *oid;
+	char oid[16], missing[1024] = "", found[1024] = "";
 	PGresult *res, *cols = NULL;
 	size_t mlen = 0, flen = 0;
 
-	/* "outbox" means public.outbox, as in the mapping. */
-	snprintf(qualified, sizeof(qualified), "%s%s",
-	         strchr(spec->table, '.') ? "" : "public.", spec->table);
-	tablit = PQescapeLiteral(c->s->conn, qualified, strlen(qualified));
-	if (tablit == NULL) {
-		check_line(c, CHECK_FAIL, "table", "could not quote the table name");
-		return;
-	}
-	res = check_query(c, "table",
-		"SELECT c.oid, has_table_privilege(c.oid, 'SELECT'), c.relkind::text "
-		"FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(%s)", tablit);
-	PQfreemem(tablit);
-	if (res == NULL)
-		return;
-	if (PQntuples(res) == 0) {
+	if (!ts->exists) {
 		check_line(c, CHECK_FAIL, "table", "table \"%s\" does not exist; create it (see "
 		           "scripts/setup-slot.sh --create-table) or set table", spec->table);
-		goto out;
+		return;
 	}
-	oid = PQgetvalue(res, 0, 0);
-	check_line(c, CHECK_OK, "table", "table \"%s\" exists", spec->table);
-
-	if (is_true(res, 0, 1))
+	snprintf(oid, sizeof(oid), "%u", ts->oid);
+	check_line(c, CHECK_OK, "table", "table \"%s\" exists%s", spec->table,
+	           ts->relkind == 'p' ? " (partitioned)" : "");
+	res = check_query(c, "table privilege",
+		"SELECT has_table_privilege(%s::oid, 'SELECT')", oid);
+	if (res == NULL)
+		return;
+	if (is_true(res, 0, 0))
 		check_line(c, CHECK_OK, "table privilege", "the role may SELECT from \"%s\"", spec->table);
 	else
 		check_line(c, CHECK_FAIL, "table privilege", "the role may not SELECT from \"%s\" "
 		           "(the walsender needs it for the initial relation data): GRANT SELECT ON %s "
 		           "TO the role", spec->table, spec->table);
 
-	if (pub_exists) {
-		/*
-		 * From the catalogs rather than pg_publication_tables, which a role
-		 * without rights on every published schema cannot read.  Schema
-		 * publications (FOR TABLES IN SCHEMA) exist since PostgreSQL 15.
-		 */
-		PGresult *pt = check_query(c, "publication table",
-			"SELECT p.puballtables OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r "
-			"WHERE r.prpubid = p.oid AND r.prrelid = %s::oid)%s%s%s "
-			"FROM pg_catalog.pg_publication p WHERE p.pubname = %s", oid,
-			PQserverVersion(c->s->conn) >= 150000 ?
-			" OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_namespace n, pg_catalog.pg_class k "
-			"WHERE n.pnpubid = p.oid AND k.oid = " : "",
-			PQserverVersion(c->s->conn) >= 150000 ? oid : "",
-			PQserverVersion(c->s->conn) >= 150000 ? "::oid AND n.pnnspid = k.relnamespace)" : "",
-			publit);
-		if (pt != NULL) {
-			if (PQntuples(pt) != 1 || !is_true(pt, 0, 0))
-				check_line(c, CHECK_FAIL, "publication table", "publication \"%s\" does not "
-				           "contain table \"%s\": ALTER PUBLICATION %s ADD TABLE %s",
-				           c->s->publication, spec->table, c->s->publication, spec->table);
-			else
-				check_line(c, CHECK_OK, "publication table", "publication \"%s\" contains \"%s\"",
+	if (cat->pub_exists) {
+		/* The daemon's own facts (source.c: catalog_sql), read from the
+		 * catalogs rather than pg_publication_tables, which a role without
+		 * rights on every published schema cannot read. */
+		if (!ts->in_pub)
+			check_line(c, CHECK_FAIL, "publication table", "publication \"%s\" does not "
+			           "contain table \"%s\": ALTER PUBLICATION %s ADD TABLE %s",
+			           c->s->publication, spec->table, c->s->publication, spec->table);
+		else
+			check_line(c, CHECK_OK, "publication table", "publication \"%s\" contains \"%s\"",
+			           c->s->publication, spec->table);
+		if (ts->row_filter)
+			check_line(c, CHECK_WARN, "publication row filter", "publication \"%s\" publishes "
+			           "only some rows of \"%s\" (WHERE): rows it filters out never become events",
+			           c->s->publication, spec->table);
+		if (ts->relkind == 'p') {
+			size_t nparts = 0;
+			for (size_t i = 0; i < cat->nparts; i++)
+				nparts += cat->parts[i].table == (int) (spec - c->specs);
+			if (cat->pub_via_root)
+				check_line(c, CHECK_OK, "partitions", "%zu partition(s); publication \"%s\" "
+				           "publishes them as \"%s\" (publish_via_partition_root)", nparts,
 				           c->s->publication, spec->table);
-			PQclear(pt);
+			else
+				check_line(c, CHECK_WARN, "partitions", "%zu partition(s) stream under their own "
+				           "names (publication \"%s\" has publish_via_partition_root = false); "
+				           "pgoutbox maps them to \"%s\" by OID, but ALTER PUBLICATION %s SET "
+				           "(publish_via_partition_root = true) is simpler for every consumer",
+				           nparts, c->s->publication, spec->table, c->s->publication);
 		}
 	}
+	PQclear(res);
+	res = NULL;
 
 	cols = check_query(c, "columns",
 		"SELECT attname, attnotnull, pg_catalog.format_type(atttypid, atttypmod) "
@@ -877,17 +1739,20 @@ out:
 }
 
 int
-source_check(source *s, const source_check_spec *specs, size_t nspecs,
+source_check(source *src, const source_check_spec *specs, size_t nspecs,
              check_report_fn report, void *ctx)
 {
-	checker c = {.s = s, .report = report, .ctx = ctx, .fails = 0};
+	source_libpq *s = (source_libpq *) src;
+	checker c = {.s = s, .specs = specs, .report = report, .ctx = ctx, .fails = 0};
 	char err[1024];
-	char *slotlit = NULL, *publit = NULL;
+	char *slotlit = NULL, *publit = NULL, *sql;
 	PGresult *res;
-	bool pub_exists;
+	source_catalog cat;
 	int v;
 
-	if (connect_replication(s, err, sizeof(err)) != SOURCE_OK) {
+	memset(&cat, 0, sizeof(cat));
+
+	if (connect_blocking(s, err, sizeof(err)) != SOURCE_OK) {
 		check_line(&c, CHECK_FAIL, "connection", "%s", err);
 		return c.fails;
 	}
@@ -924,12 +1789,34 @@ source_check(source *s, const source_check_spec *specs, size_t nspecs,
 		goto out;
 	}
 	check_slot(&c, slotlit);
-	pub_exists = check_publication(&c, publit);
+	(void) check_publication(&c, publit);
+	if (nspecs != s->ntables) {
+		check_line(&c, CHECK_FAIL, "table", "internal error: %zu tables to check, %zu configured",
+		           nspecs, s->ntables);
+		goto out;
+	}
+	if ((sql = catalog_sql(s, s->conn, v, 0)) == NULL) {
+		check_line(&c, CHECK_FAIL, "table", "could not build the catalog query: out of memory");
+		goto out;
+	}
+	res = query(s, sql, err, sizeof(err));
+	free(sql);
+	if (res == NULL) {
+		check_line(&c, CHECK_FAIL, "table", "%s", err);
+		goto out;
+	}
+	if (!catalog_parse(res, s->ntables, 0, &cat)) {
+		check_line(&c, CHECK_FAIL, "table", "the catalog query gave an unexpected result");
+		PQclear(res);
+		goto out;
+	}
+	PQclear(res);
 	for (size_t i = 0; i < nspecs; i++)
-		check_table(&c, &specs[i], publit, pub_exists);
+		check_table(&c, &specs[i], &cat.tables[i], &cat);
 out:
+	free(cat.parts);
 	PQfreemem(slotlit);
 	PQfreemem(publit);
-	source_close(s);
+	libpq_close(&s->base);
 	return c.fails;
 }
