@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -226,28 +227,371 @@ parse_lsn(const char *s, uint64_t *out)
 	return true;
 }
 
+/* ---------------------------------------------------------------------------
+ * Checking a value where it is written
+ *
+ * Every value is checked as it is read, from a -c file line or an option, so
+ * that the message can say where it was written ("FILE:LINE: ...") and what
+ * is accepted; a bad value in the file is an error even when the command
+ * line overrides it.  After merging only checks that need several settings
+ * are left (required settings, per-table settings naming a listed table,
+ * the header count, and outbox_new(), the authority on mappings).
+ * ------------------------------------------------------------------------- */
 
-static bool
-parse_int(const char *s, int min, int max, int *out)
+typedef enum value_kind {
+	V_TEXT = 0,     /* anything (also: may hold a secret, never echoed) */
+	V_INT,          /* an integer from min to max (zero_off: or 0, off) */
+	V_ENUM,         /* one of accepted (enum_parse) */
+	V_LSN,          /* X/Y */
+	V_COLUMN,       /* a column name: not empty */
+	V_TOPIC,        /* a Kafka topic name */
+	V_TOPIC_PART,   /* characters of a topic name, or nothing */
+	V_TEMPLATE,     /* a topic template, as outbox.c reads it */
+	V_TABLES,       /* the table list */
+	V_METRICS,      /* [HOST:]PORT, or empty: off */
+} value_kind;
+
+typedef struct value_rule {
+	value_kind  kind;
+	int         min, max;
+	bool        zero_off;
+	const char *accepted;   /* V_INT: the unit; V_ENUM: the values */
+} value_rule;
+
+/* Kept apart from the rows, as reloadable[] is: a setting is V_TEXT unless listed. */
+static const value_rule rules[S_COUNT] = {
+	[S_TABLE] = {.kind = V_TABLES},
+	[S_TOPIC_TEMPLATE] = {.kind = V_TEMPLATE},
+	[S_TOPIC_PREFIX] = {.kind = V_TOPIC_PART},
+	[S_ID_COLUMN] = {.kind = V_COLUMN},
+	[S_KEY_COLUMN] = {.kind = V_COLUMN},
+	[S_TYPE_COLUMN] = {.kind = V_COLUMN},
+	[S_PAYLOAD_COLUMN] = {.kind = V_COLUMN},
+	[S_AGGTYPE_COLUMN] = {.kind = V_COLUMN},
+	[S_VALUE_FORMAT] = {.kind = V_ENUM, .accepted = "raw, envelope or cloudevents"},
+	[S_ON_ERROR] = {.kind = V_ENUM, .accepted = "stop or dlq"},
+	[S_DLQ_TOPIC] = {.kind = V_TOPIC},
+	[S_LOG_LEVEL] = {.kind = V_ENUM, .accepted = "debug, log, warning or error"},
+	[S_SHUTDOWN_TIMEOUT] = {.kind = V_INT, .min = 0, .max = 86400, .accepted = "seconds"},
+	[S_STATUS_INTERVAL] = {.kind = V_INT, .min = 100, .max = 3600000, .accepted = "milliseconds"},
+	[S_REPLICATION_TIMEOUT] = {.kind = V_INT, .min = 2, .max = 86400, .zero_off = true,
+	                           .accepted = "seconds"},
+	[S_KAFKA_STALL_TIMEOUT] = {.kind = V_INT, .min = 0, .max = 86400, .accepted = "seconds"},
+	[S_ENDPOS] = {.kind = V_LSN},
+	[S_METRICS] = {.kind = V_METRICS},
+	[S_LOG_FORMAT] = {.kind = V_ENUM, .accepted = "text or json"},
+	[S_STATS_INTERVAL] = {.kind = V_INT, .min = 0, .max = 86400, .accepted = "seconds"},
+};
+
+#define RESERVED_HEADERS "pgoutbox sets id, type, content-type, ce_* and pgoutbox.* itself"
+
+/* Where a text was written: a line of the -c file, or the command line (path NULL). */
+typedef struct origin {
+	const char *path;
+	int         line;
+} origin;
+
+static const origin on_cli = {NULL, 0};
+
+/* errbuf = "FILE:LINE: " when at is a file line, then the message. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 5)))
+#endif
+static void
+say(char *errbuf, size_t errlen, const origin *at, const char *fmt, ...)
 {
-	char *end;
-	long v;
+	va_list ap;
+	int n = 0;
 
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (end == s || *end != '\0' || errno || v < min || v > max)
+	if (at->path != NULL)
+		n = snprintf(errbuf, errlen, "%s:%d: ", at->path, at->line);
+	if (n < 0 || (size_t) n >= errlen)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(errbuf + n, errlen - (size_t) n, fmt, ap);
+	va_end(ap);
+}
+
+/* The value of enum setting idx spelled s, or -1. */
+static int
+enum_parse(int idx, const char *s)
+{
+	outbox_format f;
+
+	switch (idx) {
+	case S_LOG_LEVEL:
+		return log_level_parse(s);
+	case S_LOG_FORMAT:
+		return log_format_parse(s);
+	case S_VALUE_FORMAT:
+		return outbox_format_parse(s, &f) ? (int) f : -1;
+	case S_ON_ERROR:
+		return strcmp(s, "stop") == 0 ? 0 : strcmp(s, "dlq") == 0 ? 1 : -1;
+	default:
+		return -1;
+	}
+}
+
+/* An identifier as SQL needs it written: bare when it folds to itself, else quoted. */
+static size_t
+ident_show(const char *id, char *out, size_t outlen)
+{
+	bool bare = (*id >= 'a' && *id <= 'z') || *id == '_';
+	size_t n = 0;
+
+	for (const char *s = id; *s && bare; s++)
+		bare = (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_' || *s == '$';
+	if (outlen == 0)
+		return 0;
+	if (!bare && n + 1 < outlen)
+		out[n++] = '"';
+	for (const char *s = id; *s && n + 2 < outlen; s++) {
+		if (!bare && *s == '"')
+			out[n++] = '"';
+		out[n++] = *s;
+	}
+	if (!bare && n + 1 < outlen)
+		out[n++] = '"';
+	out[n] = '\0';
+	return n;
+}
+
+/* "nsp.rel" for messages, quoted where SQL would need it. */
+static void
+table_show(const char *nsp, const char *rel, char *out, size_t outlen)
+{
+	size_t n = ident_show(nsp, out, outlen);
+
+	if (n + 1 < outlen) {
+		out[n++] = '.';
+		ident_show(rel, out + n, outlen - n);
+	}
+}
+
+/*
+ * Parse the table list "[schema.]table[, ...]" into nsp[]/rel[]
+ * (malloc'ed, *n of them, at most OUTBOX_MAX_TABLES; the caller frees them,
+ * also on failure).  false: why says what is wrong.
+ */
+static bool
+table_list_parse(const char *s, char **nsp, char **rel, size_t *n, char *why, size_t whylen)
+{
+	const char *p = s + strspn(s, " \t");
+	char shown[300];
+
+	*n = 0;
+	if (*p == '\0') {
+		snprintf(why, whylen, "no table given; use [schema.]table[, ...]");
 		return false;
-	*out = (int) v;
-	return true;
+	}
+	for (;;) {
+		bool spaced;
+
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*n == OUTBOX_MAX_TABLES) {
+			snprintf(why, whylen, "more than %d tables", OUTBOX_MAX_TABLES);
+			return false;
+		}
+		if (!outbox_parse_table(&p, false, &nsp[*n], &rel[*n], why, whylen))
+			return false;
+		(*n)++;
+		table_show(nsp[*n - 1], rel[*n - 1], shown, sizeof(shown));
+		for (size_t j = 0; j + 1 < *n; j++)
+			if (strcmp(nsp[j], nsp[*n - 1]) == 0 && strcmp(rel[j], rel[*n - 1]) == 0) {
+				snprintf(why, whylen, "table %s is listed twice", shown);
+				return false;
+			}
+		spaced = *p == ' ' || *p == '\t';
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '\0')
+			return true;
+		if (*p != ',') {
+			if (spaced)
+				snprintf(why, whylen, "unexpected \"%c\" after table %s; separate tables with "
+				         "\",\" and quote a name that contains spaces", *p, shown);
+			else if (*p == '.' || *p == '=')
+				snprintf(why, whylen, "unexpected \"%c\" after table %s; quote a name that "
+				         "contains \"%c\"", *p, shown, *p);
+			else
+				snprintf(why, whylen, "unexpected \"%c\" after table %s; use "
+				         "[schema.]table[, ...]", *p, shown);
+			return false;
+		}
+		p++;
+	}
+}
+
+static void
+free_names(char **names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+}
+
+/*
+ * Whether outbox.c accepts template s; why says what is wrong.  outbox_new()
+ * is the authority, asked with a mapping that holds only this template.
+ */
+static bool
+template_valid(const char *s, char *why, size_t whylen)
+{
+	outbox_table t = {.table = "t", .map = {.topic_template = s}};
+	outbox_config oc = {.tables = &t, .ntables = 1};
+	outbox *ob = outbox_new(&oc, why, whylen);
+	char echo[600];
+	size_t n;
+
+	if (ob != NULL) {
+		outbox_free(ob);
+		return true;
+	}
+	/* The caller names the value already: drop outbox.c's own echo of it. */
+	for (int i = 0; i < 2; i++) {
+		snprintf(echo, sizeof(echo), i ? "topic template \"%s\": " : "invalid topic template \"%s\": ", s);
+		n = strlen(echo);
+		if (strncmp(why, echo, n) == 0 && why[n] != '\0') {
+			memmove(why, why + n, strlen(why + n) + 1);
+			break;
+		}
+	}
+	return false;
+}
+
+/*
+ * Whether s is a valid value of setting idx; if not, errbuf says so:
+ * [FILE:LINE: ]invalid value "s" for NAME: why.  NAME is the setting, or
+ * the per-table key.  Echoes s: never used for V_TEXT settings such as
+ * conninfo, which may hold a password.
+ */
+static bool
+check_value(int idx, const char *s, const origin *at, const char *name,
+            char *errbuf, size_t errlen)
+{
+	const value_rule *r = &rules[idx];
+	char why[512], *end;
+	char *nsp[OUTBOX_MAX_TABLES], *rel[OUTBOX_MAX_TABLES];
+	uint64_t lsn;
+	size_t n;
+	long v;
+	bool ok = false;
+
+	switch (r->kind) {
+	case V_TEXT:
+		return true;
+	case V_INT:
+		errno = 0;
+		v = strtol(s, &end, 10);
+		if ((*s >= '0' && *s <= '9') || *s == '-' || *s == '+') {
+			if (end != s && *end == '\0' && errno == 0 &&
+			    ((v >= r->min && v <= r->max) || (r->zero_off && v == 0)))
+				return true;
+		} else {
+			end = (char *) s;
+		}
+		snprintf(why, sizeof(why), "%s; use %s%s from %d to %d",
+		         end == s || *end != '\0' ? "not an integer" : "out of range",
+		         r->zero_off ? "0 (off) or " : "", r->accepted, r->min, r->max);
+		break;
+	case V_ENUM:
+		if (enum_parse(idx, s) >= 0)
+			return true;
+		snprintf(why, sizeof(why), "use %s", r->accepted);
+		break;
+	case V_LSN:
+		if (parse_lsn(s, &lsn))
+			return true;
+		snprintf(why, sizeof(why), "not an LSN; use two hexadecimal numbers X/Y, such as 0/16B3748");
+		break;
+	case V_COLUMN:
+		if (*s != '\0')
+			return true;
+		snprintf(why, sizeof(why), "the column name is empty");
+		break;
+	case V_TOPIC:
+		if (outbox_topic_valid(s, strlen(s)))
+			return true;
+		snprintf(why, sizeof(why), "not a valid Kafka topic name; use 1 to 249 letters, digits, "
+		         "'.', '_' or '-' (not \".\" or \"..\")");
+		break;
+	case V_TOPIC_PART:
+		for (end = (char *) s; *end && (*end == '.' || outbox_topic_valid(end, 1)); end++)
+			;
+		if (*end == '\0')
+			return true;
+		if (*end >= ' ' && *end < 127)
+			snprintf(why, sizeof(why), "'%c' is not allowed in a Kafka topic name; use letters, "
+			         "digits, '.', '_' or '-'", *end);
+		else
+			snprintf(why, sizeof(why), "byte 0x%02x is not allowed in a Kafka topic name; use "
+			         "letters, digits, '.', '_' or '-'", (unsigned char) *end);
+		break;
+	case V_TEMPLATE:
+		if (template_valid(s, why, sizeof(why)))
+			return true;
+		break;
+	case V_TABLES:
+		ok = table_list_parse(s, nsp, rel, &n, why, sizeof(why));
+		free_names(nsp, n);
+		free_names(rel, n);
+		if (ok)
+			return true;
+		break;
+	case V_METRICS:
+		if (*s == '\0' || metrics_addr_valid(s, why, sizeof(why)))
+			return true;
+		snprintf(why, sizeof(why), "use PORT, HOST:PORT or [IPV6]:PORT, the port a number up to "
+		         "65535 (a bare PORT binds 127.0.0.1)");
+		break;
+	}
+	say(errbuf, errlen, at, "invalid value \"%s\" for %s: %s", s, name, why);
+	return false;
+}
+
+/* Whether name (nlen bytes) may name an extra header; why says why not. */
+static bool
+header_name_ok(const char *name, size_t nlen, char *why, size_t whylen)
+{
+	if (nlen == 0)
+		snprintf(why, whylen, "the header name is empty");
+	else if (outbox_header_reserved(name, nlen))
+		snprintf(why, whylen, "header name \"%.*s\" is reserved: " RESERVED_HEADERS,
+		         (int) nlen, name);
+	else
+		return true;
+	return false;
+}
+
+/* The per-table settings, "a, b, ... or header.NAME", for messages. */
+static void
+per_table_list(char *out, size_t outlen)
+{
+	size_t n = 0;
+
+	out[0] = '\0';
+	for (int i = 0; i < S_COUNT; i++)
+		if (settings[i].per_table && n < outlen)
+			n += (size_t) snprintf(out + n, outlen - n, "%s, ", settings[i].name);
+	if (n < outlen)
+		snprintf(out + (n >= 2 ? n - 2 : n), outlen - (n >= 2 ? n - 2 : n), " or header.NAME");
+}
+
+/* Whether a -X property name may name a secret (as librdkafka's *password*, *secret*). */
+static bool
+may_hold_secret(const char *s)
+{
+	return strstr(s, "password") != NULL || strstr(s, "secret") != NULL;
 }
 
 /* A per-table setting: table.<schema>.<table>.<setting> = value. */
 typedef struct override {
 	char *nsp, *rel;
-	char *key;           /* as written, for errors */
+	char *key;           /* SCHEMA.TABLE.SETTING as written, for errors */
 	int   idx;           /* setting; -1: a header */
 	char *header;        /* idx == -1: header name */
 	char *value;         /* idx == -1: column ("" drops the header for this table) */
+	int   line;          /* where in the layer's file (0: command line) */
 } override;
 
 /* A header mapping: header.<name> = <column>. */
@@ -258,6 +602,7 @@ typedef struct hdr {
 
 /* Sources of values while loading; vals[i] owned strings or NULL. */
 typedef struct layer {
+	const char    *path;     /* the -c file, NULL: the command line */
 	char          *vals[S_COUNT];
 	kafka_property *kafka;
 	size_t         nkafka;
@@ -324,13 +669,37 @@ layer_add_kafka(layer *l, const char *name, size_t nlen, const char *value)
 	return true;
 }
 
-/* header.<name> = <column>; a later one for the same name replaces it. */
+/*
+ * header.<name> = <column> (file), or --header spec = NAME=COLUMN; a later
+ * one for the same name replaces it.  The name may not be reserved, the
+ * column not empty (only a per-table header may be empty: it drops one).
+ */
 static bool
-layer_add_header(layer *l, const char *name, size_t nlen, const char *column)
+layer_add_header(layer *l, const char *name, size_t nlen, const char *column,
+                 const origin *at, const char *spec, char *errbuf, size_t errlen)
 {
+	char why[300];
 	hdr *nh;
-	char *n = strndup(name, nlen), *c = strdup(column);
+	char *n, *c;
 
+	if (!header_name_ok(name, nlen, why, sizeof(why))) {
+		if (at->path == NULL)
+			say(errbuf, errlen, at, "invalid value \"%s\" for --header: %s", spec, why);
+		else
+			say(errbuf, errlen, at, "invalid key \"header.%.*s\": %s", (int) nlen, name, why);
+		return false;
+	}
+	if (*column == '\0') {
+		if (at->path == NULL)
+			say(errbuf, errlen, at, "invalid value \"%s\" for --header: the column name is "
+			    "empty", spec);
+		else
+			say(errbuf, errlen, at, "invalid value \"\" for header.%.*s: the column name is "
+			    "empty", (int) nlen, name);
+		return false;
+	}
+	n = strndup(name, nlen);
+	c = strdup(column);
 	if (n == NULL || c == NULL)
 		goto nomem;
 	for (size_t i = 0; i < l->nhdrs; i++)
@@ -348,6 +717,7 @@ layer_add_header(layer *l, const char *name, size_t nlen, const char *column)
 nomem:
 	free(n);
 	free(c);
+	snprintf(errbuf, errlen, "out of memory");
 	return false;
 }
 
@@ -361,60 +731,79 @@ setting_by_name(const char *name, size_t len)
 }
 
 /*
- * A per-table setting "SCHEMA.TABLE.SETTING" with its value, or (value ==
- * NULL) "SCHEMA.TABLE.SETTING=VALUE" as --table-option takes it.  SCHEMA and
- * TABLE are identifiers as in `table` (quoted ones may hold dots); SETTING is
- * a per-table setting or header.NAME.
+ * A per-table setting "SCHEMA.TABLE.SETTING" with its value (the file's
+ * table.<spec> = value), or (value == NULL) "SCHEMA.TABLE.SETTING=VALUE" as
+ * --table-option takes it.  SCHEMA and TABLE are identifiers as in `table`
+ * (quoted ones may hold dots and "="); SETTING is a per-table setting or
+ * header.NAME.  Errors name the key as written, or the whole option.
  */
 static bool
-layer_add_override(layer *l, const char *spec, const char *value, char *errbuf, size_t errlen)
+layer_add_override(layer *l, const char *spec, const char *value, const origin *at,
+                   char *errbuf, size_t errlen)
 {
 	override o = {0};
 	const char *p = spec, *name, *end;
 	override *no;
-	char err[256];
+	char why[512], list[300], what[600];
 
 	o.idx = -1;
-	if (!outbox_parse_table(&p, true, &o.nsp, &o.rel, err, sizeof(err))) {
-		snprintf(errbuf, errlen, "invalid per-table setting \"table.%s\": %s", spec, err);
-		return false;
-	}
+	o.line = at->line;
+	if (!outbox_parse_table(&p, true, &o.nsp, &o.rel, why, sizeof(why)))
+		goto bad_key;
 	if (*p != '.') {
-		snprintf(errbuf, errlen, "invalid per-table setting \"table.%s\": expected "
-		         "table.SCHEMA.TABLE.SETTING", spec);
-		goto error;
+		if (*p == '\0' || *p == '=')
+			snprintf(why, sizeof(why), "missing setting after the table name; use %s",
+			         value ? "table.SCHEMA.TABLE.SETTING" : "SCHEMA.TABLE.SETTING=VALUE");
+		else
+			snprintf(why, sizeof(why), "unexpected \"%c\" after the table name; quote a name "
+			         "that contains \"%c\"", *p, *p);
+		goto bad_key;
 	}
 	name = p + 1;
 	end = value ? name + strlen(name) : strchr(name, '=');
 	if (end == NULL) {
-		snprintf(errbuf, errlen, "--table-option expects SCHEMA.TABLE.SETTING=VALUE, got \"%s\"", spec);
-		goto error;
+		snprintf(why, sizeof(why), "expected SCHEMA.TABLE.SETTING=VALUE");
+		goto bad_key;
+	}
+	if (end == name) {
+		snprintf(why, sizeof(why), "missing setting after the table name");
+		goto bad_key;
 	}
 	if (!value)
 		value = end + 1;
-	if ((size_t) (end - name) > 7 && strncmp(name, "header.", 7) == 0) {
-		o.header = strndup(name + 7, (size_t) (end - name - 7));
-		if (o.header == NULL)
+	if ((size_t) (end - name) >= 7 && strncmp(name, "header.", 7) == 0) {
+		if (!header_name_ok(name + 7, (size_t) (end - name - 7), why, sizeof(why)))
+			goto bad_key;
+		if ((o.header = strndup(name + 7, (size_t) (end - name - 7))) == NULL)
 			goto nomem;
 	} else {
 		o.idx = setting_by_name(name, (size_t) (end - name));
 		if (o.idx < 0 || !settings[o.idx].per_table) {
-			snprintf(errbuf, errlen, "\"%.*s\" cannot be set per table (in \"table.%s\"): use "
-			         "topic_template, topic_prefix, id_column, key_column, type_column, "
-			         "payload_column, aggregatetype_column, value_format, cloudevents_source "
-			         "or header.NAME", (int) (end - name), name, spec);
-			goto error;
+			per_table_list(list, sizeof(list));
+			snprintf(why, sizeof(why), o.idx < 0 ? "unknown setting \"%.*s\"; per table: %s" :
+			         "\"%.*s\" cannot be set per table; per table: %s",
+			         (int) (end - name), name, list);
+			goto bad_key;
 		}
 	}
-	o.key = strndup(spec, (size_t) (end - spec));
-	o.value = strdup(value);
-	if (o.key == NULL || o.value == NULL)
+	if ((o.key = strndup(spec, (size_t) (end - spec))) == NULL)
+		goto nomem;
+	snprintf(what, sizeof(what), "%s%s", at->path ? "table." : "--table-option ", o.key);
+	if (o.idx >= 0 && !check_value(o.idx, value, at, what, errbuf, errlen))
+		goto error;
+	if ((o.value = strdup(value)) == NULL)
 		goto nomem;
 	if ((no = realloc(l->ovr, (l->novr + 1) * sizeof(*no))) == NULL)
 		goto nomem;
 	l->ovr = no;
 	no[l->novr++] = o;
 	return true;
+bad_key:
+	if (at->path)
+		say(errbuf, errlen, at, "invalid key \"table.%s\": %s", spec, why);
+	else
+		say(errbuf, errlen, at, "invalid value \"%s\" for --table-option: %s", spec, why);
+	goto error;
 nomem:
 	snprintf(errbuf, errlen, "out of memory");
 error:
@@ -439,15 +828,46 @@ trim(char *s)
 	return s;
 }
 
-/* Read a key = value file into l.  Values may be wrapped in single or double quotes. */
+/* The "=" that ends the key of a file line: the first one outside "quoted"
+ * identifiers (table."a=b".c.key_column = ...), else the first one. */
+static char *
+key_end(char *s)
+{
+	bool quoted = false;
+
+	for (char *p = s; *p; p++) {
+		if (*p == '"')
+			quoted = !quoted;
+		else if (*p == '=' && !quoted)
+			return p;
+	}
+	return strchr(s, '=');
+}
+
+/* Whether a line's first word looks like a key (then a message may echo it). */
+static bool
+known_key(const char *s, size_t len)
+{
+	return setting_by_name(s, len) >= 0 ||
+	       (len > 6 && strncmp(s, "kafka.", 6) == 0) ||
+	       (len > 7 && strncmp(s, "header.", 7) == 0) ||
+	       (len > 6 && strncmp(s, "table.", 6) == 0);
+}
+
+/*
+ * Read a key = value file into l.  A value wrapped in single or double
+ * quotes loses them (nothing inside is unescaped); a quote that starts a
+ * value and is never closed is an error.  Errors are
+ * "FILE:LINE: ..." and never echo a value of conninfo or of kafka.*.
+ */
 static bool
 load_file(layer *l, const char *path, char *errbuf, size_t errlen)
 {
 	FILE *f = fopen(path, "r");
 	char line[8192];
-	char err[512];
-	int lineno = 0;
+	origin at = {path, 0};
 
+	l->path = path;
 	if (f == NULL) {
 		snprintf(errbuf, errlen, "could not open configuration file \"%s\": %s", path, strerror(errno));
 		return false;
@@ -457,54 +877,83 @@ load_file(layer *l, const char *path, char *errbuf, size_t errlen)
 		size_t vlen;
 		int idx;
 
-		lineno++;
+		at.line++;
 		if (strchr(line, '\n') == NULL && !feof(f)) {
-			snprintf(errbuf, errlen, "%s:%d: line too long", path, lineno);
+			say(errbuf, errlen, &at, "line too long (at most %zu bytes)", sizeof(line) - 2);
 			goto error;
 		}
 		key = trim(line);
 		if (*key == '\0' || *key == '#')
 			continue;
-		eq = strchr(key, '=');
+		eq = key_end(key);
 		if (eq == NULL) {
-			snprintf(errbuf, errlen, "%s:%d: expected key = value", path, lineno);
+			size_t w = strcspn(key, " \t");
+
+			if (known_key(key, w))
+				say(errbuf, errlen, &at, "missing \"=\" after \"%.*s\"; use key = value", (int) w, key);
+			else
+				say(errbuf, errlen, &at, "expected key = value, found no \"=\"");
 			goto error;
 		}
 		*eq = '\0';
 		key = trim(key);
 		val = trim(eq + 1);
-		vlen = strlen(val);
-		if (vlen >= 2 && (val[0] == '\'' || val[0] == '"') && val[vlen - 1] == val[0]) {
-			val[vlen - 1] = '\0';
-			val++;
+		if (*key == '\0') {
+			say(errbuf, errlen, &at, "missing key before \"=\"");
+			goto error;
 		}
-		if (strncmp(key, "kafka.", 6) == 0 && key[6] != '\0') {
+		/* 'x' or "x" is x; "a"."b" (quoted identifiers) stays as it is. */
+		vlen = strlen(val);
+		if (vlen > 0 && (val[0] == '\'' || val[0] == '"')) {
+			char *close = strchr(val + 1, val[0]);
+
+			if (close == NULL) {
+				say(errbuf, errlen, &at, "invalid value for %s: the %c that starts it is not "
+				    "closed", key, val[0]);
+				goto error;
+			}
+			if (close == val + vlen - 1) {
+				*close = '\0';
+				val++;
+			}
+		}
+		if (strncmp(key, "kafka.", 6) == 0) {
+			if (key[6] == '\0') {
+				say(errbuf, errlen, &at, "invalid key \"kafka.\": missing property name after "
+				    "\"kafka.\"");
+				goto error;
+			}
 			if (!layer_add_kafka(l, key + 6, strlen(key + 6), val))
 				goto nomem;
 			continue;
 		}
-		if (strncmp(key, "header.", 7) == 0 && key[7] != '\0') {
-			if (!layer_add_header(l, key + 7, strlen(key + 7), val))
-				goto nomem;
+		if (strncmp(key, "header.", 7) == 0) {
+			if (!layer_add_header(l, key + 7, strlen(key + 7), val, &at, NULL, errbuf, errlen))
+				goto error;
 			continue;
 		}
-		if (strncmp(key, "table.", 6) == 0 && key[6] != '\0') {
-			if (!layer_add_override(l, key + 6, val, err, sizeof(err))) {
-				snprintf(errbuf, errlen, "%s:%d: %s", path, lineno, err);
+		if (strncmp(key, "table.", 6) == 0) {
+			if (key[6] == '\0') {
+				say(errbuf, errlen, &at, "invalid key \"table.\": missing SCHEMA.TABLE.SETTING "
+				    "after \"table.\"");
 				goto error;
 			}
+			if (!layer_add_override(l, key + 6, val, &at, errbuf, errlen))
+				goto error;
 			continue;
 		}
 		idx = setting_by_name(key, strlen(key));
 		if (idx < 0) {
-			snprintf(errbuf, errlen, "%s:%d: unknown setting \"%s\"", path, lineno, key);
+			say(errbuf, errlen, &at, "unknown setting \"%s\"", key);
 			goto error;
 		}
+		if (!check_value(idx, val, &at, settings[idx].name, errbuf, errlen))
+			goto error;
 		if (!layer_set(l, idx, val))
 			goto nomem;
 	}
 	if (ferror(f)) {
-		snprintf(errbuf, errlen, "could not read \"%s\": %s", path, strerror(errno));
+		snprintf(errbuf, errlen, "could not read configuration file \"%s\": %s", path, strerror(errno));
 		goto error;
 	}
 	fclose(f);
@@ -558,7 +1007,8 @@ quote_table(const char *nsp, const char *rel)
 }
 
 /* One mapping: the global values with the overrides for (nsp, rel) applied
- * (nsp == NULL: the global mapping only, for logical messages). */
+ * (nsp == NULL: the global mapping only, for logical messages, which take
+ * their headers from the message).  Every value was checked when read. */
 static bool
 build_mapping(config *cfg, outbox_mapping *m, const char *const *vals, const layer *file,
               const layer *cli, const char *nsp, const char *rel, char *errbuf, size_t errlen)
@@ -567,7 +1017,7 @@ build_mapping(config *cfg, outbox_mapping *m, const char *const *vals, const lay
 	outbox_header_map *h;
 	size_t nh = 0;
 	const layer *layers[2] = {file, cli};
-	char what[300] = "";
+	char shown[300];
 
 	memcpy(v, vals, sizeof(v));
 	/* At most every global header plus every override header. */
@@ -606,25 +1056,21 @@ build_mapping(config *cfg, outbox_mapping *m, const char *const *vals, const lay
 			if (j == nh)
 				nh++;
 		}
+	if (nsp != NULL && nh > OUTBOX_MAX_EXTRA_HEADERS) {
+		table_show(nsp, rel, shown, sizeof(shown));
+		snprintf(errbuf, errlen, "too many headers for table %s: %zu mapped, at most %d", shown, nh, OUTBOX_MAX_EXTRA_HEADERS);
+		return false;
+	}
+	if (nsp == NULL)
+		nh = 0;
 	/* Strings of the layers die with them: copy what the mapping keeps. */
 	for (size_t i = 0; i < nh; i++)
 		if (!(h[i].name = own(cfg, strdup(h[i].name))) ||
 		    !(h[i].column = own(cfg, strdup(h[i].column))))
 			goto nomem;
-	m->headers = h;
+	m->headers = nh ? h : NULL;
 	m->nheaders = nh;
-	if (nsp != NULL)
-		snprintf(what, sizeof(what), " for table %s.%s", nsp, rel);
-	if (!outbox_format_parse(v[S_VALUE_FORMAT], &m->format)) {
-		snprintf(errbuf, errlen, "invalid value_format \"%s\"%s: use raw, envelope or cloudevents",
-		         v[S_VALUE_FORMAT], what);
-		return false;
-	}
-	if (nh > OUTBOX_MAX_EXTRA_HEADERS) {
-		snprintf(errbuf, errlen, "%zu headers mapped%s: at most %d", nh, what,
-		         OUTBOX_MAX_EXTRA_HEADERS);
-		return false;
-	}
+	m->format = (outbox_format) enum_parse(S_VALUE_FORMAT, v[S_VALUE_FORMAT]);
 #define COPY(field, idx) \
 	if (!(m->field = v[idx] ? own(cfg, strdup(v[idx])) : NULL) && v[idx]) goto nomem
 	COPY(topic_template, S_TOPIC_TEMPLATE);
@@ -647,45 +1093,29 @@ static bool
 build_tables(config *cfg, const char *const *vals, const layer *file, const layer *cli,
              char *errbuf, size_t errlen)
 {
-	const char *p = vals[S_TABLE];
 	const layer *layers[2] = {file, cli};
 	char *nsp[OUTBOX_MAX_TABLES], *rel[OUTBOX_MAX_TABLES];
 	size_t n = 0;
-	char err[256];
+	char why[512], shown[300];
 	bool ok = false;
 
-	for (;;) {
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (n == OUTBOX_MAX_TABLES) {
-			snprintf(errbuf, errlen, "more than %d outbox tables", OUTBOX_MAX_TABLES);
-			goto out;
-		}
-		if (!outbox_parse_table(&p, false, &nsp[n], &rel[n], err, sizeof(err))) {
-			snprintf(errbuf, errlen, "invalid table \"%s\": %s", vals[S_TABLE], err);
-			goto out;
-		}
-		n++;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (*p == '\0')
-			break;
-		if (*p != ',') {
-			snprintf(errbuf, errlen, "invalid table \"%s\": expected [schema.]table[, ...]", vals[S_TABLE]);
-			goto out;
-		}
-		p++;
+	if (!table_list_parse(vals[S_TABLE], nsp, rel, &n, why, sizeof(why))) {
+		snprintf(errbuf, errlen, "invalid value \"%s\" for table: %s", vals[S_TABLE], why);
+		goto out;
 	}
 	for (int li = 0; li < 2; li++)
 		for (size_t i = 0; i < layers[li]->novr; i++) {
 			const override *o = &layers[li]->ovr[i];
+			origin at = {layers[li]->path, o->line};
 			size_t j;
+
 			for (j = 0; j < n && !(strcmp(o->nsp, nsp[j]) == 0 && strcmp(o->rel, rel[j]) == 0); j++)
 				;
 			if (j == n) {
-				snprintf(errbuf, errlen, "per-table setting \"table.%s\" names %s.%s, which is not "
-				         "one of the outbox tables (table = %s)", o->key, o->nsp, o->rel,
-				         vals[S_TABLE]);
+				table_show(o->nsp, o->rel, shown, sizeof(shown));
+				say(errbuf, errlen, &at, "%s%s names table %s, which is not one of the outbox "
+				    "tables (table = %s)", at.path ? "table." : "--table-option ", o->key,
+				    shown, vals[S_TABLE]);
 				goto out;
 			}
 		}
@@ -703,11 +1133,47 @@ build_tables(config *cfg, const char *const *vals, const layer *file, const laye
 nomem:
 	snprintf(errbuf, errlen, "out of memory");
 out:
-	for (size_t i = 0; i < n; i++) {
-		free(nsp[i]);
-		free(rel[i]);
-	}
+	free_names(nsp, n);
+	free_names(rel, n);
 	return ok;
+}
+
+/* The option getopt knows by val, as --help spells it (is_long) or as -X. */
+static void
+option_name(const struct option *longopts, int val, bool is_long, char *out, size_t outlen)
+{
+	if (!is_long && val > 0 && val < 256) {
+		snprintf(out, outlen, "-%c", val);
+		return;
+	}
+	for (const struct option *o = longopts; o->name != NULL; o++)
+		if (o->val == val) {
+			snprintf(out, outlen, "--%s", o->name);
+			return;
+		}
+	snprintf(out, outlen, "?");
+}
+
+/* arg ("--NAME[=VALUE]") matched no long option, or more than one: say which. */
+static void
+bad_long_option(const struct option *longopts, const char *arg, char *errbuf, size_t errlen)
+{
+	size_t len = strcspn(arg + 2, "="), used = 0;
+	char list[600] = "";
+	int matches = 0;
+
+	for (const struct option *o = longopts; len > 0 && o->name != NULL; o++)
+		if (strncmp(o->name, arg + 2, len) == 0) {
+			matches++;
+			if (o->val != 'L' && used < sizeof(list))   /* --list-settings stays hidden */
+				used += (size_t) snprintf(list + used, sizeof(list) - used, "%s--%s",
+				                          used ? ", " : "", o->name);
+		}
+	if (matches > 1)
+		snprintf(errbuf, errlen, "option \"--%.*s\" is ambiguous: it may be %s", (int) len,
+		         arg + 2, list);
+	else
+		snprintf(errbuf, errlen, "unknown option \"--%.*s\"", (int) len, arg + 2);
 }
 
 config_rc
@@ -715,12 +1181,16 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 {
 	enum { OPT_BASE = 256 };
 	struct option longopts[S_COUNT + 12];
-	char shortopts[64] = "+c:X:vVh";
+	/* "+": stop at the first non-option; ":": report a missing argument as ':'. */
+	char shortopts[64] = "+:c:X:vVh";
 	layer cli = {0}, file = {0};
 	const char *config_path = NULL;
 	const char *vals[S_COUNT];
-	int n = 0, c;
+	char name[64];
+	int n = 0, c, last = 0;
 	config_rc rc = CONFIG_ERROR;
+	outbox_config oc;
+	outbox *ob;
 
 	memset(cfg, 0, sizeof(*cfg));
 	for (int i = 0; i < S_COUNT; i++) {
@@ -758,7 +1228,10 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 		for (int i = 0; idx < 0 && i < S_COUNT; i++)
 			if (settings[i].shortopt && c == settings[i].shortopt)
 				idx = i;
+		last = idx >= 0 ? OPT_BASE + idx : c;
 		if (idx >= 0) {
+			if (!check_value(idx, optarg, &on_cli, settings[idx].name, errbuf, errlen))
+				goto out;
 			if (!layer_set(&cli, idx, optarg))
 				goto nomem;
 			continue;
@@ -769,8 +1242,18 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 			break;
 		case 'X': {
 			const char *eq = strchr(optarg, '=');
-			if (eq == NULL || eq == optarg) {
-				snprintf(errbuf, errlen, "-X expects PROPERTY=VALUE, got \"%s\"", optarg);
+			if (eq == NULL) {
+				/* The value may have been meant for it: not echoed if it could be a secret. */
+				if (may_hold_secret(optarg))
+					snprintf(errbuf, errlen, "invalid value for -X: expected PROPERTY=VALUE");
+				else
+					snprintf(errbuf, errlen, "invalid value \"%s\" for -X: expected PROPERTY=VALUE",
+					         optarg);
+				goto out;
+			}
+			if (eq == optarg) {
+				snprintf(errbuf, errlen, "invalid value for -X: missing property name before "
+				         "\"=\"; use PROPERTY=VALUE");
 				goto out;
 			}
 			if (!layer_add_kafka(&cli, optarg, (size_t) (eq - optarg), eq + 1))
@@ -779,16 +1262,18 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 		}
 		case 'H': {
 			const char *eq = strchr(optarg, '=');
-			if (eq == NULL || eq == optarg) {
-				snprintf(errbuf, errlen, "--header expects NAME=COLUMN, got \"%s\"", optarg);
+			if (eq == NULL) {
+				snprintf(errbuf, errlen, "invalid value \"%s\" for --header: expected NAME=COLUMN",
+				         optarg);
 				goto out;
 			}
-			if (!layer_add_header(&cli, optarg, (size_t) (eq - optarg), eq + 1))
-				goto nomem;
+			if (!layer_add_header(&cli, optarg, (size_t) (eq - optarg), eq + 1, &on_cli, optarg,
+			                      errbuf, errlen))
+				goto out;
 			break;
 		}
 		case 'T':
-			if (!layer_add_override(&cli, optarg, NULL, errbuf, errlen))
+			if (!layer_add_override(&cli, optarg, NULL, &on_cli, errbuf, errlen))
 				goto out;
 			break;
 		case 'v':
@@ -808,15 +1293,41 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 			cfg->list_settings = true;
 			break;
 		case ':':
-			snprintf(errbuf, errlen, "option \"%s\" requires an argument", argv[optind - 1]);
+			option_name(longopts, optopt, strncmp(argv[optind - 1], "--", 2) == 0, name, sizeof(name));
+			snprintf(errbuf, errlen, "option \"%s\" requires an argument", name);
 			goto out;
 		default:
-			snprintf(errbuf, errlen, "unknown option \"%s\"", argv[optind - 1]);
+			/* glibc: optopt is the option's val for "--help=x", 0 for an unknown or
+			 * ambiguous long option, the character for an unknown short one. */
+			if (strncmp(argv[optind - 1], "--", 2) != 0) {
+				if (optopt > ' ' && optopt < 127)
+					snprintf(errbuf, errlen, "unknown option \"-%c\"", optopt);
+				else
+					snprintf(errbuf, errlen, "unknown option in \"%s\"", argv[optind - 1]);
+			} else if (optopt != 0) {
+				option_name(longopts, optopt, true, name, sizeof(name));
+				snprintf(errbuf, errlen, "option \"%s\" takes no argument", name);
+			} else {
+				bad_long_option(longopts, argv[optind - 1], errbuf, errlen);
+			}
 			goto out;
 		}
 	}
 	if (optind < argc) {
-		snprintf(errbuf, errlen, "unexpected argument \"%s\"", argv[optind]);
+		const char *arg = argv[optind];
+		size_t len = strcspn(arg, "=");
+
+		/* Most often the rest of an unquoted value: never echo what may be a password. */
+		if (last == OPT_BASE + S_CONNINFO)
+			snprintf(errbuf, errlen, "unexpected argument after the value of -d: quote a "
+			         "connection string that contains spaces (-d \"host=... dbname=...\")");
+		else if (last == 'X')
+			snprintf(errbuf, errlen, "unexpected argument after the value of -X: quote a "
+			         "value that contains spaces");
+		else
+			snprintf(errbuf, errlen, "unexpected argument \"%.*s%s\": pgoutbox takes options "
+			         "only; quote a value that contains spaces", (int) len, arg,
+			         arg[len] ? "=..." : "");
 		goto out;
 	}
 	if (cfg->show_help || cfg->show_version || cfg->list_settings) {
@@ -836,58 +1347,17 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 		snprintf(errbuf, errlen, "no Kafka brokers given: use -b BROKERS (or brokers in the -c file)");
 		goto out;
 	}
-	if ((c = log_level_parse(vals[S_LOG_LEVEL])) < 0) {
-		snprintf(errbuf, errlen, "invalid log_level \"%s\": use debug, log, warning or error", vals[S_LOG_LEVEL]);
-		goto out;
-	}
-	cfg->log_level = c;
-	if ((c = log_format_parse(vals[S_LOG_FORMAT])) < 0) {
-		snprintf(errbuf, errlen, "invalid log_format \"%s\": use text or json", vals[S_LOG_FORMAT]);
-		goto out;
-	}
-	cfg->log_format = c;
-	if (!parse_int(vals[S_STATS_INTERVAL], 0, 86400, &cfg->stats_interval_s)) {
-		snprintf(errbuf, errlen, "invalid stats_interval \"%s\": seconds from 0 to 86400", vals[S_STATS_INTERVAL]);
-		goto out;
-	}
-	if (!parse_int(vals[S_SHUTDOWN_TIMEOUT], 0, 86400, &cfg->shutdown_timeout_s)) {
-		snprintf(errbuf, errlen, "invalid shutdown_timeout \"%s\": seconds from 0 to 86400", vals[S_SHUTDOWN_TIMEOUT]);
-		goto out;
-	}
-	if (!parse_int(vals[S_STATUS_INTERVAL], 100, 3600000, &cfg->status_interval_ms)) {
-		snprintf(errbuf, errlen, "invalid status_interval \"%s\": milliseconds from 100 to 3600000", vals[S_STATUS_INTERVAL]);
-		goto out;
-	}
-	if (!parse_int(vals[S_REPLICATION_TIMEOUT], 0, 86400, &cfg->replication_timeout_s) ||
-	    (cfg->replication_timeout_s > 0 && cfg->replication_timeout_s < 2)) {
-		snprintf(errbuf, errlen, "invalid replication_timeout \"%s\": 0 or seconds from 2 to 86400",
-		         vals[S_REPLICATION_TIMEOUT]);
-		goto out;
-	}
-	if (!parse_int(vals[S_KAFKA_STALL_TIMEOUT], 0, 86400, &cfg->kafka_stall_timeout_s)) {
-		snprintf(errbuf, errlen, "invalid kafka_stall_timeout \"%s\": 0 or seconds up to 86400",
-		         vals[S_KAFKA_STALL_TIMEOUT]);
-		goto out;
-	}
-	if (vals[S_ENDPOS] != NULL && !parse_lsn(vals[S_ENDPOS], &cfg->endpos)) {
-		snprintf(errbuf, errlen, "invalid endpos \"%s\": expected an LSN such as 0/16B3748", vals[S_ENDPOS]);
-		goto out;
-	}
-	if (strcmp(vals[S_ON_ERROR], "stop") == 0) {
-		cfg->on_error_dlq = false;
-	} else if (strcmp(vals[S_ON_ERROR], "dlq") == 0) {
-		cfg->on_error_dlq = true;
-	} else {
-		snprintf(errbuf, errlen, "invalid on_error \"%s\": use stop or dlq", vals[S_ON_ERROR]);
-		goto out;
-	}
-	if (!outbox_topic_valid(vals[S_DLQ_TOPIC], strlen(vals[S_DLQ_TOPIC]))) {
-		snprintf(errbuf, errlen, "invalid dlq_topic \"%s\": not a valid Kafka topic name", vals[S_DLQ_TOPIC]);
-		goto out;
-	}
-	if (vals[S_METRICS] != NULL && vals[S_METRICS][0] != '\0' &&
-	    !metrics_addr_valid(vals[S_METRICS], errbuf, errlen))
-		goto out;
+	/* Every value was checked where it was written: these conversions hold. */
+	cfg->log_level = enum_parse(S_LOG_LEVEL, vals[S_LOG_LEVEL]);
+	cfg->log_format = enum_parse(S_LOG_FORMAT, vals[S_LOG_FORMAT]);
+	cfg->on_error_dlq = enum_parse(S_ON_ERROR, vals[S_ON_ERROR]) == 1;
+	cfg->stats_interval_s = (int) strtol(vals[S_STATS_INTERVAL], NULL, 10);
+	cfg->shutdown_timeout_s = (int) strtol(vals[S_SHUTDOWN_TIMEOUT], NULL, 10);
+	cfg->status_interval_ms = (int) strtol(vals[S_STATUS_INTERVAL], NULL, 10);
+	cfg->replication_timeout_s = (int) strtol(vals[S_REPLICATION_TIMEOUT], NULL, 10);
+	cfg->kafka_stall_timeout_s = (int) strtol(vals[S_KAFKA_STALL_TIMEOUT], NULL, 10);
+	if (vals[S_ENDPOS] != NULL)
+		parse_lsn(vals[S_ENDPOS], &cfg->endpos);
 	/* The effective text of every setting, to tell what a reload changes. */
 	if (!(cfg->values = calloc(S_COUNT, sizeof(*cfg->values))))
 		goto nomem;
@@ -906,9 +1376,13 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	if (!build_tables(cfg, vals, &file, &cli, errbuf, errlen) ||
 	    !build_mapping(cfg, &cfg->messages, vals, &file, &cli, NULL, NULL, errbuf, errlen))
 		goto out;
-	/* A message carries its own headers, not columns. */
-	cfg->messages.headers = NULL;
-	cfg->messages.nheaders = 0;
+	/* The same check the daemon makes when it starts, so that a mapping error
+	 * is a configuration error, also for a reload. */
+	oc = (outbox_config) {.tables = cfg->tables, .ntables = cfg->ntables,
+	                      .messages_prefix = cfg->messages_prefix, .messages = cfg->messages};
+	if ((ob = outbox_new(&oc, errbuf, errlen)) == NULL)
+		goto out;
+	outbox_free(ob);
 	if (vals[S_METRICS] != NULL && vals[S_METRICS][0] != '\0' &&
 	    !(cfg->metrics = strdup(vals[S_METRICS])))
 		goto nomem;
