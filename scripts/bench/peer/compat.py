@@ -3,7 +3,7 @@
 produced? The same workload through both, compared per event.
 
     scripts/bench/peer/compat.py --pgoutbox BIN [--libs DIR] [--out DIR]
-                                 [--json FILE] [-X PROP=VAL ...]
+                                 [--json FILE] [-X PROP=VAL ...] [--json-arg ARG ...]
 
 Needs a running stack (scripts/stack.sh: PGOUTBOX_PG, PGOUTBOX_BROKERS in
 the environment) with the default outbox table and pgoutbox's publication
@@ -32,7 +32,10 @@ key and value quoted as JSON strings and so (murmur2 of other bytes) other
 partitions. A third column checks what a pgoutbox option producing that
 quoted key (`key_format = json-string`, not in pgoutbox yet) would give:
 computed here from pgoutbox's output with the quoting of Kafka Connect's
-JsonConverter (Jackson) and Kafka's murmur2 partitioner.
+JsonConverter (Jackson) and Kafka's murmur2 partitioner. Once pgoutbox has
+such an option, --json-arg runs pgoutbox a second time with it (a slot of
+its own) and compares that output with the JsonConverter setup directly:
+key and partition must then be identical.
 
 Prints a table with one row per field; exit 0 if every difference is an
 expected one, 1 otherwise, 2 if the comparison could not run.
@@ -61,9 +64,12 @@ SETUPS = [("string", "StringConverter"), ("json", "JsonConverter (schemas off)")
 
 
 class Options:
-    def __init__(self, pgoutbox, libs, out, x=(), proto=3, partitions=3, run=None):
+    def __init__(self, pgoutbox, libs, out, x=(), proto=3, partitions=3, run=None, json_args=()):
         self.pgoutbox, self.libs, self.out = pgoutbox, libs, out
         self.x, self.proto, self.partitions = list(x), proto, partitions
+        # pgoutbox arguments meant to reproduce the JsonConverter setup (e.g. a
+        # future --key-format json-string): a fourth run, compared with it
+        self.json_args = list(json_args)
         self.run = run or "%x" % (int(time.time()) % 0x1000000)
 
 
@@ -368,7 +374,10 @@ def key_order(msgs):
 
 
 def compare(pgo, other, setup, commit_order, commit_ms, partitions):
-    """Fields of `other` (a Debezium setup's messages) against pgoutbox's."""
+    """Fields of `other` (a Debezium setup's messages) against pgoutbox's.
+    setup: "string", "json", or "variant" (pgo is then pgoutbox run with
+    --json-arg arguments, other the JsonConverter setup: the key and the
+    partition must then be the same, the value is reported)."""
     json_conv = setup == "json"
     by_id = {event_id(m): m for m in other}
     F = {}
@@ -387,6 +396,10 @@ def compare(pgo, other, setup, commit_order, commit_ms, partitions):
         f("value = JsonConverter's quoting of pgoutbox's value", "same")
         f("partition", "any", "murmur2 of other key bytes")
         f("partition = murmur2(quoted key)", "same")
+    elif setup == "variant":
+        f("key", "same")
+        f("value", "any", "the same only if the arguments quote the value too")
+        f("partition", "same")
     else:
         f("key", "same")
         f("value", "same")
@@ -471,6 +484,8 @@ def run(o):
         cur.execute("CREATE PUBLICATION %s FOR TABLE public.outbox WITH (publish = 'insert')"
                     % PUBLICATION)
     slots = {"pgoutbox": "cmp_pgo", "string": "cmp_dbz_string", "json": "cmp_dbz_json"}
+    if o.json_args:
+        slots["variant"] = "cmp_pgo_variant"
     for s in slots.values():
         cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                     "WHERE slot_name = %s", (s,))
@@ -522,9 +537,18 @@ def run(o):
             raise RuntimeError("Debezium (%s) wrote %d of %d messages (%s):\n%s"
                                % (setup, got - (i + 1) * n, n, dz.log_path, dz.log_tail()))
         bounds.append(high_watermarks(brokers, ktopics, o.partitions))
-    msgs = read_all(brokers, bounds[-1])
-    parts = {"pgoutbox": [], "string": [], "json": []}
     names = ["pgoutbox"] + [s for s, _ in SETUPS]
+    if o.json_args:
+        with open(os.path.join(o.out, "pgoutbox-variant.log"), "w") as lf:
+            rc = subprocess.run([o.pgoutbox, "-d", pg, "-b", brokers, "--slot", slots["variant"],
+                                 "--endpos", endpos] + o.x + o.json_args, stderr=lf,
+                                timeout=300).returncode
+        if rc != 0:
+            raise RuntimeError("pgoutbox %s exited %d (%s)" % (" ".join(o.json_args), rc, lf.name))
+        bounds.append(high_watermarks(brokers, ktopics, o.partitions))
+        names.append("variant")
+    msgs = read_all(brokers, bounds[-1])
+    parts = {k: [] for k in names}
     for tp, ms in msgs.items():
         for m in ms:
             k = 0
@@ -544,8 +568,12 @@ def run(o):
     for x in result["pgoutbox_alone"]:
         if not x["ok"]:
             result["unexpected"].append("pgoutbox: %s: %s" % (x["field"], x["cell"]))
-    for setup, title in SETUPS:
-        F, info = compare(pgo, parts[setup], setup, commit_order, commit_ms, o.partitions)
+    pairs = [(setup, title, pgo, parts[setup]) for setup, title in SETUPS]
+    if o.json_args:
+        pairs.append(("variant", "JsonConverter vs pgoutbox %s" % " ".join(o.json_args),
+                      parts["variant"], parts["json"]))
+    for setup, title, mine, theirs in pairs:
+        F, info = compare(mine, theirs, setup, commit_order, commit_ms, o.partitions)
         result["setups"][setup] = {"title": title, "fields": [x.as_dict() for x in F.values()],
                                    "messages": len(parts[setup])}
         result["setups"][setup].update(info)
@@ -560,8 +588,10 @@ def table(r):
     """The result as markdown lines: one row per field, one column per setup."""
     L = ["%d events (%s, %d partitions each); pgoutbox with its defaults, Debezium 'tuned'"
          % (r["events"], ", ".join(r["topics"]), r["partitions"]), ""]
-    cols = [s for s, _ in SETUPS]
-    L.append("| field | %s |" % " | ".join("Debezium, %s" % r["setups"][s]["title"] for s in cols))
+    cols = list(r["setups"])
+    L.append("| field | %s |" % " | ".join(
+        r["setups"][s]["title"] if s == "variant" else "Debezium, " + r["setups"][s]["title"]
+        for s in cols))
     L.append("|---|" + "---|" * len(cols))
     names = []
     for s in cols:
@@ -598,11 +628,17 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "pgoutbox-compat"))
     ap.add_argument("--json", help="also write the result as JSON to this file")
     ap.add_argument("-X", dest="xprops", action="append", default=[])
+    ap.add_argument("--json-arg", dest="json_args", action="append", default=[],
+                    help="a pgoutbox argument meant to reproduce the JsonConverter setup (repeat "
+                         "for several, e.g. --json-arg=--key-format --json-arg=json-string): "
+                         "pgoutbox runs a second time with them and is compared with Debezium's "
+                         "JsonConverter output, key and partition expected identical")
     a = ap.parse_args()
     try:
         libs = a.libs or subprocess.run([os.path.join(HERE, "resolve.sh")], check=True,
                                         capture_output=True, text=True).stdout.strip()
-        r = run(Options(a.pgoutbox, libs, a.out, sum((["-X", x] for x in a.xprops), [])))
+        r = run(Options(a.pgoutbox, libs, a.out, sum((["-X", x] for x in a.xprops), []),
+                        json_args=a.json_args))
     except Exception as e:  # noqa: BLE001 — any failure to run is exit 2
         log("error: could not compare: %s" % e)
         return 2
