@@ -2,15 +2,23 @@
 """bench.py — the scenarios of scripts/bench/run.sh (run that, not this).
 
 Expects a running bench stack (PGOUTBOX_PG, PGOUTBOX_BROKERS, PGOUTBOX_STATE
-in the environment) and a release build of pgoutbox. Writes OUT/results.json
-(plus logs and raw per-run files in OUT/) for report.py.
+in the environment), a release build of pgoutbox and the floor clients
+(scripts/bench/floor, meson -Dbench=true). Writes OUT/results.json (plus
+logs and raw per-run files in OUT/) for report.py.
 
 Scenarios:
-  drain     N events pre-written behind two slots; pg_recvlogical drains one
-            (the ceiling), pgoutbox the other into Kafka (--endpos).
+  drain     N events pre-written behind one slot per reader, all created at
+            the same LSN; pg_recvlogical, the floor client (eager and
+            napping: the best of them is the ceiling), pgoutbox (--endpos)
+            and, with --peer debezium, Debezium drain one each.
   latency   pgbench -R at steady rates, synchronous_commit=on; consumer.py
-            measures commit-to-consumer latency; pgoutbox runs throughout.
+            measures commit-to-consumer latency from the stamp in the
+            payload; pgoutbox (then Debezium, tuned and at its defaults)
+            runs throughout, and floor_latency on its own slot measures the
+            floor during the same load.
   polling   the same load and consumer against polling_relay.py.
+  compat    peer/compat.py: the same workload through pgoutbox and Debezium
+            (StringConverter and JsonConverter), compared per event.
   profile   callgrind of pgoutbox draining 20k single-event transactions.
 """
 import argparse
@@ -28,10 +36,13 @@ import time
 import urllib.request
 
 import psycopg2
-from confluent_kafka import Consumer, TopicPartition
+import psycopg2.extensions
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "peer"))
+import debezium  # noqa: E402  (scripts/bench/peer/debezium.py)
 REPO = os.path.dirname(os.path.dirname(HERE))
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 CLK = os.sysconf("SC_CLK_TCK")
@@ -265,13 +276,97 @@ def topic_count(topic):
     return n
 
 
+class Watermarks:
+    """Messages in a topic (sum of high - low watermarks over its partitions),
+    through one client kept open: cheap enough to ask every 20 ms."""
+
+    def __init__(self, topic):
+        self.topic = topic
+        self.c = Consumer({"bootstrap.servers": BROKERS, "group.id": "bench-watch"})
+
+    def count(self):
+        """The count, asking again (for up to 30 s) while a new topic's
+        leaders are not known to this client yet."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                n = 0
+                for p in range(PARTITIONS):
+                    lo, hi = self.c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+                    n += hi - lo
+                return n
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def close(self):
+        self.c.close()
+
+
+class KafkaWatch(threading.Thread):
+    """Watches a topic from time.monotonic() t0 on: when its first new message
+    appeared (t_first) and when `want` new messages were there (t_done).
+    Asks every 20 ms until the first, then every 50 ms."""
+
+    def __init__(self, topic, want, on_done=None):
+        super().__init__(daemon=True)
+        self.wm = Watermarks(topic)
+        self.base = self.wm.count()
+        self.want = want
+        self.t0 = time.monotonic()
+        self.t_first = self.t_done = None
+        self.seen = 0
+        self.on_done = on_done  # called (in this thread) once want is reached
+        self._halt = threading.Event()
+        self.start()
+
+    def run(self):
+        while not self._halt.is_set():
+            n = self.wm.count() - self.base
+            now = time.monotonic()
+            self.seen = n
+            if n > 0 and self.t_first is None:
+                self.t_first = now
+            if n >= self.want:
+                self.t_done = now
+                if self.on_done:
+                    self.on_done()
+                return
+            self._halt.wait(0.02 if self.t_first is None else 0.05)
+
+    def wait(self, timeout):
+        self.join(timeout)
+        return self.t_done is not None
+
+    def finish(self):
+        self._halt.set()
+        self.join()
+        self.wm.close()
+        return {"start_to_first_s": None if self.t_first is None else self.t_first - self.t0,
+                "start_to_last_s": None if self.t_done is None else self.t_done - self.t0,
+                "seen": self.seen}
+
+
+def pg_params():
+    """The stack's PostgreSQL as a dict (host, port, user, dbname, ...)."""
+    return psycopg2.extensions.parse_dsn(PG)
+
+
+def create_publication(conn, name):
+    """A publication of the outbox table's inserts, as scripts/setup-slot.sh
+    creates pgoutbox's: the peer's own."""
+    q(conn, "DROP PUBLICATION IF EXISTS %s" % name)
+    q(conn, "CREATE PUBLICATION %s FOR TABLE public.outbox WITH (publish = 'insert')" % name)
+
+
 # ------------------------------------------------------------------ drain
 
 def drain_recvlogical(args, out, conn, slot, endpos, tag):
     """pg_recvlogical drains slot to endpos: walsender + pgoutput, no Kafka."""
     cmd = ["pg_recvlogical", "-d", PG, "--slot", slot, "--start", "--no-loop",
            "--endpos", endpos, "-o", "proto_version=%d" % args.proto,
-           "-o", "publication_names=pgoutbox", "-f", "/dev/null"]
+           "-o", "publication_names=pgoutbox", "-o", "messages=true", "-f", "/dev/null"]
     with open(os.path.join(out, "recvlogical-%s.log" % tag), "w") as lf:
         p = subprocess.Popen(cmd, stderr=lf)
         t0 = time.monotonic()
@@ -285,12 +380,36 @@ def drain_recvlogical(args, out, conn, slot, endpos, tag):
     return {"s": wall, "cpu_s": cpu, "walsender_cpu_s": ws_cpu}
 
 
-def drain_pgoutbox(args, out, conn, slot, endpos, tag, kpid):
+def drain_floor(args, out, conn, slot, endpos, tag, mode):
+    """floor_drain (eager or nap) drains slot to endpos: walsender + pgoutput
+    + a client that touches nothing past the CopyData envelope."""
+    cmd = [args.floor_drain, "-d", PG, "-s", slot, "-e", endpos, "-m", mode,
+           "-p", str(args.proto)]
+    with open(os.path.join(out, "floor-drain-%s-%s.log" % (mode, tag)), "w") as lf:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=lf, text=True)
+        t0 = time.monotonic()
+        wpid = slot_pid(conn, slot)
+        ws = Sampler(wpid) if wpid else None
+        report = p.stdout.read()
+        rc, cpu, _ = wait_measured(p)
+        wall = time.monotonic() - t0
+    ws_cpu, _ = ws.finish() if ws else (None, None)
+    if rc != 0:
+        raise RuntimeError("floor_drain exited %d (%s)" % (rc, lf.name))
+    r = json.loads(report)
+    return {"s": wall, "cpu_s": cpu, "walsender_cpu_s": ws_cpu, "events": r["events"],
+            "stream_s": r["stream_s"], "naps": r["naps"], "polls": r["polls"],
+            "copydata": r["copydata"]}
+
+
+def drain_pgoutbox(args, out, conn, slot, endpos, tag, kpid, topic):
     """pgoutbox drains slot into Kafka until the slot is confirmed at endpos."""
     cmd = [args.pgoutbox, "-d", PG, "-b", BROKERS, "--slot", slot, "--endpos", endpos,
            "--log-level", "log"] + args.x
     k0 = proc_cpu(kpid)
+    watch = KafkaWatch(topic, 1)  # start to first event in Kafka
     with open(os.path.join(out, "pgoutbox-drain-%s.log" % tag), "w") as lf:
+        watch.t0 = time.monotonic()
         p = subprocess.Popen(cmd, stderr=lf)
         t0 = time.monotonic()
         ps = Sampler(p.pid)
@@ -303,12 +422,54 @@ def drain_pgoutbox(args, out, conn, slot, endpos, tag, kpid):
     # forked Python process before exec.
     _, rss = ps.finish()
     k1 = proc_cpu(kpid)
+    w = watch.finish()
     if rc != 0:
         raise RuntimeError("pgoutbox exited %d (%s)" % (rc, lf.name))
     confirmed = q1(conn, "SELECT confirmed_flush_lsn >= %s FROM pg_replication_slots WHERE slot_name = %s",
                    (endpos, slot))
     return {"s": wall, "cpu_s": cpu, "maxrss_kb": rss, "walsender_cpu_s": ws_cpu,
-            "broker_cpu_s": k1 - k0, "confirmed": bool(confirmed)}
+            "broker_cpu_s": k1 - k0, "confirmed": bool(confirmed),
+            "start_to_first_s": w["start_to_first_s"]}
+
+
+def drain_debezium(args, out, conn, slot, n, topic, tag, config, kpid):
+    """Debezium (Kafka Connect standalone, outbox event router) drains slot
+    into Kafka: from the JVM's start until n new events are in the topic
+    (Debezium confirms the slot only at its offset flushes, so the end is
+    seen in Kafka). CPU and RSS of the JVM, sampled up to that moment."""
+    wd = os.path.join(out, "debezium-drain-%s-%s" % (tag, config))
+    shutil.rmtree(wd, ignore_errors=True)
+    dz = debezium.Connect(args.debezium_libs, wd, pg_params(), BROKERS, slot, DBZ_PUBLICATION,
+                          "bench_dbz", config=config)
+    at_done = {}
+
+    def done():
+        at_done["cpu"] = proc_cpu(dz.pid)
+        at_done["rss"], at_done["hwm"] = proc_mem(dz.pid)
+        at_done["broker_cpu"] = proc_cpu(kpid)
+    k0 = proc_cpu(kpid)
+    watch = KafkaWatch(topic, n, on_done=done)
+    try:
+        dz.start()
+        watch.t0 = dz.t_start
+        ps = Sampler(dz.pid)
+        wpid = slot_pid(conn, slot, timeout=180)
+        ws = Sampler(wpid) if wpid else None
+        ok = watch.wait(max(300, n / 500))
+        ws_cpu, _ = ws.finish() if ws else (None, None)
+        _, hwm = ps.finish()
+    finally:
+        rc, cpu_total, _ = dz.stop()
+    w = watch.finish()
+    if not ok:
+        raise RuntimeError("Debezium (%s) delivered %d of %d events (log: %s):\n%s"
+                           % (config, w["seen"], n, dz.log_path, dz.log_tail()))
+    first, last = w["start_to_first_s"], w["start_to_last_s"]
+    return {"s": last, "start_to_first_s": first,
+            "stream_s": last - first if first is not None else None,
+            "cpu_s": at_done["cpu"] - ps.cpu0, "cpu_total_s": cpu_total,
+            "maxrss_kb": max(hwm, at_done.get("hwm") or 0), "walsender_cpu_s": ws_cpu,
+            "broker_cpu_s": at_done["broker_cpu"] - k0, "in_kafka": w["seen"], "exit": rc}
 
 
 def median(xs):
@@ -319,11 +480,19 @@ def median(xs):
     return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
 
 
+DBZ_PUBLICATION = "bench_dbz"
+READER_NAMES = {"recv": "pg_recvlogical", "eager": "floor (eager)", "nap": "floor (napping)",
+                "pgo": "pgoutbox"}
+
+
 def scen_drain(args, out, res):
-    """Each workload is written once behind 2 x repeat slots created at the
-    same LSN; pg_recvlogical and pgoutbox then drain one slot each per
-    round, taking turns at going first (the first reader of fresh WAL may
-    pay for what the second finds cached), and the medians are reported."""
+    """Each workload is written once behind one slot per reader and round,
+    all created at the same LSN; every reader then drains its own slot, the
+    order rotating from round to round (the first reader of fresh WAL may pay
+    for what the later ones find cached), and the medians are reported.
+    Readers: pg_recvlogical, floor_drain eager and napping (the best of the
+    two is the ceiling), pgoutbox and, for the workloads in --peer-workloads,
+    Debezium in each configuration of --peer-configs."""
     conn = db()
     n_txn = args.drain_events
     n_big = args.drain_big
@@ -332,6 +501,8 @@ def scen_drain(args, out, res):
     ]
     rows = []
     kpid = kafka_pid()
+    if args.peer == "debezium":
+        create_publication(conn, DBZ_PUBLICATION)
     plan = [(size, w) for size in args.sizes.split(",") for w in workloads
             if {1: "t1", 10: "t10"}.get(w[1], "big") in args.workloads.split(",")]
     if not args.no_warmup:
@@ -343,63 +514,115 @@ def scen_drain(args, out, res):
         warm = len(item) > 2
         rounds = 1 if warm else args.repeat
         per = per_txn or n
-        tag = "%s_%s" % ({1: "t1", 10: "t10"}.get(per_txn, "big"), size.lower())
+        wl = {1: "t1", 10: "t10"}.get(per_txn, "big")
+        tag = "%s_%s" % (wl, size.lower())
         if warm:
             tag = "warmup"
+        readers = ["recv", "eager", "nap", "pgo"]
+        if warm:
+            readers = ["pgo"]
+        elif args.peer == "debezium" and "%s_%s" % (wl, size.lower()) in args.peer_workloads:
+            readers += ["dbz-" + c for c in args.peer_configs]
         agg = "drain_%s_%s" % (tag, RUN)
         topic = "outbox.event." + agg
-        log("drain %s, %s: writing %d events (%d round(s))" % (name, size, n, rounds))
+        log("drain %s, %s: writing %d events (%d round(s); readers %s)"
+            % (name, size, n, rounds, ", ".join(readers)))
         create_topic(topic)
-        slots = [("bench_a%d_%s" % (i, tag), "bench_b%d_%s" % (i, tag)) for i in range(rounds)]
-        for sa, sb in slots:
-            create_slot(conn, sa)
-            create_slot(conn, sb)
+        slots = [{r: "bench_%s%d_%s" % (re.sub(r"\W", "", r), i, tag) for r in readers}
+                 for i in range(rounds)]
+        for sl in slots:
+            for s_ in sl.values():
+                create_slot(conn, s_)
         t0 = time.monotonic()
         endpos = write_events(conn, agg, n, per, size)
         t_write = time.monotonic() - t0
         wal = q1(conn, "SELECT pg_wal_lsn_diff(%s, confirmed_flush_lsn) FROM pg_replication_slots WHERE slot_name = %s",
-                 (endpos, slots[0][0]))
+                 (endpos, slots[0]["pgo"]))
         runs = []
-        for i, (sa, sb) in enumerate(slots):
+        for i, sl in enumerate(slots):
             rtag = "%s-%d" % (tag, i + 1)
-            kafka0 = topic_count(topic)
-            first_recv = i % 2 == 0
-            for who in ("recv", "pgo") if first_recv else ("pgo", "recv"):
+            k = i % len(readers)
+            order = readers[k:] + readers[:k]
+            run = {"order": order, "debezium": {}}
+            for who in order:
                 log("drain %s, %s, round %d: %s to %s" % (name, size, i + 1,
-                    "pg_recvlogical" if who == "recv" else "pgoutbox", endpos))
+                    READER_NAMES.get(who, "Debezium " + who[4:]), endpos))
                 if who == "recv":
-                    r = drain_recvlogical(args, out, conn, sa, endpos, rtag)
+                    r = drain_recvlogical(args, out, conn, sl[who], endpos, rtag)
+                    run.update({"recv_s": r["s"], "recv_cpu_s": r["cpu_s"],
+                                "recv_walsender_cpu_s": r["walsender_cpu_s"]})
+                elif who in ("eager", "nap"):
+                    r = drain_floor(args, out, conn, sl[who], endpos, rtag, who)
+                    if r["events"] != n:
+                        raise RuntimeError("floor_drain (%s) counted %d inserts of %d"
+                                           % (who, r["events"], n))
+                    run.update({"floor_%s_s" % who: r["s"], "floor_%s_cpu_s" % who: r["cpu_s"],
+                                "floor_%s_walsender_cpu_s" % who: r["walsender_cpu_s"],
+                                "floor_%s_polls" % who: r["polls"]})
+                elif who == "pgo":
+                    kafka0 = topic_count(topic)
+                    r = drain_pgoutbox(args, out, conn, sl[who], endpos, rtag, kpid, topic)
+                    run.update({"pgoutbox_s": r["s"], "pgoutbox_cpu_s": r["cpu_s"],
+                                "pgoutbox_maxrss_kb": r["maxrss_kb"],
+                                "walsender_cpu_s": r["walsender_cpu_s"],
+                                "broker_cpu_s": r["broker_cpu_s"], "confirmed": r["confirmed"],
+                                "in_kafka": topic_count(topic) - kafka0,
+                                "pgoutbox_start_to_first_s": r["start_to_first_s"]})
                 else:
-                    p = drain_pgoutbox(args, out, conn, sb, endpos, rtag, kpid)
-                    p["in_kafka"] = topic_count(topic) - kafka0
-            run = {"first": "pg_recvlogical" if first_recv else "pgoutbox",
-                   "recv_s": r["s"], "pgoutbox_s": p["s"], "ratio": r["s"] / p["s"],
-                   "recv_cpu_s": r["cpu_s"], "recv_walsender_cpu_s": r["walsender_cpu_s"],
-                   "pgoutbox_cpu_s": p["cpu_s"], "pgoutbox_maxrss_kb": p["maxrss_kb"],
-                   "walsender_cpu_s": p["walsender_cpu_s"], "broker_cpu_s": p["broker_cpu_s"],
-                   "confirmed": p["confirmed"], "in_kafka": p["in_kafka"]}
+                    cfg = who[4:]
+                    run["debezium"][cfg] = drain_debezium(args, out, conn, sl[who], n, topic,
+                                                          rtag, cfg, kpid)
+            if not warm:
+                run["ceiling_s"] = min(run["floor_eager_s"], run["floor_nap_s"])
+                run["ratio"] = run["recv_s"] / run["pgoutbox_s"]
+                run["ceiling_ratio"] = run["ceiling_s"] / run["pgoutbox_s"]
+                log("drain %s, %s, round %d: pg_recvlogical %.0f/s, floor eager %.0f/s, napping %.0f/s, "
+                    "pgoutbox %.0f/s (%.2f of the ceiling, %.2f of pg_recvlogical), %d in Kafka%s"
+                    % (name, size, i + 1, n / run["recv_s"], n / run["floor_eager_s"],
+                       n / run["floor_nap_s"], n / run["pgoutbox_s"], run["ceiling_ratio"],
+                       run["ratio"], run["in_kafka"],
+                       "".join("; Debezium %s %.0f/s (first event after %.1f s)"
+                               % (c, n / d["s"], d["start_to_first_s"] or -1)
+                               for c, d in run["debezium"].items())))
             runs.append(run)
-            log("drain %s, %s, round %d (%s first): pg_recvlogical %.0f/s, pgoutbox %.0f/s (%.2f), %d in Kafka"
-                % (name, size, i + 1, run["first"], n / run["recv_s"], n / run["pgoutbox_s"],
-                   run["ratio"], run["in_kafka"]))
-            drop_slot(conn, sa)
-            drop_slot(conn, sb)
+            for s_ in sl.values():
+                drop_slot(conn, s_)
+        if warm:
+            q(conn, "TRUNCATE outbox")
+            continue
         rec = {"workload": name, "size": size, "events": n, "per_txn": per,
                "write_s": t_write, "wal_bytes": float(wal), "endpos": endpos, "runs": runs}
         for k in ("recv_s", "pgoutbox_s", "recv_cpu_s", "recv_walsender_cpu_s", "pgoutbox_cpu_s",
-                  "pgoutbox_maxrss_kb", "walsender_cpu_s", "broker_cpu_s"):
+                  "pgoutbox_maxrss_kb", "walsender_cpu_s", "broker_cpu_s",
+                  "floor_eager_s", "floor_nap_s", "floor_eager_cpu_s", "floor_nap_cpu_s",
+                  "floor_eager_walsender_cpu_s", "floor_nap_walsender_cpu_s", "ceiling_s",
+                  "pgoutbox_start_to_first_s"):
+            rec[k] = median(x.get(k) for x in runs)
+        for k in ("ratio", "ceiling_ratio"):
             rec[k] = median(x[k] for x in runs)
-        rec["ratio"] = median(x["ratio"] for x in runs)
-        rec["ratio_min"] = min(x["ratio"] for x in runs)
-        rec["ratio_max"] = max(x["ratio"] for x in runs)
+            rec[k + "_min"] = min(x[k] for x in runs)
+            rec[k + "_max"] = max(x[k] for x in runs)
         rec["recv_eps"] = n / rec["recv_s"]
         rec["pgoutbox_eps"] = n / rec["pgoutbox_s"]
+        rec["floor_eager_eps"] = n / rec["floor_eager_s"]
+        rec["floor_nap_eps"] = n / rec["floor_nap_s"]
+        rec["ceiling_eps"] = n / rec["ceiling_s"]
         rec["confirmed"] = all(x["confirmed"] for x in runs)
         rec["in_kafka"] = min(x["in_kafka"] for x in runs)
-        log("drain %s, %s: median ratio %.2f (%.2f-%.2f over %d rounds)"
-            % (name, size, rec["ratio"], rec["ratio_min"], rec["ratio_max"], len(runs)))
-        if not warm:
-            rows.append(rec)
+        dz = {}
+        for cfg in sorted({c for x in runs for c in x["debezium"]}):
+            ds = [x["debezium"][cfg] for x in runs if cfg in x["debezium"]]
+            d = {k: median(y.get(k) for y in ds) for k in ds[0] if k != "exit"}
+            d["eps"] = n / d["s"]
+            d["stream_eps"] = n / d["stream_s"] if d.get("stream_s") else None
+            d["in_kafka"] = min(y["in_kafka"] for y in ds)
+            d["rounds"] = len(ds)
+            dz[cfg] = d
+        rec["debezium"] = dz
+        log("drain %s, %s: pgoutbox median %.2f of the ceiling (%.2f-%.2f), %.2f of pg_recvlogical, "
+            "over %d rounds" % (name, size, rec["ceiling_ratio"], rec["ceiling_ratio_min"],
+                                rec["ceiling_ratio_max"], rec["ratio"], len(runs)))
+        rows.append(rec)
         q(conn, "TRUNCATE outbox")
         q(conn, "CHECKPOINT")
         res["drain"] = rows
@@ -409,7 +632,14 @@ def scen_drain(args, out, res):
 
 # --------------------------------------------------------- steady load
 
-PAYLOAD_200 = '{"seq": 0, "data": "%s"}' % ("0123456789abcdef" * 11)[:172]
+# ~200 B: {"ts": <stamp>, "seq": 0, "data": "<172 hex digits>"}. The stamp is
+# clock_timestamp() in microseconds since the Unix epoch, taken by the INSERT
+# of a one-statement transaction: the commit time less the rest of that
+# statement and its commit (measured per rate: stamp_offset()). Every system
+# is timed from it by consumer.py, Debezium's Kafka timestamp being its own
+# processing time.
+PAYLOAD_200 = ("""('{"ts": ' || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint || """
+               """', "seq": 0, "data": "%s"}')::jsonb""" % ("0123456789abcdef" * 11)[:172])
 
 
 def pgbench(out, name, table, agg, rate, secs):
@@ -419,7 +649,7 @@ def pgbench(out, name, table, agg, rate, secs):
     with open(script, "w") as f:
         f.write("\\set k random(1, 1000)\n")
         f.write("INSERT INTO %s (id, aggregatetype, aggregateid, type, payload) "
-                "VALUES (gen_random_uuid(), '%s', :k, 'BenchEvent', '%s');\n" % (table, agg, PAYLOAD_200))
+                "VALUES (gen_random_uuid(), '%s', :k, 'BenchEvent', %s);\n" % (table, agg, PAYLOAD_200))
     clients = 4 if rate <= 2000 else 8
     env = dict(os.environ, PGOPTIONS="-c synchronous_commit=on")
     cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-R", str(rate),
@@ -544,77 +774,220 @@ def histogram_quantiles(h0, h1, qs=(0.5, 0.99, 0.999)):
     return res
 
 
+def stamp_offset(conn, table, agg):
+    """How long before its commit each event's payload stamp was taken
+    (commit time from track_commit_timestamp): p50/p99 in ms. Latencies
+    from the stamp include this; the floor's (from the commit time) do not."""
+    r = q(conn, "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY d) FROM ("
+                "SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000 "
+                "- (payload->>'ts')::numeric / 1000 AS d FROM " + table +
+                " WHERE aggregatetype = %s AND payload ? 'ts') s", (agg,))
+    v = r[0][0] if r else None
+    return {"stamp_offset_p50_ms": float(v[0]) if v else None,
+            "stamp_offset_p99_ms": float(v[1]) if v else None}
+
+
+def quantiles_ms(lat_us, qs=(0.5, 0.99, 0.999)):
+    """Nearest-rank quantiles (ms) of a list of latencies in µs."""
+    s = sorted(lat_us)
+    res = {"count": len(s)}
+    for qq in qs:
+        key = "p%s_ms" % ("%g" % (qq * 100)).replace(".", "")
+        if not s:
+            res[key] = None
+            continue
+        k = max(0, min(len(s) - 1, int(-(-qq * len(s) // 1)) - 1))
+        res[key] = s[k] / 1000.0
+    res["max_ms"] = s[-1] / 1000.0 if s else None
+    return res
+
+
+class LatencyFloor:
+    """floor_latency on a slot of its own for one rate: created just before
+    the load, so that it holds nothing older; it stamps every transaction
+    committed after it started."""
+
+    def __init__(self, args, out, conn, tag):
+        self.conn, self.slot = conn, "bench_floor_lat"
+        create_slot(conn, self.slot)
+        self.file = os.path.join(out, "floor-latency-%s.txt" % tag)
+        self.log = open(os.path.join(out, "floor-latency-%s.log" % tag), "w")
+        self.p = subprocess.Popen([args.floor_latency, "-d", PG, "-s", self.slot, "-o", self.file,
+                                   "-p", str(args.proto)], stdout=subprocess.PIPE,
+                                  stderr=self.log, text=True)
+        if self.p.stdout.readline().strip() != "ready":
+            self.p.kill()
+            self.p.wait()
+            raise RuntimeError("floor_latency did not start (%s)" % self.log.name)
+        self.wpid = slot_pid(conn, self.slot)
+        self.w0 = proc_cpu(self.wpid) if self.wpid else None
+
+    def finish(self):
+        w1 = proc_cpu(self.wpid) if self.wpid else None
+        self.p.send_signal(signal.SIGTERM)
+        summary = self.p.stdout.read()
+        rc, cpu, _ = wait_measured(self.p, 60)
+        self.log.close()
+        drop_slot(self.conn, self.slot)
+        if rc != 0:
+            raise RuntimeError("floor_latency exited %d (%s)" % (rc, self.log.name))
+        with open(self.file) as f:
+            lat = [int(line.split()[1]) for line in f if line.strip()]
+        r = {"floor_" + k: v for k, v in quantiles_ms(lat).items()}
+        r["floor_cpu_s"] = cpu
+        r["floor_walsender_cpu_s"] = (w1 - self.w0) if w1 is not None and self.w0 is not None else None
+        r["floor_summary"] = json.loads(summary) if summary.strip() else None
+        return r
+
+
+def wait_in_kafka(topic, want, timeout):
+    """Poll until topic holds want messages; returns seconds waited or None."""
+    wm = Watermarks(topic)
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < timeout:
+            if wm.count() >= want:
+                return time.monotonic() - t0
+            time.sleep(0.02)
+        return None
+    finally:
+        wm.close()
+
+
 def scen_latency(args, out, res):
+    """Per system (pgoutbox in each variant, then Debezium in each
+    configuration), one process streams through all its rates; per rate a
+    fresh topic, a warm-up event waited for in Kafka, then pgbench's load,
+    consumer.py on the topic and floor_latency on its own slot."""
     conn = db()
     kpid = kafka_pid()
     rows = []
-    for vname, xargs, rates in args.variants:
+    systems = [("pgoutbox", vname, xargs, rates) for vname, xargs, rates in args.variants]
+    if args.peer == "debezium":
+        create_publication(conn, DBZ_PUBLICATION)
+        systems += [("debezium", cfg, None, rates) for cfg, rates in args.peer_latency]
+    for system, vname, xargs, rates in systems:
         slot = "bench_lat"
         create_slot(conn, slot)
-        mport = free_port()
-        cmd = [args.pgoutbox, "-d", PG, "-b", BROKERS, "--slot", slot,
-               "--metrics", "127.0.0.1:%d" % mport] + args.x + xargs
-        lf = open(os.path.join(out, "pgoutbox-latency-%s.log" % re.sub(r"\W+", "_", vname)), "w")
-        p = subprocess.Popen(cmd, stderr=lf)
-        ps = Sampler(p.pid)
-        wpid = slot_pid(conn, slot)
-        if not wpid:
-            raise RuntimeError("pgoutbox did not start streaming")
-        time.sleep(1)
-        for rate in rates:
-            agg = "lat_%s_%d_%s" % (re.sub(r"\W+", "_", vname), rate, RUN)
-            topic = "outbox.event." + agg
-            create_topic(topic)
-            # warm the producer's metadata for the new topic (not measured)
+        vtag = re.sub(r"\W+", "_", "%s_%s" % (system, vname))
+        label = vname if system == "pgoutbox" else "Debezium " + vname
+        # start to first event: one event written as the process starts
+        agg0 = "lat_%s_start_%s" % (vtag, RUN)
+        create_topic("outbox.event." + agg0)
+        dz = mport = None
+        t0 = time.monotonic()
+        if system == "pgoutbox":
+            mport = free_port()
+            cmd = [args.pgoutbox, "-d", PG, "-b", BROKERS, "--slot", slot,
+                   "--metrics", "127.0.0.1:%d" % mport] + args.x + xargs
+            lf = open(os.path.join(out, "pgoutbox-latency-%s.log" % vtag), "w")
+            p = subprocess.Popen(cmd, stderr=lf)
+            pid = p.pid
+        else:
+            wd = os.path.join(out, "debezium-latency-%s" % vtag)
+            shutil.rmtree(wd, ignore_errors=True)
+            dz = debezium.Connect(args.debezium_libs, wd, pg_params(), BROKERS, slot,
+                                  DBZ_PUBLICATION, "bench_dbz", config=vname)
+            dz.start()
+            t0 = dz.t_start
+            pid = dz.pid
+        try:
             q(conn, "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) "
-                    "VALUES (gen_random_uuid(), %s, 'warmup', 'Warmup', '{}')", (agg,))
-            time.sleep(1.0)
-            c, ef, rf = start_consumer(out, topic)
-            cpu0, w0, k0 = proc_cpu(p.pid), proc_cpu(wpid), proc_cpu(kpid)
-            h0 = scrape_ack_histogram(mport)
-            log("latency %s: %d/s for %d s" % (vname, rate, args.secs))
-            lags = LagSampler(slot)
-            n, tps, pglat, lag = pgbench(out, agg, "outbox", agg, rate, args.secs)
-            lagres = lags.finish()
-            st = finish_consumer(c, ef, rf, n)  # the consumer skips the warm-up event
-            # The consumer may see the last events before pgoutbox has served
-            # their delivery reports: wait (bounded) until all are counted.
-            deadline = time.monotonic() + 10
-            while True:
-                ack = histogram_quantiles(h0, scrape_ack_histogram(mport))
-                if ack["ack_events"] >= n or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            cpu1, w1, k1 = proc_cpu(p.pid), proc_cpu(wpid), proc_cpu(kpid)
-            rss, hwm = proc_mem(p.pid)
-            rec = {"variant": vname, "rate": rate, "secs": args.secs, "events": n, "tps": tps,
-                   "pgbench_latency_ms": pglat, "pgbench_lag_ms": lag,
-                   "pgoutbox_cpu_s": cpu1 - cpu0, "walsender_cpu_s": w1 - w0,
-                   "broker_cpu_s": k1 - k0, "pgoutbox_rss_kb": rss, "pgoutbox_hwm_kb": hwm}
-            rec.update(lagres)
-            rec.update(ack)
-            rec.update({k: st[k] for k in ("received", "p50_ms", "p90_ms", "p99_ms", "p999_ms",
-                                           "max_ms", "mean_ms", "consumer_cpu_s")})
-            log("latency %s @%d/s: achieved %.0f/s, p50 %.1f p99 %.1f p99.9 %.1f max %.1f ms, "
-                "commit-to-ack p50 %.1f p99 %.1f p99.9 %.1f ms (%d events), "
-                "%d/%d received, RSS %d kB; WAL unsent max %.0f kB, sent-unconfirmed max %.0f kB; "
-                "CPU s: pgoutbox %.2f walsender %.2f broker %.2f consumer %.2f"
-                % (vname, rate, tps, st["p50_ms"], st["p99_ms"], st["p999_ms"], st["max_ms"],
-                   ack["ack_p50_ms"] or -1, ack["ack_p99_ms"] or -1, ack["ack_p999_ms"] or -1,
-                   ack["ack_events"],
-                   st["received"], n, rss, lagres["unsent_kb_max"], lagres["unconfirmed_kb_max"],
-                   cpu1 - cpu0, w1 - w0, k1 - k0, st["consumer_cpu_s"]))
-            rows.append(rec)
-            res["latency"] = rows
-            save(out, res)
-        _, maxrss = proc_mem(p.pid)  # VmHWM just before stopping
-        maxrss = max(maxrss or 0, ps.hwm)
-        p.send_signal(signal.SIGTERM)
-        rc, cpu, _ = wait_measured(p)
-        ps.finish()
-        lf.close()
+                    "VALUES (gen_random_uuid(), %s, 'warmup', 'Warmup', '{}')", (agg0,))
+            waited = wait_in_kafka("outbox.event." + agg0, 1, 180)
+            if waited is None:
+                raise RuntimeError("%s: the first event did not reach Kafka within 180 s%s"
+                                   % (label, (":\n" + dz.log_tail()) if dz else ""))
+            start_to_first = time.monotonic() - t0
+            ps = Sampler(pid)
+            wpid = slot_pid(conn, slot)
+            if not wpid:
+                raise RuntimeError("%s did not start streaming" % label)
+            log("latency %s: first event in Kafka %.2f s after the start" % (label, start_to_first))
+            if args.warm_secs:
+                # Not measured: a JVM compiles its hot paths during its first
+                # seconds of load; a peer in production has long done so.
+                # pgoutbox gets the same, for symmetry.
+                aggw = "lat_%s_warm_%s" % (vtag, RUN)
+                create_topic("outbox.event." + aggw)
+                log("latency %s: warm-up load, 2000/s for %d s (not measured)" % (label, args.warm_secs))
+                nw = pgbench(out, aggw, "outbox", aggw, 2000, args.warm_secs)[0]
+                if wait_in_kafka("outbox.event." + aggw, nw, 120) is None:
+                    raise RuntimeError("%s did not deliver the warm-up load" % label)
+            for rate in rates:
+                agg = "lat_%s_%d_%s" % (vtag, rate, RUN)
+                topic = "outbox.event." + agg
+                create_topic(topic)
+                # warm the producer's metadata for the new topic (not measured)
+                q(conn, "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) "
+                        "VALUES (gen_random_uuid(), %s, 'warmup', 'Warmup', '{}')", (agg,))
+                if wait_in_kafka(topic, 1, 60) is None:
+                    raise RuntimeError("%s: the warm-up event did not reach Kafka" % label)
+                time.sleep(0.5)
+                c, ef, rf = start_consumer(out, topic)
+                fl = LatencyFloor(args, out, conn, "%s_%d" % (vtag, rate)) if args.floor else None
+                cpu0, w0, k0 = proc_cpu(pid), proc_cpu(wpid), proc_cpu(kpid)
+                h0 = scrape_ack_histogram(mport) if mport else None
+                log("latency %s: %d/s for %d s" % (label, rate, args.secs))
+                lags = LagSampler(slot)
+                n, tps, pglat, lag = pgbench(out, agg, "outbox", agg, rate, args.secs)
+                lagres = lags.finish()
+                st = finish_consumer(c, ef, rf, n)  # the consumer skips the warm-up event
+                flres = fl.finish() if fl else {}
+                ack = {}
+                if mport:
+                    # The consumer may see the last events before pgoutbox has
+                    # served their delivery reports: wait (bounded) until all are counted.
+                    deadline = time.monotonic() + 10
+                    while True:
+                        ack = histogram_quantiles(h0, scrape_ack_histogram(mport))
+                        if ack["ack_events"] >= n or time.monotonic() > deadline:
+                            break
+                        time.sleep(0.05)
+                cpu1, w1, k1 = proc_cpu(pid), proc_cpu(wpid), proc_cpu(kpid)
+                rss, hwm = proc_mem(pid)
+                rec = {"system": system, "variant": label, "rate": rate, "secs": args.secs,
+                       "events": n, "tps": tps,
+                       "pgbench_latency_ms": pglat, "pgbench_lag_ms": lag,
+                       "cpu_s": cpu1 - cpu0, "walsender_cpu_s": w1 - w0,
+                       "broker_cpu_s": k1 - k0, "rss_kb": rss, "hwm_kb": hwm}
+                rec.update(lagres)
+                rec.update(ack)
+                rec.update(flres)
+                rec.update(stamp_offset(conn, "outbox", agg))
+                rec.update({k: st[k] for k in ("received", "p50_ms", "p90_ms", "p99_ms", "p999_ms",
+                                               "max_ms", "mean_ms", "consumer_cpu_s",
+                                               "kafka_ts_p50_ms", "kafka_ts_p99_ms")})
+                for k in ("p50", "p99", "p999"):
+                    fv = rec.get("floor_%s_ms" % k)
+                    rec["floor_ratio_" + k] = rec[k + "_ms"] / fv if fv and rec[k + "_ms"] else None
+                log("latency %s @%d/s: achieved %.0f/s, p50 %.1f p99 %.1f p99.9 %.1f max %.1f ms; "
+                    "floor p50 %.2f p99 %.2f p99.9 %.2f ms (%s txns); stamp %.3f ms before commit (p50); "
+                    "%d/%d received, RSS %d kB; CPU s: %s %.2f walsender %.2f broker %.2f consumer %.2f%s"
+                    % (label, rate, tps, st["p50_ms"], st["p99_ms"], st["p999_ms"], st["max_ms"],
+                       rec.get("floor_p50_ms") or -1, rec.get("floor_p99_ms") or -1,
+                       rec.get("floor_p999_ms") or -1, rec.get("floor_count", "-"),
+                       rec["stamp_offset_p50_ms"] or -1, st["received"], n, rss, system,
+                       cpu1 - cpu0, w1 - w0, k1 - k0, st["consumer_cpu_s"],
+                       "; commit-to-ack p50 %.1f p99 %.1f ms" % (ack["ack_p50_ms"] or -1,
+                                                                 ack["ack_p99_ms"] or -1)
+                       if ack else ""))
+                rows.append(rec)
+                res["latency"] = rows
+                save(out, res)
+            _, maxrss = proc_mem(pid)  # VmHWM just before stopping
+            maxrss = max(maxrss or 0, ps.hwm)
+            ps.finish()
+        finally:
+            if dz:
+                rc, cpu, _ = dz.stop()
+            else:
+                p.send_signal(signal.SIGTERM)
+                rc, cpu, _ = wait_measured(p, 60)
+                lf.close()
         res.setdefault("latency_runs", []).append(
-            {"variant": vname, "exit": rc, "pgoutbox_cpu_s": cpu, "pgoutbox_maxrss_kb": maxrss})
+            {"system": system, "variant": label, "exit": rc, "cpu_s": cpu, "maxrss_kb": maxrss,
+             "start_to_first_s": start_to_first})
         drop_slot(conn, slot)
         q(conn, "TRUNCATE outbox")
         save(out, res)
@@ -742,19 +1115,46 @@ def save(out, res):
     os.replace(os.path.join(out, "results.json.tmp"), os.path.join(out, "results.json"))
 
 
+def scen_compat(args, out, res):
+    """peer/compat.py's comparison, in this run's stack and results."""
+    if args.peer != "debezium":
+        log("compat: needs --peer debezium, skipped")
+        return
+    import compat  # scripts/bench/peer/compat.py
+    r = compat.run(compat.Options(pgoutbox=args.pgoutbox, libs=args.debezium_libs,
+                                  out=os.path.join(out, "compat"), x=args.x, proto=args.proto,
+                                  partitions=PARTITIONS, run=RUN))
+    for line in compat.table(r):
+        log("compat: " + line)
+    res["compat"] = r
+    save(out, res)
+    if r["unexpected"]:
+        log("compat: %d unexpected difference(s)" % len(r["unexpected"]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--pgoutbox", required=True)
+    ap.add_argument("--floor-dir", required=True,
+                    help="build directory of scripts/bench/floor (floor_drain, floor_latency)")
     ap.add_argument("--prof-bin")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--scenarios", default="drain,latency,polling")
+    ap.add_argument("--scenarios", default="drain,latency,polling,compat")
     ap.add_argument("-X", dest="xprops", action="append", default=[],
                     help="librdkafka property for pgoutbox in every scenario")
     ap.add_argument("--meta", help="JSON with machine/versions from run.sh")
+    ap.add_argument("--peer", choices=("none", "debezium"), default="none")
+    ap.add_argument("--debezium-libs", help="jars of scripts/bench/peer/resolve.sh")
+    ap.add_argument("--peer-configs", help="Debezium configurations for the drain (tuned,defaults)")
+    ap.add_argument("--peer-workloads", help="drain workloads with Debezium, e.g. t1_200b,t1_4kb")
+    ap.add_argument("--no-floor", dest="floor", action="store_false",
+                    help="no floor_latency during the latency runs")
     ap.add_argument("--drain-events", dest="o_drain_events", type=int, help="override N (per-txn workloads)")
     ap.add_argument("--drain-big", dest="o_drain_big", type=int, help="override N (the big transaction)")
     ap.add_argument("--secs", dest="o_secs", type=int, help="override seconds per rate")
+    ap.add_argument("--warm-secs", dest="o_warm_secs", type=int,
+                    help="override seconds of unmeasured load before a system's rates (0: none)")
     ap.add_argument("--rates", dest="o_rates", help="override rates, e.g. 2000,10000")
     ap.add_argument("--sizes", default="200B,4KB")
     ap.add_argument("--workloads", default="t1,t10,big")
@@ -763,28 +1163,38 @@ def main():
     args = ap.parse_args()
     args.x = sum((["-X", x] for x in args.xprops), [])
     args.proto = 3
+    args.floor_drain = os.path.join(args.floor_dir, "floor_drain")
+    args.floor_latency = os.path.join(args.floor_dir, "floor_latency")
+    for b in (args.floor_drain, args.floor_latency):
+        if not os.access(b, os.X_OK):
+            ap.error("%s not found: build scripts/bench/floor (meson -Dbench=true)" % b)
+    if args.peer == "debezium" and not args.debezium_libs:
+        ap.error("--peer debezium needs --debezium-libs")
     if args.quick:
-        args.drain_events, args.drain_big, args.secs = 20000, 20000, 5
-        args.variants = [("linger.ms=5 (default)", [], [1000, 2000, 5000, 10000])]
-        args.poll_intervals, args.poll_rates = [0.1, 1.0], [1000, 10000]
+        args.drain_events, args.drain_big, args.secs, args.warm_secs = 20000, 20000, 5, 3
+        args.variants = [("defaults", [], [500, 2000, 10000])]
+        args.peer_latency = [("tuned", [500, 2000, 10000]), ("defaults", [2000])]
+        args.poll_intervals, args.poll_rates = [0.1, 1.0], [2000]
+        peer_workloads = "t1_200b"
     else:
-        args.drain_events, args.drain_big, args.secs = 200000, 1000000, 30
-        args.variants = [("linger.ms=5 (default)", [], [1000, 2000, 5000, 10000]),
-                         # the producer settings before the tuning, for comparison
-                         ("max.in.flight=5, Nagle on (before)",
-                          ["-X", "max.in.flight.requests.per.connection=5",
-                           "-X", "socket.nagle.disable=false"], [2000, 10000]),
+        args.drain_events, args.drain_big, args.secs, args.warm_secs = 200000, 1000000, 30, 10
+        args.variants = [("defaults", [], [500, 1000, 2000, 5000, 10000]),
                          ("linger.ms=1", ["-X", "linger.ms=1"], [2000, 10000])]
+        args.peer_latency = [("tuned", [500, 2000, 10000]), ("defaults", [500, 2000, 10000])]
         args.poll_intervals, args.poll_rates = [0.1, 1.0], [1000, 2000, 5000, 10000]
+        peer_workloads = "t1_200b,t1_4kb"
+    args.peer_configs = (args.peer_configs or "tuned,defaults").split(",")
+    args.peer_workloads = (args.peer_workloads or peer_workloads).split(",")
     args.prof_events = 20000
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
-    for k in ("drain_events", "drain_big", "secs"):
+    for k in ("drain_events", "drain_big", "secs", "warm_secs"):
         if getattr(args, "o_" + k) is not None:
             setattr(args, k, getattr(args, "o_" + k))
     if args.o_rates:
         rates = [int(x) for x in args.o_rates.split(",")]
         args.variants = [(v[0], v[1], [r for r in rates if r in v[2]] or rates) for v in args.variants[:1]]
+        args.peer_latency = [(v[0], [r for r in rates if r in v[1]] or rates) for v in args.peer_latency]
         args.poll_rates = rates
     os.makedirs(args.out, exist_ok=True)
     res = {}
@@ -795,7 +1205,16 @@ def main():
     res["meta"].update({"quick": args.quick, "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                         "drain_events": args.drain_events, "drain_big": args.drain_big,
                         "drain_rounds": args.repeat,
-                        "secs": args.secs, "pgoutbox_x": args.xprops, "proto": args.proto})
+                        "secs": args.secs, "warm_secs": args.warm_secs,
+                        "pgoutbox_x": args.xprops, "proto": args.proto,
+                        "peer": args.peer, "floor": args.floor})
+    if args.peer == "debezium":
+        res["meta"]["debezium"] = debezium.jar_version(args.debezium_libs, "debezium-connector-postgres")
+        res["meta"]["kafka_connect"] = debezium.jar_version(args.debezium_libs, "connect-runtime")
+        res["meta"]["debezium_configs"] = {k: v for k, v in debezium.CONFIGS.items()}
+        res["meta"]["debezium_jvm"] = " ".join(debezium.JVM_OPTS)
+        res["meta"]["java"] = subprocess.run(["java", "-version"], capture_output=True,
+                                             text=True).stderr.splitlines()[0]
     conn = db()
     res["meta"]["postgresql"] = q1(conn, "SHOW server_version")
     conn.close()
@@ -804,12 +1223,12 @@ def main():
     for s in args.scenarios.split(","):
         t0 = time.monotonic()
         {"drain": scen_drain, "latency": scen_latency, "polling": scen_polling,
-         "profile": scen_profile}[s](args, args.out, res)
+         "compat": scen_compat, "profile": scen_profile}[s](args, args.out, res)
         res["meta"]["%s_s" % s] = time.monotonic() - t0
         save(args.out, res)
     res["meta"]["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     save(args.out, res)
-    return 0
+    return 3 if res.get("compat", {}).get("unexpected") else 0
 
 
 if __name__ == "__main__":

@@ -2,11 +2,21 @@
 """consumer.py — the independent latency consumer of scripts/bench/run.sh.
 
 Reads one topic (all partitions, from the beginning, no consumer group
-coordination) and records, per message, receive time minus the message's
-Kafka timestamp. Both pgoutbox and polling_relay.py set that timestamp to
-the transaction's commit time (ms), so the difference is commit-to-consumer
-latency. Everything runs on one machine, so both clocks are the same clock;
-the timestamp is truncated to whole ms, which adds 0-1 ms.
+coordination) and records, per message, receive time minus the stamp in its
+payload: bench.py's pgbench script writes {"ts": <clock_timestamp() in
+microseconds since the Unix epoch>, ...} in the INSERT of a one-statement
+transaction, so the stamp is the commit time less the rest of that
+statement and its commit (bench.py measures that offset from
+pg_xact_commit_timestamp). The stamp is read from the value's bytes, so a
+value that Kafka Connect's JsonConverter quoted as a JSON string
+({\"ts\": ...}) works too; messages without a stamp (warm-up events) are
+not counted. Everything runs on one machine, so both clocks are the same
+clock.
+
+Also kept, for the record: receive time minus the Kafka timestamp
+(kafka_ts_* figures). pgoutbox and polling_relay.py set it to the commit
+time, truncated to ms; Debezium sets it to its own processing time unless
+the router's table.field.event.timestamp says otherwise.
 
     consumer.py --brokers B --topic T --expect-file F --out RESULT.json
 
@@ -17,6 +27,7 @@ expect file exists and holds a count that has been received, or until
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -57,7 +68,9 @@ def main():
     c.assign([TopicPartition(args.topic, p, OFFSET_BEGINNING) for p in tmd.partitions])
 
     lat = []
+    kts_lat = []  # receive time - Kafka timestamp
     ts_min = ts_max = None
+    stamp = re.compile(rb'"ts\\?": ?(\d+)')
 
     # Per 100 ms of commit time: messages and their worst latency, to tell
     # a steady tail from a few stalls.
@@ -67,11 +80,16 @@ def main():
         nonlocal ts_min, ts_max
         now = time.time() * 1000.0
         for m in msgs:
-            if m is None or m.error() or m.key() == b"warmup":
+            if m is None or m.error():
                 continue
-            ts = m.timestamp()[1]
+            v = m.value()
+            st = stamp.search(v, 0, 64) if v else None
+            if st is None:
+                continue
+            ts = int(st.group(1)) / 1000.0  # ms
             lat.append(now - ts)
-            b = series.setdefault(ts // 100, [0, 0.0])
+            kts_lat.append(now - m.timestamp()[1])
+            b = series.setdefault(int(ts // 100), [0, 0.0])
             b[0] += 1
             b[1] = max(b[1], now - ts)
             ts_min = ts if ts_min is None or ts < ts_min else ts_min
@@ -107,6 +125,7 @@ def main():
     c.close()
 
     s = sorted(lat)
+    k = sorted(kts_lat)
     res = {
         "topic": args.topic,
         "received": len(s),
@@ -117,9 +136,12 @@ def main():
         "p999_ms": percentile(s, 0.999),
         "max_ms": s[-1] if s else None,
         "mean_ms": sum(s) / len(s) if s else None,
+        "kafka_ts_p50_ms": percentile(k, 0.50),
+        "kafka_ts_p99_ms": percentile(k, 0.99),
+        "kafka_ts_p999_ms": percentile(k, 0.999),
         "first_ts_ms": ts_min,
         "last_ts_ms": ts_max,
-        "series_100ms": [[k * 100, v[0], round(v[1], 1)] for k, v in sorted(series.items())],
+        "series_100ms": [[b * 100, v[0], round(v[1], 1)] for b, v in sorted(series.items())],
     }
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)

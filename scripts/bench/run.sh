@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
 #
 # run.sh — pgoutbox's end-to-end benchmarks in one command: build a release
-# pgoutbox, start a throwaway PostgreSQL 15 + Kafka (scripts/stack.sh, own
-# state directory, stopped and removed on exit), run the scenarios, write a
-# markdown report and a latency plot.
+# pgoutbox and the floor clients, resolve the peer (Debezium), start a
+# throwaway PostgreSQL 15 + Kafka (scripts/stack.sh, own state directory,
+# stopped and removed on exit), run the scenarios, write a markdown report
+# and a latency plot.
 #
 #   scripts/bench/run.sh [--quick] [--profile] [--scenarios LIST] [--out DIR]
-#                        [--docs FILE | --no-docs] [-X PROP=VAL ...]
+#                        [--docs FILE | --no-docs] [--peer debezium|none]
+#                        [--no-floor] [-X PROP=VAL ...]
 #
 #   --quick          smoke run of every scenario (20k events per drain, 5 s per
-#                    rate, fewer polling rates): under 3 minutes. Does not touch
-#                    docs/ unless --docs is given.
+#                    rate, fewer rates and Debezium configurations): a few
+#                    minutes. Does not touch docs/ unless --docs is given.
 #   --profile        also run pgoutbox under valgrind --tool=callgrind for a
 #                    20k-event drain (a release build with debug info); the
 #                    annotated output lands in OUT/callgrind/
-#   --scenarios L    comma list of drain,latency,polling,profile
-#                    (default drain,latency,polling; --profile appends profile)
+#   --scenarios L    comma list of drain,latency,polling,compat,profile
+#                    (default drain,latency,polling,compat; --profile appends
+#                    profile)
 #   --out DIR        results, logs and raw files (default
 #                    ${TMPDIR:-/tmp}/pgoutbox-bench/results-<date>)
 #   --docs FILE      update FILE's benchmark sections (default for a full run:
 #                    docs/benchmarks.md, plot into docs/img/); --no-docs: don't
+#   --peer P         debezium (default): also measure Kafka Connect + the
+#                    Debezium PostgreSQL connector with the outbox event router
+#                    (scripts/bench/peer/, jars resolved from Maven Central
+#                    into the cache) and run the compat scenario; none: not
+#   --no-floor       no floor_latency on its own slot during the latency runs
+#                    (the floor's walsender decodes the same load a second time)
 #   -X PROP=VAL      librdkafka property for pgoutbox in every scenario
 #   --rev REV        build pgoutbox from git revision REV (exported with git
 #                    archive into ${TMPDIR:-/tmp}/pgoutbox-bench/src-REV)
@@ -27,20 +36,30 @@
 #   --note TEXT      a remark for the report (e.g. what else ran on the machine)
 #
 # Scenarios (details in docs/benchmarks.md):
-#   drain    N events pre-written behind two slots created at the same LSN;
-#            pg_recvlogical (pgoutput, to /dev/null: the ceiling) drains one,
-#            pgoutbox drains the other into Kafka until the slot is confirmed
-#            at the last commit (--endpos). 1 and 10 events per transaction and
-#            one big transaction; 200 B and 4 KB payloads.
-#   latency  pgbench -R at 1,000/2,000/5,000/10,000 inserts/s (one event per
-#            transaction, synchronous_commit=on); an independent consumer
-#            measures receive time - Kafka timestamp (= commit time).
+#   drain    N events pre-written behind one slot per reader, all created at
+#            the same LSN; pg_recvlogical (to /dev/null), the floor client
+#            scripts/bench/floor/floor_drain eager and napping (the best of
+#            them is the ceiling), pgoutbox (into Kafka until the slot is
+#            confirmed at the last commit, --endpos) and Debezium (tuned and
+#            defaults, until every event is in Kafka) drain one each. 1 and 10
+#            events per transaction and one big transaction; 200 B and 4 KB
+#            payloads (Debezium: 1 event per transaction).
+#   latency  pgbench -R at 500 to 10,000 inserts/s (one event per
+#            transaction, synchronous_commit=on) through pgoutbox, then
+#            Debezium tuned and at its defaults; an independent consumer
+#            measures receive time - the commit-time stamp in the payload,
+#            and floor_latency, on its own slot during the same load, the
+#            floor: receive time of each Begin - its commit time.
 #   polling  the same load and consumer against scripts/bench/polling_relay.py
 #            (SELECT ... FOR UPDATE SKIP LOCKED / produce / flush / UPDATE) at
 #            100 ms and 1 s intervals; relay and backend CPU, rows touched.
+#   compat   scripts/bench/peer/compat.py: one workload through pgoutbox and
+#            Debezium (StringConverter, JsonConverter), compared per event;
+#            run.sh exits 3 (after the report) on an unexpected difference.
 #
 # Environment: BENCH_BUILD (build directory, default
-# ${TMPDIR:-/tmp}/pgoutbox-bench/build), PGOUTBOX_CACHE (as scripts/stack.sh).
+# ${TMPDIR:-/tmp}/pgoutbox-bench/build; the floor clients are built from this
+# working tree in BENCH_BUILD-floor), PGOUTBOX_CACHE (as scripts/stack.sh).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -58,7 +77,7 @@ die() {
 	exit 1
 }
 
-quick=0 profile=0 scenarios='' out='' docs='' nodocs=0 note='' rev_arg=''
+quick=0 profile=0 scenarios='' out='' docs='' nodocs=0 note='' rev_arg='' peer=debezium floor=1
 xprops=()
 while [[ $# -gt 0 ]]; do
 	case $1 in
@@ -80,6 +99,13 @@ while [[ $# -gt 0 ]]; do
 		shift
 		;;
 	--no-docs) nodocs=1 ;;
+	--peer)
+		[[ $# -ge 2 ]] || die "--peer needs a value"
+		[[ $2 == debezium || $2 == none ]] || die "--peer: debezium or none"
+		peer=$2
+		shift
+		;;
+	--no-floor) floor=0 ;;
 	--rev)
 		[[ $# -ge 2 ]] || die "--rev needs a value"
 		rev_arg=$2
@@ -103,7 +129,10 @@ while [[ $# -gt 0 ]]; do
 	esac
 	shift
 done
-[[ -n $scenarios ]] || scenarios=drain,latency,polling
+if [[ -z $scenarios ]]; then
+	scenarios=drain,latency,polling
+	[[ $peer == none ]] || scenarios+=,compat
+fi
 ((profile)) && [[ ,$scenarios, != *,profile,* ]] && scenarios+=,profile
 [[ -n $out ]] || out=$base/results-$(date +%Y%m%d-%H%M%S)
 if ((nodocs)); then
@@ -115,6 +144,7 @@ fi
 # ------------------------------------------------------------ dependencies
 need=(pgbench pg_recvlogical gnuplot kcat java meson)
 [[ ,$scenarios, == *,profile,* ]] && need+=(valgrind callgrind_annotate)
+[[ $peer == debezium ]] && need+=(mvn)
 missing=0
 for c in "${need[@]}"; do command -v "$c" >/dev/null 2>&1 || missing=1; done
 "$PY" -c 'import psycopg2, confluent_kafka' 2>/dev/null || missing=1
@@ -139,22 +169,38 @@ if [[ -n $rev_arg ]]; then
 	fi
 	build=$build-${full_rev:0:12}
 fi
-# meson setup SRC DIR [OPTIONS...]: (re)configure DIR for SRC if needed
+# meson setup SRC DIR [OPTIONS...] [-- TARGETS...]: (re)configure DIR for
+# SRC if needed, then build TARGETS (default: everything)
 setup_build() {
-	local s=$1 d=$2
+	local s=$1 d=$2 opts=() targets=()
 	shift 2
+	while [[ $# -gt 0 && $1 != -- ]]; do
+		opts+=("$1")
+		shift
+	done
+	[[ $# -gt 0 ]] && shift && targets=("$@")
 	if [[ ! -f $d/build.ninja ]]; then
-		(cd "$s" && meson setup "$d" "$@") >"$out/meson-setup-$(basename "$d").log" 2>&1 ||
+		(cd "$s" && meson setup "$d" "${opts[@]}") >"$out/meson-setup-$(basename "$d").log" 2>&1 ||
 			{ cat "$out/meson-setup-$(basename "$d").log" >&2; die "meson setup failed"; }
 	fi
-	meson compile -C "$d" >"$out/meson-compile-$(basename "$d").log" 2>&1 ||
+	meson compile -C "$d" "${targets[@]}" >"$out/meson-compile-$(basename "$d").log" 2>&1 ||
 		{ tail -n 30 "$out/meson-compile-$(basename "$d").log" >&2; die "build failed"; }
 }
-setup_build "$src" "$build" --buildtype=release
+setup_build "$src" "$build" --buildtype=release -- cdc/pgoutbox
 bin=$build/cdc/pgoutbox
+# The floors belong to the harness: built from this tree even with --rev.
+floor_build=${BENCH_BUILD:-$base/build}-floor
+setup_build "$repo" "$floor_build" --buildtype=release -Dbench=true -- \
+	scripts/bench/floor/floor_drain scripts/bench/floor/floor_latency
+peer_args=(--peer "$peer")
+if [[ $peer == debezium ]]; then
+	libs=$(scripts/bench/peer/resolve.sh) || die "could not resolve the Debezium jars"
+	peer_args+=(--debezium-libs "$libs")
+fi
+((floor)) || peer_args+=(--no-floor)
 prof_args=()
 if [[ ,$scenarios, == *,profile,* ]]; then
-	setup_build "$src" "$build-prof" --buildtype=release -Ddebug=true
+	setup_build "$src" "$build-prof" --buildtype=release -Ddebug=true -- cdc/pgoutbox
 	prof_args=(--prof-bin "$build-prof/cdc/pgoutbox")
 fi
 
@@ -190,8 +236,11 @@ kafka_version=${kafka_version#kafka_2.13-}
 cmdline="scripts/bench/run.sh"
 ((quick)) && cmdline+=" --quick"
 ((profile)) && cmdline+=" --profile"
-[[ $scenarios != drain,latency,polling && $scenarios != drain,latency,polling,profile ]] &&
+[[ $scenarios != drain,latency,polling,compat && $scenarios != drain,latency,polling,compat,profile &&
+	! ($peer == none && ($scenarios == drain,latency,polling || $scenarios == drain,latency,polling,profile)) ]] &&
 	cmdline+=" --scenarios $scenarios"
+[[ $peer == none ]] && cmdline+=" --peer none"
+((floor)) || cmdline+=" --no-floor"
 [[ -n $rev_arg ]] && cmdline+=" --rev $rev_arg"
 for x in "${xprops[@]}"; do [[ $x == -X ]] || cmdline+=" -X $x"; done
 "$PY" - "$out/meta.json" <<EOF
@@ -224,8 +273,14 @@ xb=()
 for x in "${xprops[@]}"; do [[ $x == -X ]] || xb+=(-X "$x"); done
 qa=()
 ((quick)) && qa=(--quick)
+t_bench=$SECONDS
+rc=0
 "$PY" scripts/bench/bench.py --out "$out" --pgoutbox "$bin" --scenarios "$scenarios" \
-	--meta "$out/meta.json" "${qa[@]}" "${prof_args[@]}" "${xb[@]}"
+	--floor-dir "$floor_build/scripts/bench/floor" "${peer_args[@]}" \
+	--meta "$out/meta.json" "${qa[@]}" "${prof_args[@]}" "${xb[@]}" || rc=$?
+# 3: the compat scenario found an unexpected difference; report it all the same
+[[ $rc -eq 0 || $rc -eq 3 ]] || die "bench.py failed (exit $rc; logs in $out)"
+info "scenarios took $((SECONDS - t_bench)) s"
 
 # ------------------------------------------------------------------ report
 "$PY" - "$out/results.json" <<'EOF'
@@ -240,3 +295,7 @@ if [[ -n $docs ]]; then
 fi
 "$PY" scripts/bench/report.py "${report[@]}"
 info "report: $out/benchmarks.md${docs:+, and $docs}"
+if [[ $rc -eq 3 ]]; then
+	info "error: pgoutbox's output differs from Debezium's unexpectedly (see Output compatibility in the report)"
+	exit 3
+fi
