@@ -231,7 +231,6 @@ metrics_render(const metrics_stats *st, const char *version, size_t *len)
 	return b.p;
 }
 
-
 /* The message prefix every address error starts with. */
 #define BAD_ADDR "invalid metrics address \"%s\": "
 
