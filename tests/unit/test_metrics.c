@@ -371,6 +371,101 @@ test_eviction(void)
 	metrics_free(m);
 }
 
+/* Clients the server is sending to (polled for POLLOUT). */
+static int
+writing(metrics *m)
+{
+	struct pollfd pfd[METRICS_MAX_CLIENTS + 1];
+	int n = metrics_pollfds(m, pfd, METRICS_MAX_CLIENTS + 1), w = 0;
+
+	for (int k = 1; k < n; k++)
+		w += pfd[k].events == POLLOUT;
+	return w;
+}
+
+/*
+ * A client that asks for a response larger than the socket buffers and never
+ * reads it: sends stop at EAGAIN (the slot waits for POLLOUT), others are
+ * answered meanwhile, and METRICS_RESPONSE_TIMEOUT_MS after the request the
+ * slow reader is closed with its response cut short.
+ */
+static void
+test_slow_reader(void)
+{
+	enum { VERSION_LEN = 4 << 20 };     /* /metrics quotes the version: a 4 MiB response */
+	metrics_stats st = {.streaming = true};
+	struct pollfd pfd[METRICS_MAX_CLIENTS + 1];
+	char *version = malloc(VERSION_LEN + 1), buf[4096], addr[32], err[512];
+	int port = -1, slow, other, small = 4096;
+	const int64_t t0 = 7000;
+	metrics *m = NULL;
+	size_t got = 0;
+
+	if (version == NULL)
+		exit(1);
+	memset(version, 'v', VERSION_LEN);
+	version[VERSION_LEN] = '\0';
+	for (int attempt = 0; attempt < 5 && m == NULL; attempt++) {
+		port = free_port();
+		snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+		m = metrics_new(addr, version, &st, err, sizeof(err));
+	}
+	CHECK(m != NULL);
+	if (m == NULL) {
+		free(version);
+		return;
+	}
+	{
+		struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t) port),
+		                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+
+		slow = socket(AF_INET, SOCK_STREAM, 0);
+		setsockopt(slow, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+		if (connect(slow, (struct sockaddr *) &sa, sizeof(sa)) != 0 ||
+		    fcntl(slow, F_SETFL, O_NONBLOCK) != 0) {
+			perror("connect");
+			exit(1);
+		}
+	}
+	send_str(slow, "GET /metrics HTTP/1.0\r\n\r\n");
+	for (int i = 0; i < 20; i++)
+		step(m, t0, 10, pfd);
+	CHECK(writing(m) == 1);                       /* stuck at EAGAIN, not blocked in send */
+	CHECK(metrics_next_deadline(m) == t0 + METRICS_RESPONSE_TIMEOUT_MS);
+
+	other = connect_client(port);
+	send_str(other, "GET /healthz HTTP/1.0\r\n\r\n");
+	CHECK(until_closed(m, t0 + 100, other, buf, sizeof(buf)));
+	CHECK(starts(buf, "HTTP/1.0 200 OK\r\n"));
+	close(other);
+
+	step(m, t0 + METRICS_RESPONSE_TIMEOUT_MS - 1, 0, pfd);
+	CHECK(writing(m) == 1);
+	step(m, t0 + METRICS_RESPONSE_TIMEOUT_MS, 0, pfd);
+	CHECK(writing(m) == 0);
+	/* Closed by the server: reading now ends (EOF or reset) short of 4 MiB. */
+	for (;;) {
+		ssize_t r = recv(slow, buf, sizeof(buf), 0);
+
+		if (r > 0) {
+			got += (size_t) r;
+			continue;
+		}
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			struct pollfd one = {.fd = slow, .events = POLLIN};
+
+			if (poll(&one, 1, 2000) == 1)
+				continue;
+			CHECK(!"the server did not close the slow reader");
+		}
+		break;
+	}
+	CHECK(got > 0 && got < VERSION_LEN);
+	close(slow);
+	metrics_free(m);
+	free(version);
+}
+
 static int
 count(const char *s, const char *needle)
 {
@@ -483,6 +578,7 @@ main(void)
 	test_answers();
 	test_deadlines();
 	test_eviction();
+	test_slow_reader();
 	if (under_valgrind())
 		printf("under valgrind: skipping the out-of-descriptors test (run by the ASan build)\n");
 	else
