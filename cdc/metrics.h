@@ -3,13 +3,32 @@
  *
  * A non-blocking listener that main's poll loop serves: metrics_pollfds()
  * adds the listener and client sockets to the loop's pollfd array,
- * metrics_serve() handles what poll() reported.  Requests are bounded
- * (METRICS_MAX_REQUEST bytes, METRICS_MAX_CLIENTS at once, an idle timeout),
- * each answered with one response and the connection closed.
+ * metrics_serve() handles what poll() reported.  Each connection carries one
+ * request, answered with one response, then the connection is closed.
  *
- *   GET /metrics  Prometheus text format 0.0.4 of a metrics_stats snapshot
- *   GET /healthz  200 "streaming" while streaming and Kafka acknowledges,
- *                 else 503 and the reason
+ *   GET|HEAD /metrics  Prometheus text format 0.0.4 of a metrics_stats snapshot
+ *   GET|HEAD /healthz  200 "streaming" while streaming and Kafka acknowledges,
+ *                      else 503 and the reason
+ *
+ * The health endpoint is what an orchestrator restarts the daemon by, so no
+ * client may keep it from answering:
+ *   - a request must arrive whole (up to the blank line) within
+ *     METRICS_REQUEST_TIMEOUT_MS of the connection being accepted — a total,
+ *     not per byte, so a client sending a byte a second gains nothing;
+ *   - the response must be taken within METRICS_RESPONSE_TIMEOUT_MS; sends
+ *     never block, a client that does not read only holds its own slot;
+ *   - when all METRICS_MAX_CLIENTS slots are taken, a new connection closes
+ *     the oldest client already answered, else the oldest that has not sent
+ *     a whole request (one still being answered only when all are), so a new
+ *     connection is always served;
+ *   - when accept() fails for want of resources (EMFILE, ENFILE, ENOBUFS,
+ *     ENOMEM) the listener is left out of the poll for 100 ms, doubling up to
+ *     1 s while it keeps failing, and one warning is logged per 60 s with the
+ *     number of failed accepts — instead of poll() waking at once, forever.
+ * Error responses say what was wrong with the request (400 malformed request
+ * line, 404 unknown path, 405 method other than GET/HEAD, 408 request not
+ * complete in time, 431 request larger than METRICS_MAX_REQUEST, 505 HTTP
+ * version other than 1.x).
  *
  * The counters live in metrics_stats, which main updates whether or not a
  * listener runs; this module only reads them.
@@ -22,8 +41,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define METRICS_MAX_CLIENTS   8
-#define METRICS_MAX_REQUEST   4096
+#define METRICS_MAX_CLIENTS   64     /* connections served at once */
+#define METRICS_MAX_REQUEST   4096   /* request line and headers, bytes */
+#define METRICS_REQUEST_TIMEOUT_MS  2000   /* accept to the end of the headers */
+#define METRICS_RESPONSE_TIMEOUT_MS 5000   /* to send the whole response */
 #define METRICS_NBUCKETS      13     /* commit-to-ack latency, 1 ms .. 10 s */
 #define METRICS_MAX_ERROR_KINDS 16
 
@@ -58,19 +79,34 @@ typedef struct metrics metrics;
 
 /*
  * Listen on "HOST:PORT", "[V6]:PORT" or "PORT" (127.0.0.1).  Returns NULL
- * with errbuf filled when the address is invalid or cannot be bound.
+ * with errbuf filled when the address is invalid, does not resolve or cannot
+ * be bound; the message names the address and what is wrong with it.
+ * Resolving a host name may block (getaddrinfo); a numeric address does not.
  */
 metrics *metrics_new(const char *addr, const char *version, const metrics_stats *st,
                      char *errbuf, size_t errlen);
 void     metrics_free(metrics *m);
-/* Parse an address without binding (configuration check). */
+/* Parse an address without resolving or binding (configuration check). */
 bool     metrics_addr_valid(const char *addr, char *errbuf, size_t errlen);
 
-/* Add this module's sockets to pfd (room for max); returns how many. */
+/*
+ * Add this module's sockets to pfd (room for max, METRICS_MAX_CLIENTS + 1
+ * suffice); returns how many, always at least 1 when max >= 1: the listener
+ * comes first and stays in the array (with no events while accepting is
+ * paused), so that the caller keeps calling metrics_serve().
+ */
 int      metrics_pollfds(metrics *m, struct pollfd *pfd, int max);
-/* Act on the revents of the n entries metrics_pollfds() added; never blocks. */
+/*
+ * Act on the revents of the n entries metrics_pollfds() added, and on the
+ * deadlines due at now_ms (a monotonic clock, the same for every call);
+ * call it after every poll(), whatever the revents.  Never blocks.
+ */
 void     metrics_serve(metrics *m, const struct pollfd *pfd, int n, int64_t now_ms);
-/* The earliest time (ms) a client times out, or -1 when none is connected. */
+/*
+ * The earliest time (ms, the clock of metrics_serve) at which metrics_serve()
+ * has something to do without any revents — a client's deadline or the end
+ * of an accept pause — or -1 when there is none.
+ */
 int64_t  metrics_next_deadline(const metrics *m);
 
 /* Render the text exposition into a malloc'd buffer (tests, /metrics). */
