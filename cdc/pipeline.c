@@ -990,6 +990,7 @@ step(pipeline *p, const uint8_t *buf, size_t len, hold_reason *why, int64_t now)
 	sink_event ev;
 	char ebuf[512];
 	unsigned src = 0;
+	outbox_rc orc;
 	step_rc rc = STEP_OK;
 
 	if (pgo_decode_copydata(buf, len, &cd, &err) != PGO_OK)
@@ -1040,8 +1041,9 @@ step(pipeline *p, const uint8_t *buf, size_t len, hold_reason *why, int64_t now)
 		p->txns++;
 		break;
 	case PGO_MSG_INSERT:
-		rc = publish(p, outbox_map_insert(p->ob, m.u.insert.rel, &m.u.insert.newtup, &p->txn, &ev,
-		                                  &src, ebuf, sizeof(ebuf)), &ev, src, ebuf);
+		orc = outbox_map_insert(p->ob, m.u.insert.rel, &m.u.insert.newtup, &p->txn, &ev, &src,
+		                        ebuf, sizeof(ebuf));
+		rc = publish(p, orc, &ev, src, ebuf);
 		*why = HOLD_FULL;
 		break;
 	case PGO_MSG_MESSAGE:
@@ -1049,9 +1051,9 @@ step(pipeline *p, const uint8_t *buf, size_t len, hold_reason *why, int64_t now)
 		 * sent at once, whether or not their transaction commits: never events. */
 		if (!(m.u.message.flags & PGO_MESSAGE_TRANSACTIONAL) || !p->in_txn)
 			break;
-		rc = publish(p, outbox_map_message(p->ob, m.u.message.flags, m.u.message.prefix,
-		                                   m.u.message.content, &p->txn, &ev, &src, ebuf, sizeof(ebuf)),
-		             &ev, src, ebuf);
+		orc = outbox_map_message(p->ob, m.u.message.flags, m.u.message.prefix, m.u.message.content,
+		                         &p->txn, &ev, &src, ebuf, sizeof(ebuf));
+		rc = publish(p, orc, &ev, src, ebuf);
 		*why = HOLD_FULL;
 		break;
 	case PGO_MSG_RELATION:
