@@ -6,6 +6,7 @@
  * relation must be identified first): the same bytes are fed again later.
  * Reports come back through on_report(), the seam between sink and ledger.
  */
+#define _GNU_SOURCE    /* POLLRDHUP */
 #include "pipeline.h"
 
 #include <inttypes.h>
@@ -92,6 +93,7 @@ struct pipeline {
 
 	/* the session */
 	bool         connecting;
+	bool         in_session;       /* a stream started and was not lost yet */
 	bool         have_server;      /* system_id/timeline below are known */
 	uint64_t     system_id;
 	uint32_t     timeline;
@@ -364,6 +366,7 @@ stream_lost(pipeline *p, const char *why, int64_t now)
 	p->st.reconnects++;
 	p->src->ops->close(p->src);
 	p->connecting = false;
+	p->in_session = false;
 	ledger_stream_lost(&p->led);
 	p->in_txn = false;
 	drop_held(p);
@@ -1093,6 +1096,9 @@ session_started(pipeline *p, const source_session *ss, int64_t now)
 {
 	bool other = p->have_server && (ss->system_id != p->system_id || ss->timeline != p->timeline);
 
+	/* Nothing of an earlier session is fed to this one. */
+	drop_held(p);
+	p->in_txn = false;
 	pgo_decoder_free(p->dec);
 	p->dec = pgo_decoder_new(ss->proto_version);
 	outbox_forget_relations(p->ob);
@@ -1167,6 +1173,7 @@ try_connect(pipeline *p, int64_t now)
 		log_msg(LOG_INFO, "%sstreaming from slot \"%s\" on %s (publication \"%s\", protocol %d%s) to "
 		        "Kafka, from " LSN_FMT, p->name, p->slot, ss.host, p->publication, ss.proto_version,
 		        ss.in_recovery ? ", a standby" : "", LSN_ARGS(ss.slot_confirmed));
+		p->in_session = true;
 		p->backoff_ms = BACKOFF_MIN_MS;
 		p->last_status_ms = 0;     /* report our position right away */
 		p->last_recv_ms = now;
@@ -1232,6 +1239,7 @@ read_stream(pipeline *p, int64_t now)
 					slot_gone(p, err);
 				else
 					log_msg(LOG_ERROR, "%s%s", p->name, err);
+				p->in_session = false;
 				pipeline_stop(p, 2, now);
 				return;
 			}
@@ -1433,6 +1441,7 @@ pipeline_sink_lost(pipeline *p)
 		send_status(p, now, false);        /* keep what was acknowledged */
 	p->src->ops->close(p->src);
 	p->connecting = false;
+	p->in_session = false;
 	drop_held(p);
 	p->in_txn = false;
 	free_deferred(p);          /* dead-letter copies of the old stream */
@@ -1450,9 +1459,17 @@ pipeline_pollfds(pipeline *p, struct pollfd *pfd, int max)
 	if (p->finished)
 		return 0;
 	n = p->src->ops->pollfds(p->src, pfd, max);
-	/* Not reading: watch for errors only (poll reports them anyway). */
-	if (n > 0 && p->src->ops->streaming(p->src) && (p->held != NULL || p->stopping))
+	/*
+	 * Not reading: watch for the server going away only.  A walsender that
+	 * exits closes its end (FIN): without POLLIN that shows as POLLRDHUP,
+	 * not POLLHUP, and nothing would notice until reading resumed.
+	 */
+	if (n > 0 && p->src->ops->streaming(p->src) && (p->held != NULL || p->stopping)) {
 		pfd[0].events &= (short) ~POLLIN;
+#ifdef POLLRDHUP
+		pfd[0].events |= POLLRDHUP;
+#endif
+	}
 	return n;
 }
 
@@ -1465,6 +1482,17 @@ pipeline_serve(pipeline *p, const struct pollfd *pfd, int n, int64_t now)
 	if (p->finished)
 		return;
 	p->src->ops->events(p->src, pfd, n);
+	if (p->in_session && !p->src->ops->streaming(p->src)) {
+		/* The source found the connection broken (a hang-up while not
+		 * reading): its reason comes with the next read. */
+		char err[512];
+		uint8_t *buf;
+		size_t len;
+
+		if (p->src->ops->read(p->src, &buf, &len, err, sizeof(err)) == SOURCE_OK)
+			p->src->ops->release(p->src, buf);
+		stream_lost(p, err, now);
+	}
 	if (p->dlq_head != NULL && !flush_deferred(p))
 		pipeline_stop(p, 2, now);
 
@@ -1612,6 +1640,7 @@ pipeline_finish(pipeline *p)
 			log_msg(LOG_WARNING, "%scould not end replication cleanly: %s", p->name, err);
 	}
 	p->src->ops->close(p->src);
+	p->in_session = false;
 	if (p->reported)
 		snprintf(pos, sizeof(pos), "confirmed " LSN_FMT, LSN_ARGS(p->reported));
 	else

@@ -17,6 +17,7 @@
  * partitions).  The same facts are read again, later, on a side connection
  * (an ordinary one, to the same host), without disturbing the stream.
  */
+#define _GNU_SOURCE    /* POLLRDHUP */
 #include "source.h"
 #include "log.h"
 
@@ -1405,13 +1406,17 @@ libpq_events(source *src, const struct pollfd *pfd, int n)
 			return;
 		}
 		/*
-		 * An error or hang-up is reported whether or not POLLIN was asked
-		 * for: while the pipeline does not read (Kafka's queue is full),
-		 * find out now whether the connection is still alive, or the loop
-		 * would wake for it again and again.  What arrives meanwhile waits
-		 * in libpq's buffer, bounded by the socket's.
+		 * An error or hang-up while the pipeline does not read (Kafka's
+		 * queue is full): find out now whether the connection is still
+		 * alive, or the loop would wake for it again and again.  What the
+		 * server sent before closing lands in libpq's buffer, bounded by
+		 * the socket's; it is sent again after the reconnect.
 		 */
+#ifdef POLLRDHUP
+		if ((pfd[i].revents & (POLLERR | POLLHUP | POLLNVAL | POLLRDHUP)) && !(pfd[i].events & POLLIN)) {
+#else
 		if ((pfd[i].revents & (POLLERR | POLLHUP | POLLNVAL)) && !(pfd[i].events & POLLIN)) {
+#endif
 			if (PQconsumeInput(s->conn) == 0 || PQstatus(s->conn) == CONNECTION_BAD) {
 				set_error(s, s->lost, sizeof(s->lost), "lost the replication connection: ",
 				          PQerrorMessage(s->conn));

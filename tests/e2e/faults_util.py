@@ -26,7 +26,7 @@ import util
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_SH = REPO / "scripts" / "stack.sh"
-PLAIN_BIN = REPO / "build" / "cdc" / "pgoutbox"
+PLAIN_BIN = Path(os.environ.get("PGOUTBOX_PLAIN_BIN", str(REPO / "build" / "cdc" / "pgoutbox")))
 
 # PGOUTBOX_SOAK=1 runs the long variants (issue 4's numbers).
 SOAK = os.environ.get("PGOUTBOX_SOAK", "") not in ("", "0")
@@ -414,6 +414,13 @@ def rss_kb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of process pid so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def log_count(p, text):
