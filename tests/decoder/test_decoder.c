@@ -1186,20 +1186,31 @@ test_streaming(void)
 	w64(&w, 5678);
 	rc = decode(d, &w, &m, &err);
 	CHECK_ERR(rc, err, PGO_ERR_TRAILING, 9, "stream abort v2 with v4 fields");
+	CHECK(!pgo_decoder_set_parallel_streaming(d, true) &&
+	          pgo_decode_message(d, w.b, 9, &m, &err) == PGO_OK,
+	      "parallel streaming refused before v4");
 	pgo_decoder_free(d);
 
-	/* v4: with or without abort LSN and time (streaming = parallel or on) */
+	/* v4, streaming on (the default): no abort LSN and time */
 	d = pgo_decoder_new(PGO_PROTO_V4);
+	rc = pgo_decode_message(d, w.b, 9, &m, &err);
+	CHECK(rc == PGO_OK && !m.u.stream_abort.has_lsn, "stream abort v4 without lsn");
+	rc = decode(d, &w, &m, &err);
+	CHECK_ERR(rc, err, PGO_ERR_TRAILING, 9, "stream abort v4 with lsn, not parallel");
+
+	/* v4, streaming = parallel: abort LSN and time, never a prefix of them */
+	CHECK(pgo_decoder_set_parallel_streaming(d, true), "parallel streaming on v4");
 	rc = decode(d, &w, &m, &err);
 	CHECK(rc == PGO_OK && m.u.stream_abort.has_lsn && m.u.stream_abort.abort_lsn == 0x1234 &&
 	          m.u.stream_abort.abort_time == 5678,
 	      "stream abort v4 with lsn");
-	rc = pgo_decode_message(d, w.b, 9, &m, &err);
-	CHECK(rc == PGO_OK && !m.u.stream_abort.has_lsn, "stream abort v4 without lsn");
-	for (size_t k = 10; k < w.n; k++) {
+	for (size_t k = 9; k < w.n; k++) {
 		rc = pgo_decode_message(d, w.b, k, &m, &err);
 		CHECK_ERR(rc, err, PGO_ERR_TRUNCATED, k < 17 ? 9 : 17, "stream abort v4 truncated");
 	}
+	CHECK(pgo_decoder_set_parallel_streaming(d, false) &&
+	          pgo_decode_message(d, w.b, 9, &m, &err) == PGO_OK,
+	      "parallel streaming off again");
 	pgo_decoder_free(d);
 }
 
