@@ -414,6 +414,9 @@ synchronous_commit = on
 wal_sender_timeout = 60s
 max_prepared_transactions = 16
 logging_collector = off
+# the default from 14 on; 13 would store md5 hashes, which pg_hba.conf's
+# scram-sha-256 line for pgoutbox_pw refuses
+password_encryption = 'scram-sha-256'
 CONF
 	if [[ $PG_TLS == 1 ]]; then
 		cat <<CONF
