@@ -473,7 +473,8 @@ SQL
 	[[ $rc -eq 0 ]] || fail_sql "could not read the server's failover settings"
 	IFS=$'\x1f' read -r slot_failover sync_setting streaming_slots <<<"$out"
 
-	if [[ $slot_exists == t && $slot_type == logical && $slot_failover != true ]]; then
+	if [[ $slot_exists == t && $slot_type == logical && $slot_plugin == pgoutput &&
+		$slot_db == "$db" && $slot_failover != true ]]; then
 		problem "replication slot $slot exists but is not a failover slot: a promoted standby would not have it" \
 			"stop pgoutbox, then, over a replication connection: psql \"<conninfo> replication=database\" -c 'ALTER_REPLICATION_SLOT $slot (FAILOVER true)'" \
 			"or drop the slot and run this again (pgoutbox then starts at the new slot: the events in between are not sent)"

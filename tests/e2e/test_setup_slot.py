@@ -603,10 +603,16 @@ def test_failover_slot_is_synchronised_to_the_standby(fresh_db, standby):
 
 @pytest.mark.pg_min(17)
 @pytest.mark.standby
-def test_failover_on_an_existing_ordinary_slot(fresh_db, standby):
+def test_failover_on_an_existing_ordinary_slot(pg, fresh_db, standby):
     first = setup_slot("-d", fresh_db.dsn, "--create-table")
     assert first.returncode == 0, output(first)
     assert slot_failover(fresh_db.dsn, "pgoutbox") is False
+
+    # A slot of another database is that problem, not also this one.
+    other = setup_slot("-d", pg, "--failover")
+    assert other.returncode == 1, output(other)
+    assert "belongs to database %s" % fresh_db.name in other.stderr, output(other)
+    assert "not a failover slot" not in other.stderr, output(other)
 
     p = setup_slot("-d", fresh_db.dsn, "--failover")
     assert p.returncode == 1, output(p)
