@@ -51,7 +51,8 @@ SELECT privilege on the table, then create the publication (publish =
                           physical slot of a streaming standby
   --standby CONNINFO      with --failover: also check that standby (sync_replication_slots,
                           hot_standby_feedback, primary_slot_name, wal_level) and wait
-                          until the slot shows up there as synced
+                          (PGOUTBOX_SYNC_TIMEOUT seconds, default 60) until the slot
+                          shows up there as synced
   --drop                  drop the slot and the publication instead (never the table)
   -h, --help              show this help
 
