@@ -15,9 +15,10 @@
  *   - A message type newer than the decoder's proto_version is decoded all
  *     the same: the server only sends what the client negotiated, and
  *     refusing would only turn a server's surprise into our outage.  The one
- *     place where proto_version changes the layout is Stream Abort: from v4
- *     on it may carry abort LSN and time (only when streaming = parallel, so
- *     a v4 Stream Abort is accepted with or without them).
+ *     layout that differs is Stream Abort: from v4 on it carries abort LSN
+ *     and time exactly when the client asked for streaming = parallel, which
+ *     the caller tells the decoder (pgo_decoder_set_parallel_streaming);
+ *     the other form is then TRAILING or TRUNCATED, never a guess.
  *   - Flags that PostgreSQL documents as "currently unused" must be 0, as
  *     PostgreSQL's own reader requires; documented flag sets (column flags,
  *     message flags, truncate options, first segment, keepalive reply) admit
@@ -64,6 +65,9 @@ struct pgo_decoder {
 
 	/* Between Stream Start and Stream Stop. */
 	bool           in_stream;
+
+	/* streaming = parallel: Stream Abort carries abort LSN and time (v4+). */
+	bool           parallel_streaming;
 };
 
 static const char pg_catalog[] = "pg_catalog";
@@ -200,6 +204,15 @@ pgo_decoder_free(pgo_decoder *d)
 	free(d->rels);
 	free(d->datums);
 	free(d);
+}
+
+bool
+pgo_decoder_set_parallel_streaming(pgo_decoder *d, bool parallel)
+{
+	if (parallel && d->proto_version < PGO_PROTO_V4)
+		return false;
+	d->parallel_streaming = parallel;
+	return true;
 }
 
 void
@@ -745,9 +758,9 @@ read_stream_commit(pgo_cursor *c, pgo_msg *m, pgo_error *err)
 }
 
 /*
- * Stream Abort: xid, subxid; from v4 on, abort LSN and time follow when the
- * subscriber asked for streaming = parallel, which the decoder cannot know,
- * so both lengths are valid there.
+ * Stream Abort: xid, subxid; then, with streaming = parallel (v4+), abort
+ * LSN and time.  Without it, bytes after subxid are TRAILING (the caller's
+ * check); with it, their absence is TRUNCATED.
  */
 static pgo_rc
 read_stream_abort(const pgo_decoder *d, pgo_cursor *c, pgo_msg *m,
@@ -757,7 +770,7 @@ read_stream_abort(const pgo_decoder *d, pgo_cursor *c, pgo_msg *m,
 		return short_field(err, c, "stream xid");
 	if (!cur_u32(c, &m->u.stream_abort.subxid))
 		return short_field(err, c, "stream subtransaction xid");
-	if (d->proto_version < PGO_PROTO_V4 || cur_remaining(c) == 0)
+	if (!d->parallel_streaming)
 		return PGO_OK;
 	if (!cur_u64(c, &m->u.stream_abort.abort_lsn))
 		return short_field(err, c, "abort lsn");

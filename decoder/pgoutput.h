@@ -39,7 +39,8 @@ typedef uint64_t pgo_lsn;
 #define PGO_PROTO_V2 2 /* PostgreSQL 14: streaming of in-progress transactions */
 #define PGO_PROTO_V3 3 /* PostgreSQL 15: two-phase commit */
 #define PGO_PROTO_V4 4 /* PostgreSQL 16: parallel streaming (Stream Abort LSN/time
-                        * when the subscriber asks for streaming = parallel) */
+                        * when the subscriber asks for streaming = parallel:
+                        * see pgo_decoder_set_parallel_streaming) */
 
 /* ---------------------------------------------------------------------------
  * Errors
@@ -108,7 +109,7 @@ typedef enum pgo_msg_type {
 	PGO_MSG_STREAM_START      = 'S', /* v2 */
 	PGO_MSG_STREAM_STOP       = 'E', /* v2 */
 	PGO_MSG_STREAM_COMMIT     = 'c', /* v2 */
-	PGO_MSG_STREAM_ABORT      = 'A', /* v2; v4 adds abort LSN and time (parallel only) */
+	PGO_MSG_STREAM_ABORT      = 'A', /* v2; v4 adds abort LSN and time (streaming = parallel only) */
 	PGO_MSG_BEGIN_PREPARE     = 'b', /* v3 */
 	PGO_MSG_PREPARE           = 'P', /* v3 */
 	PGO_MSG_COMMIT_PREPARED   = 'K', /* v3 */
@@ -177,7 +178,7 @@ typedef struct pgo_msg {
 		struct { uint8_t flags; pgo_lsn lsn; pgo_bytes prefix; pgo_bytes content; } message;
 		struct { uint32_t xid; uint8_t first_segment; } stream_start;
 		struct { uint32_t xid; uint8_t flags; pgo_lsn commit_lsn; pgo_lsn end_lsn; int64_t commit_time; } stream_commit;
-		struct { uint32_t xid; uint32_t subxid; bool has_lsn; pgo_lsn abort_lsn; int64_t abort_time; } stream_abort; /* has_lsn: v4 decoder and the fields were sent */
+		struct { uint32_t xid; uint32_t subxid; bool has_lsn; pgo_lsn abort_lsn; int64_t abort_time; } stream_abort; /* has_lsn: the decoder was told streaming = parallel */
 		struct { pgo_lsn prepare_lsn; pgo_lsn end_lsn; int64_t prepare_time; uint32_t xid; pgo_bytes gid; } begin_prepare;
 		struct { uint8_t flags; pgo_lsn prepare_lsn; pgo_lsn end_lsn; int64_t prepare_time; uint32_t xid; pgo_bytes gid; } prepare; /* also STREAM_PREPARE */
 		struct { uint8_t flags; pgo_lsn commit_lsn; pgo_lsn end_lsn; int64_t commit_time; uint32_t xid; pgo_bytes gid; } commit_prepared;
@@ -194,12 +195,21 @@ typedef struct pgo_decoder pgo_decoder;
 
 /*
  * Returns NULL when out of memory or when proto_version is not
- * PGO_PROTO_V1..V4.  The version only decides how Stream Abort is read;
- * messages of a later version than the decoder's are decoded all the same
- * (the server sends only what the client negotiated).
+ * PGO_PROTO_V1..V4.  Messages of a later version than the decoder's are
+ * decoded all the same (the server sends only what the client negotiated).
  */
 pgo_decoder *pgo_decoder_new(int proto_version);
 void         pgo_decoder_free(pgo_decoder *d);
+
+/*
+ * Say whether the client asked for streaming = parallel (v4 and later; off
+ * by default).  It decides the one layout that the protocol version does not:
+ * with it, Stream Abort carries abort LSN and time, without it, it does not.
+ * The two forms differ only in length, so a decoder that accepted both would
+ * take a truncated parallel Stream Abort for a complete one.  Returns false,
+ * changing nothing, when asked to turn it on for a version before v4.
+ */
+bool pgo_decoder_set_parallel_streaming(pgo_decoder *d, bool parallel);
 
 /*
  * Decode one pgoutput message (the data of one XLogData).  On success fills

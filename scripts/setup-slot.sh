@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# setup-slot.sh — prepare a PostgreSQL database for pgoutbox: check the server
-# settings and privileges pgoutbox needs, then create the publication
-# (FOR TABLE <table> WITH (publish = 'insert')) and the logical replication
-# slot (plugin pgoutput). --create-table also creates the default outbox table;
+# setup-slot.sh — prepare a PostgreSQL database (13 or later) for pgoutbox:
+# check the server settings and privileges pgoutbox needs, then create the
+# publication (FOR TABLE <table> WITH (publish = 'insert',
+# publish_via_partition_root = true)) and the logical replication slot (plugin
+# pgoutput). --failover (PostgreSQL 17+) makes it a failover slot, which the
+# standbys synchronise, after checking what failover needs on the primary and,
+# with --standby CONNINFO, on the standby. --create-table also creates the default outbox table;
 # --create-emit-function installs outbox_emit() (scripts/outbox_emit.sql) for the
 # table-less outbox; --create-role NAME makes a least-privilege role for
 # pgoutbox (LOGIN REPLICATION, SELECT on the table, nothing else); --drop
@@ -19,13 +22,13 @@ usage() {
 	cat <<'EOF'
 usage: scripts/setup-slot.sh -d CONNINFO [--table public.outbox] [--publication pgoutbox]
                              [--slot pgoutbox] [--create-table] [--create-emit-function]
-                             [--create-role NAME] [--drop]
+                             [--create-role NAME] [--failover [--standby CONNINFO]] [--drop]
 
-Prepare a PostgreSQL database for pgoutbox: check wal_level, free replication
-slots and WAL senders, the role's REPLICATION attribute and its SELECT
-privilege on the table, then create the publication (publish = 'insert') and
-the logical replication slot (plugin pgoutput). Running it again changes
-nothing.
+Prepare a PostgreSQL database (13 or later) for pgoutbox: check wal_level, free
+replication slots and WAL senders, the role's REPLICATION attribute and its
+SELECT privilege on the table, then create the publication (publish =
+'insert', publish_via_partition_root = true) and the logical replication slot
+(plugin pgoutput). Running it again changes nothing.
 
   -d, --dbname CONNINFO   libpq connection string or URI (PG* variables apply)
   --table [SCHEMA.]TABLE  the outbox table (default public.outbox; unquoted
@@ -41,6 +44,15 @@ nothing.
                           LOGIN REPLICATION, USAGE on the table's schema and
                           SELECT on the table; no password is set (add one with
                           ALTER ROLE NAME PASSWORD '...', or use certificates)
+  --failover              (PostgreSQL 17+) create the slot as a failover slot, which
+                          standbys with sync_replication_slots = on keep in step, so
+                          that pgoutbox can go on from a promoted standby; checks
+                          that synchronized_standby_slots on the primary names the
+                          physical slot of a streaming standby
+  --standby CONNINFO      with --failover: also check that standby (sync_replication_slots,
+                          hot_standby_feedback, primary_slot_name, wal_level) and wait
+                          (PGOUTBOX_SYNC_TIMEOUT seconds, default 60) until the slot
+                          shows up there as synced
   --drop                  drop the slot and the publication instead (never the table)
   -h, --help              show this help
 
@@ -61,7 +73,7 @@ usage_error() {
 # --------------------------------------------------------------- arguments
 
 conninfo='' table_arg=public.outbox publication=pgoutbox slot=pgoutbox
-create_table=0 drop=0 create_emit=0 create_role=''
+create_table=0 drop=0 create_emit=0 create_role='' failover=0 standby=''
 
 need_value() { # need_value OPTION ARGC
 	[[ $2 -ge 2 ]] || usage_error "option $1 needs a value"
@@ -102,6 +114,13 @@ while [[ $# -gt 0 ]]; do
 		shift
 		;;
 	--create-role=*) create_role=${1#*=} ;;
+	--failover) failover=1 ;;
+	--standby)
+		need_value "$1" $#
+		standby=$2
+		shift
+		;;
+	--standby=*) standby=${1#*=} ;;
 	--drop) drop=1 ;;
 	-h | --help)
 		usage
@@ -116,6 +135,7 @@ done
 [[ $drop == 0 || $create_table == 0 ]] || usage_error "--drop and --create-table cannot be combined"
 [[ $drop == 0 || $create_emit == 0 ]] || usage_error "--drop and --create-emit-function cannot be combined"
 [[ $drop == 0 || -z $create_role ]] || usage_error "--drop and --create-role cannot be combined"
+[[ -z $standby || $failover == 1 ]] || usage_error "--standby goes with --failover"
 [[ -z $create_role || $create_role =~ ^[a-z_][a-z0-9_]{0,62}$ ]] ||
 	usage_error "invalid role name '$create_role': use 1 to 63 lower-case letters, digits and underscores"
 emit_sql=$(dirname "${BASH_SOURCE[0]}")/outbox_emit.sql
@@ -126,6 +146,10 @@ emit_sql=$(dirname "${BASH_SOURCE[0]}")/outbox_emit.sql
 [[ -n $publication && ${#publication} -le 63 ]] ||
 	usage_error "invalid publication name '$publication': use 1 to 63 characters"
 
+# How long to wait for the standby to show a new failover slot as synced.
+SYNC_TIMEOUT=${PGOUTBOX_SYNC_TIMEOUT:-60}
+[[ $SYNC_TIMEOUT =~ ^[0-9]+$ ]] || usage_error "PGOUTBOX_SYNC_TIMEOUT must be a number of seconds"
+
 command -v "$PSQL" >/dev/null 2>&1 ||
 	{
 		err "psql not found"
@@ -135,12 +159,15 @@ command -v "$PSQL" >/dev/null 2>&1 ||
 
 # ---------------------------------------------------------- secrets & psql
 
-# Split the conninfo into what may be shown (masked, with any password
+# Split a conninfo into what may be shown (masked, with any password
 # replaced by "...") and the secrets to scrub from anything we pass on: the
 # password values, and in keyword/value form any text that does not parse
 # (it may be part of a password with a stray space).
+# mask_conninfo CONNINFO — sets masked; adds to secrets.
 masked='' secrets=()
 mask_conninfo() {
+	local conninfo=$1
+	masked=''
 	if [[ $conninfo =~ ^postgres(ql)?:// ]]; then
 		masked=$(printf '%s' "$conninfo" | sed -E \
 			-e 's#^(postgres(ql)?://[^:@/]*):[^@]*@#\1:...@#' \
@@ -178,7 +205,12 @@ mask_conninfo() {
 	fi
 	return 0
 }
-mask_conninfo
+standby_masked=''
+if [[ -n $standby ]]; then
+	mask_conninfo "$standby"
+	standby_masked=$masked
+fi
+mask_conninfo "$conninfo"
 
 scrub() { # stdin → stdout with every secret replaced by "..."
 	local line s
@@ -203,6 +235,11 @@ run_sql() {
 	"$PSQL" -X -w -q -A -t -F $'\x1f' -v ON_ERROR_STOP=1 -d "$conninfo" "${psql_vars[@]}" 2>"$errfile"
 }
 
+# run_sql_standby — the same on the --standby server.
+run_sql_standby() {
+	"$PSQL" -X -w -q -A -t -F $'\x1f' -v ON_ERROR_STOP=1 -d "$standby" "${psql_vars[@]}" 2>"$errfile"
+}
+
 # Print psql's error (scrubbed) after our own message, then exit 1.
 fail_sql() {
 	err "$1"
@@ -217,12 +254,23 @@ fail_sql() {
 
 rc=0
 parsed=$(run_sql <<'SQL'
-SELECT 1;
+SELECT current_setting('server_version_num'), current_setting('server_version');
 SQL
 ) || rc=$?
 if [[ $rc -ne 0 ]]; then
 	fail_sql "could not connect to the server ($(printf '%s' "$masked" | scrub))" \
 		"check -d (host, port, dbname, user, password) and that the server is running"
+fi
+IFS=$'\x1f' read -r version_num server_version <<<"$parsed"
+# 13: publish_via_partition_root, pg_publication.pubviaroot.
+if ((version_num < 130000)); then
+	err "PostgreSQL $server_version is too old: pgoutbox needs PostgreSQL 13 or later"
+	exit 1
+fi
+if [[ $failover == 1 ]] && ((version_num < 170000)); then
+	err "--failover needs PostgreSQL 17 or later (failover slots, sync_replication_slots); this server is PostgreSQL $server_version"
+	hint "run without --failover; after a failover to a standby of PostgreSQL 16 or older, the slot has to be created anew there and the events in between read again some other way"
+	exit 1
 fi
 
 rc=0
@@ -253,7 +301,7 @@ WITH t AS (
     SELECT slot_type, plugin, database, active, active_pid
       FROM pg_replication_slots WHERE slot_name = :'slot'
 ), p AS (
-    SELECT puballtables, pubinsert FROM pg_publication WHERE pubname = :'pub'
+    SELECT puballtables, pubinsert, pubviaroot FROM pg_publication WHERE pubname = :'pub'
 )
 SELECT format('%I.%I', :'schema', :'table'),
        format('%I', :'pub'),
@@ -280,8 +328,14 @@ SELECT format('%I.%I', :'schema', :'table'),
                    FROM pg_stat_activity a JOIN s ON a.pid = s.active_pid), ''),
        EXISTS (SELECT 1 FROM p),
        coalesce((SELECT pubinsert FROM p), false),
-       EXISTS (SELECT 1 FROM pg_publication_tables
-                WHERE pubname = :'pub' AND schemaname = :'schema' AND tablename = :'table');
+       -- The table or, when partitioned, any of its partitions (which is
+       -- what pg_publication_tables lists without publish_via_partition_root).
+       EXISTS (SELECT 1 FROM pg_publication_tables pt
+                 JOIN pg_namespace n ON n.nspname = pt.schemaname
+                 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+                 JOIN t ON c.oid = t.oid OR c.oid IN (SELECT relid FROM pg_partition_tree(t.oid))
+                WHERE pt.pubname = :'pub'),
+       coalesce((SELECT pubviaroot FROM p), false);
 SQL
 )
 
@@ -291,7 +345,7 @@ load_facts() {
 	[[ $rc -eq 0 ]] || fail_sql "could not read the server's settings"
 	IFS=$'\x1f' read -r qtable qpub qschema role db wal_level max_slots used_slots max_senders used_senders \
 		can_replicate schema_exists relkind can_select slot_exists slot_type slot_plugin \
-		slot_db slot_active slot_pid slot_client pub_exists pub_insert pub_has_table <<<"$out"
+		slot_db slot_active slot_pid slot_client pub_exists pub_insert pub_has_table pub_viaroot <<<"$out"
 }
 
 load_facts
@@ -393,6 +447,120 @@ if [[ $pub_exists == t ]]; then
 		problem "publication $qpub exists but does not publish inserts" \
 			"ALTER PUBLICATION $qpub SET (publish = 'insert'); or choose another --publication"
 	fi
+	if [[ $pub_viaroot != t && $relkind == p ]]; then
+		problem "publication $qpub publishes the partitioned table $qtable without publish_via_partition_root: its rows would stream under the partitions' names, which pgoutbox does not know" \
+			"ALTER PUBLICATION $qpub SET (publish_via_partition_root = true); or choose another --publication"
+	fi
+fi
+
+# ---------------------------------------------------------------- failover
+
+# With --failover (17+): the slot must become (or be) a failover slot, the
+# primary must hold logical walsenders back until its standbys have the WAL
+# (synchronized_standby_slots: otherwise pgoutbox could publish transactions
+# that a promoted standby never had), those standbys must stream, and, when
+# we can see it (--standby), the standby must synchronise slots.
+sync_names=()
+if [[ $failover == 1 ]]; then
+	rc=0
+	out=$(run_sql <<'SQL'
+SELECT coalesce((SELECT failover::text FROM pg_replication_slots WHERE slot_name = :'slot'), ''),
+       current_setting('synchronized_standby_slots'),
+       coalesce((SELECT string_agg(r.slot_name, ', ' ORDER BY r.slot_name)
+                   FROM pg_replication_slots r JOIN pg_stat_replication a ON a.pid = r.active_pid
+                  WHERE r.slot_type = 'physical'), '');
+SQL
+	) || rc=$?
+	[[ $rc -eq 0 ]] || fail_sql "could not read the server's failover settings"
+	IFS=$'\x1f' read -r slot_failover sync_setting streaming_slots <<<"$out"
+
+	if [[ $slot_exists == t && $slot_type == logical && $slot_plugin == pgoutput &&
+		$slot_db == "$db" && $slot_failover != true ]]; then
+		problem "replication slot $slot exists but is not a failover slot: a promoted standby would not have it" \
+			"stop pgoutbox, then, over a replication connection: psql \"<conninfo> replication=database\" -c 'ALTER_REPLICATION_SLOT $slot (FAILOVER true)'" \
+			"or drop the slot and run this again (pgoutbox then starts at the new slot: the events in between are not sent)"
+	fi
+
+	if [[ -z $sync_setting ]]; then
+		problem "synchronized_standby_slots is empty on this primary: pgoutbox could receive, and publish, transactions that no standby has yet; after a failover those events would have no transaction behind them" \
+			"name the physical slot of every standby that may be promoted: ALTER SYSTEM SET synchronized_standby_slots = '${streaming_slots:-<standby slot>}'; SELECT pg_reload_conf();"
+	else
+		rc=0
+		out=$(run_sql <<'SQL'
+SELECT s.name, coalesce(r.slot_type, ''), coalesce(r.active, false),
+       coalesce((SELECT format('%s from %s, %s', a.application_name,
+                               coalesce(host(a.client_addr), 'local'), a.state)
+                   FROM pg_stat_replication a WHERE a.pid = r.active_pid), '')
+  FROM unnest(string_to_array(current_setting('synchronized_standby_slots'), ','))
+       WITH ORDINALITY AS u(raw, i)
+ CROSS JOIN LATERAL (SELECT btrim(u.raw, ' "') AS name) s
+  LEFT JOIN pg_replication_slots r ON r.slot_name = s.name
+ WHERE s.name <> ''
+ ORDER BY u.i;
+SQL
+		) || rc=$?
+		[[ $rc -eq 0 ]] || fail_sql "could not read the slots of synchronized_standby_slots"
+		while IFS=$'\x1f' read -r name type active client; do
+			[[ -n $name ]] || continue
+			sync_names+=("$name")
+			if [[ -z $type ]]; then
+				problem "synchronized_standby_slots names slot $name, which does not exist: logical walsenders, pgoutbox's among them, wait for it" \
+					"create it for the standby (SELECT pg_create_physical_replication_slot('$name');) and set primary_slot_name = '$name' there, or remove it from synchronized_standby_slots"
+			elif [[ $type != physical ]]; then
+				problem "synchronized_standby_slots names slot $name, which is a $type slot, not a standby's physical one" \
+					"remove it from synchronized_standby_slots: ALTER SYSTEM SET synchronized_standby_slots = '...'; SELECT pg_reload_conf();"
+			elif [[ $active != t || -z $client ]]; then
+				problem "no standby streams from slot $name (named in synchronized_standby_slots): logical walsenders, pgoutbox's among them, wait until one does" \
+					"start the standby (primary_slot_name = '$name'), or remove the slot from synchronized_standby_slots"
+			else
+				msg "standby slot $name: $client"
+			fi
+		done <<<"$out"
+	fi
+
+	if [[ -n $standby ]]; then
+		rc=0
+		out=$(run_sql_standby <<'SQL'
+SELECT pg_is_in_recovery(), current_setting('server_version_num'),
+       coalesce(current_setting('sync_replication_slots', true), ''),
+       current_setting('hot_standby_feedback'), current_setting('primary_slot_name'),
+       current_setting('wal_level');
+SQL
+		) || rc=$?
+		[[ $rc -eq 0 ]] ||
+			fail_sql "could not connect to the standby ($(printf '%s' "$standby_masked" | scrub))" \
+				"check --standby (host, port, dbname, user, password) and that the standby is running"
+		IFS=$'\x1f' read -r sb_recovery sb_version sb_sync sb_feedback sb_slot sb_wal <<<"$out"
+		if [[ $sb_recovery != t ]]; then
+			problem "the server of --standby is not a standby (it is not in recovery)" \
+				"give the conninfo of a hot standby of this primary"
+		elif ((sb_version / 10000 != version_num / 10000)); then
+			problem "the server of --standby is PostgreSQL $((sb_version / 10000)), the primary $((version_num / 10000)): it cannot be a standby of this primary" \
+				"give the conninfo of a hot standby of this primary"
+		else
+			if [[ $sb_sync != on ]]; then
+				problem "sync_replication_slots is ${sb_sync:-off} on the standby: it does not synchronise failover slots" \
+					"on the standby: ALTER SYSTEM SET sync_replication_slots = on; SELECT pg_reload_conf(); (its primary_conninfo must name a dbname)"
+			fi
+			if [[ $sb_feedback != on ]]; then
+				problem "hot_standby_feedback is off on the standby: slot synchronisation needs it" \
+					"on the standby: ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf();"
+			fi
+			if [[ $sb_wal != logical ]]; then
+				problem "wal_level is $sb_wal on the standby: slot synchronisation needs logical there too" \
+					"set wal_level = logical in the standby's postgresql.conf and restart it"
+			fi
+			if [[ -z $sb_slot ]]; then
+				problem "primary_slot_name is not set on the standby: slot synchronisation needs a physical slot on the primary" \
+					"on the standby: ALTER SYSTEM SET primary_slot_name = '<its physical slot>'; SELECT pg_reload_conf(); and name that slot in the primary's synchronized_standby_slots"
+			elif [[ -n $sync_setting && " ${sync_names[*]} " != *" $sb_slot "* ]]; then
+				problem "the standby streams from slot $sb_slot, which synchronized_standby_slots on the primary does not name: pgoutbox could get ahead of this standby" \
+					"on the primary: ALTER SYSTEM SET synchronized_standby_slots = '$sync_setting, $sb_slot'; SELECT pg_reload_conf();"
+			fi
+		fi
+	else
+		msg "note: the standby's settings were not checked (give --standby CONNINFO): it needs sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name naming a slot of synchronized_standby_slots, wal_level = logical and a dbname in primary_conninfo"
+	fi
 fi
 
 if ((problems > 0)); then
@@ -428,24 +596,61 @@ fi
 
 # The publication comes before the slot: pgoutput looks it up in the snapshot
 # of the WAL it decodes, which starts at the slot's creation.
+# publish_via_partition_root: a partitioned outbox table then streams under
+# its own name (pgoutbox knows no partitions); a plain table is not affected.
 if [[ $pub_exists == t ]]; then
 	msg "publication $qpub already exists and publishes inserts into $qtable"
+	if [[ $pub_viaroot != t ]]; then
+		msg "note: publication $qpub has publish_via_partition_root = false; should $qtable become partitioned, set it: ALTER PUBLICATION $qpub SET (publish_via_partition_root = true)"
+	fi
 else
 	run_sql >/dev/null <<'SQL' ||
-SELECT format('CREATE PUBLICATION %I FOR TABLE %I.%I WITH (publish = %L)',
+SELECT format('CREATE PUBLICATION %I FOR TABLE %I.%I WITH (publish = %L, publish_via_partition_root = true)',
               :'pub', :'schema', :'table', 'insert') \gexec
 SQL
 		fail_sql "could not create publication $qpub" \
 			"the role needs CREATE on the database and must own table $qtable"
-	msg "created publication $qpub for table $qtable (publish = 'insert')"
+	msg "created publication $qpub for table $qtable (publish = 'insert', publish_via_partition_root = true)"
 fi
 
 if [[ $slot_exists == t ]]; then
-	msg "replication slot $slot already exists (logical, plugin pgoutput)"
+	msg "replication slot $slot already exists (logical, plugin pgoutput$([[ $failover == 1 ]] && printf ', failover'))"
+elif [[ $failover == 1 ]]; then
+	# (name, plugin, temporary, two_phase, failover)
+	lsn=$(run_sql <<<"SELECT lsn FROM pg_create_logical_replication_slot(:'slot', 'pgoutput', false, false, true);") ||
+		fail_sql "could not create replication slot $slot"
+	msg "created logical failover replication slot $slot (plugin pgoutput) at $lsn"
 else
 	lsn=$(run_sql <<<"SELECT lsn FROM pg_create_logical_replication_slot(:'slot', 'pgoutput');") ||
 		fail_sql "could not create replication slot $slot"
 	msg "created logical replication slot $slot (plugin pgoutput) at $lsn"
+fi
+
+# The standby shows the slot once its slot sync worker has copied it (the
+# worker naps up to 30 s). A copy stays temporary, and would not survive a
+# promotion, until the slot on the primary has moved past the standby's own
+# horizon (catalog_xmin, restart_lsn): for a new slot, once pgoutbox has
+# streamed from it and confirmed. Moving it here would skip events.
+if [[ $failover == 1 && -n $standby ]]; then
+	msg "waiting (up to ${SYNC_TIMEOUT}s) for the standby's copy of slot $slot"
+	deadline=$((SECONDS + SYNC_TIMEOUT))
+	until copy=$(run_sql_standby <<<"SELECT coalesce((SELECT CASE WHEN NOT synced THEN 'unsynced'
+	                                                         WHEN temporary THEN 'temporary'
+	                                                         ELSE 'synced' END
+	                                        FROM pg_replication_slots WHERE slot_name = :'slot'), '')") &&
+		[[ $copy == synced || $copy == temporary ]]; do
+		if ((SECONDS >= deadline)); then
+			err "the standby has no synchronised copy of slot $slot after ${SYNC_TIMEOUT}s (${copy:-no such slot there})"
+			hint "look at the standby's log (slot sync worker): its primary_conninfo must name a dbname; then run this again"
+			exit 1
+		fi
+		sleep 0.5 # polling; the worker's own pace is slower
+	done
+	if [[ $copy == synced ]]; then
+		msg "slot $slot is synchronised on the standby"
+	else
+		msg "note: the standby's copy of slot $slot is still temporary: it becomes permanent once the slot here has moved on (pgoutbox has streamed from it and confirmed); a failover before that would not find the slot on the standby"
+	fi
 fi
 
 if [[ $create_emit == 1 ]]; then

@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
-# stack.sh — a throwaway local PostgreSQL 15 and single-node (KRaft) Kafka for
-# pgoutbox's tests and quickstart.
+# stack.sh — a throwaway local PostgreSQL (13 to 18; Debian's 15 by default),
+# optionally with a physical streaming standby, and a single-node (KRaft)
+# Kafka for pgoutbox's tests and quickstart.
 #
 # Everything lives in one state directory (data, logs, sockets, pid files) and
 # listens on free ports on 127.0.0.1 only; nothing system-wide is touched, so
-# several stacks can run side by side in different state directories.
+# several stacks can run side by side in different state directories. Every
+# PostgreSQL server runs as the unprivileged postgres user when we are root.
 #
-#   scripts/stack.sh start [--state DIR] [--pg-only] [--pg-tls] [--kafka-tls]
-#                          [--wal-level logical|replica]
+#   scripts/stack.sh start [--state DIR] [--pg N] [--standby] [--pg-only]
+#                          [--pg-tls] [--kafka-tls] [--wal-level logical|replica]
 #   scripts/stack.sh stop  [--state DIR] [--clean]
 #   scripts/stack.sh env   [--state DIR]
 #   scripts/stack.sh kafka-stop  [--state DIR] [--signal KILL|TERM]
 #   scripts/stack.sh kafka-start [--state DIR]
+#   scripts/stack.sh restart-pg  [--state DIR] [--mode fast|immediate] [--standby]
+#   scripts/stack.sh kill-primary [--state DIR]
+#   scripts/stack.sh kill-standby [--state DIR]
+#   scripts/stack.sh promote     [--state DIR]
 #
 # `start` prints shell-sourceable KEY=VALUE lines (also kept in DIR/env) on
 # stdout; progress and errors go to stderr, so `eval "$(scripts/stack.sh start)"`
-# works. Needs the packages and Kafka jars of scripts/install-deps.sh.
+# works. Needs the packages and Kafka jars of scripts/install-deps.sh, and for
+# --pg N (N other than 15) the server of `scripts/install-deps.sh --pg N`.
+# Debian's PostgreSQL 15 psql and pg_isready are the clients of every server.
 #
 # --pg-tls and --kafka-tls each make a throwaway CA and a server certificate
 # for localhost/127.0.0.1 with openssl (kept for the life of DIR). Kafka then
@@ -23,6 +31,15 @@
 # on an SSL and a SASL_SSL listener (SCRAM-SHA-256 and SCRAM-SHA-512); the
 # SCRAM user is created when the storage is formatted, with or without
 # --kafka-tls, so that any start of DIR can turn the TLS listeners on or off.
+#
+# --standby makes a physical streaming standby of the primary in DIR/standby:
+# a physical slot on the primary, an online base backup taken with the SQL
+# functions (pg_backup_start/stop, or pg_start/stop_backup on 13 and 14: the
+# npm servers have no pg_basebackup, and Debian's 15 refuses newer servers),
+# primary_conninfo, primary_slot_name, hot_standby_feedback and, from 17 on,
+# sync_replication_slots (failover logical slots are synchronised to it) with
+# the primary's synchronized_standby_slots naming the standby's slot. It is
+# made afresh at every (re)start of the stack.
 set -euo pipefail
 
 readonly KAFKA_VERSION=3.9.1
@@ -35,25 +52,61 @@ readonly KAFKA_SASL_USER=pgoutbox
 # beside it in DIR/kafka/server.properties anyway.
 readonly KAFKA_KEYSTORE_PASSWORD=pgoutbox-stack
 
-PGBIN=${PGOUTBOX_PGBIN:-/usr/lib/postgresql/15/bin}
+# Debian's PostgreSQL 15: the server of --pg 15 (the default) and, for every
+# server, the clients (psql, pg_isready).
+DEBIAN_PGBIN=${PGOUTBOX_PGBIN:-/usr/lib/postgresql/15/bin}
+CLIENT_BIN=$DEBIAN_PGBIN
 CACHE=${PGOUTBOX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pgoutbox}
+# Where scripts/install-deps.sh --pg N puts the other servers (same rule).
+if [[ -n ${PGOUTBOX_PG_CACHE:-} ]]; then
+	PG_CACHE=$PGOUTBOX_PG_CACHE
+elif [[ $(id -u) -eq 0 ]]; then
+	PG_CACHE=/var/cache/pgoutbox
+else
+	PG_CACHE=$CACHE
+fi
 KAFKA_LIBS=$CACHE/kafka-$KAFKA_VERSION/libs
 PYTHON=/usr/bin/python3
 [[ -x $PYTHON ]] || PYTHON=python3
-readonly PGBIN CACHE KAFKA_LIBS PYTHON
+readonly DEBIAN_PGBIN CLIENT_BIN CACHE PG_CACHE KAFKA_LIBS PYTHON
+readonly PG_MAJORS=(13 14 15 16 17 18)
+# The standby's physical slot on the primary (and its application_name).
+readonly STANDBY_SLOT=pgoutbox_standby
+
+# The server of the stack's major (pg_select): its bin and lib directories.
+PG_MAJOR='' PGBIN='' PGLIB=''
 
 usage() {
 	cat <<'EOF'
-usage: scripts/stack.sh start [--state DIR] [--pg-only] [--pg-tls] [--kafka-tls]
-                             [--wal-level logical|replica]
+usage: scripts/stack.sh start [--state DIR] [--pg N] [--standby] [--pg-only]
+                             [--pg-tls] [--kafka-tls] [--wal-level logical|replica]
        scripts/stack.sh stop  [--state DIR] [--clean]
        scripts/stack.sh env   [--state DIR]
        scripts/stack.sh kafka-stop  [--state DIR] [--signal KILL|TERM]
        scripts/stack.sh kafka-start [--state DIR]
+       scripts/stack.sh restart-pg  [--state DIR] [--mode fast|immediate] [--standby]
+       scripts/stack.sh kill-primary [--state DIR]
+       scripts/stack.sh kill-standby [--state DIR]
+       scripts/stack.sh promote     [--state DIR]
 
   start  initialise (first time) and start PostgreSQL and Kafka from DIR, then
          print their environment (kept in DIR/env, shell-sourceable). If the
          stack in DIR already runs with the same options, only print it.
+         --pg N             PostgreSQL major N: 13, 14, 16, 17 or 18 from
+                            scripts/install-deps.sh --pg N, or 15 (Debian's,
+                            the default). A DIR keeps the major it was made
+                            with. The env gets PGOUTBOX_PG_VERSION (the
+                            major), PGOUTBOX_PG_SERVER_VERSION, PGOUTBOX_PG_BINDIR
+                            (initdb, pg_ctl, postgres) and PGOUTBOX_PG_DATA
+         --standby          also a physical streaming standby of the primary
+                            (made afresh from an online base backup), with a
+                            physical slot pgoutbox_standby on the primary,
+                            hot_standby_feedback and, from 17 on,
+                            sync_replication_slots on the standby and
+                            synchronized_standby_slots on the primary. The env
+                            gets PGOUTBOX_STANDBY_PG (conninfo),
+                            PGOUTBOX_STANDBY_PORT, PGOUTBOX_STANDBY_DATA,
+                            PGOUTBOX_STANDBY_LOG and PGOUTBOX_STANDBY_SLOT
          --pg-only          PostgreSQL only, no Kafka
          --pg-tls           PostgreSQL with TLS on: a throwaway CA and a server
                             certificate for localhost/127.0.0.1 in DIR/pg/tls;
@@ -78,6 +131,17 @@ usage: scripts/stack.sh start [--state DIR] [--pg-only] [--pg-tls] [--kafka-tls]
   kafka-start  start the Kafka broker of DIR again (after kafka-stop), from the
                same data on the same ports (TLS listeners included), and wait
                until it is ready. Exit 0 if it already runs.
+  restart-pg   pg_ctl restart the primary (--standby: the standby) with
+               -m fast (default) or -m immediate (a crash), on the same port,
+               and wait until it answers queries; also starts a stopped or
+               killed one
+  kill-primary stop the primary with pg_ctl stop -m immediate (a crash: no
+               shutdown checkpoint); exit 0 if it does not run
+  kill-standby the same for the standby
+  promote      promote the standby (pg_ctl promote) and wait until it accepts
+               writes; its conninfo (PGOUTBOX_STANDBY_PG) is then the primary's.
+               The old primary is left as it is (stop or kill it first for a
+               failover); the next `start` makes a new standby
 
 DIR defaults to $PGOUTBOX_STATE, else ${TMPDIR:-/tmp}/pgoutbox-stack.
 EOF
@@ -104,8 +168,9 @@ usage_error() {
 }
 
 # Paths inside the state directory; set by set_state_dir.
-STATE='' PGDIR='' PGDATA='' PGLOG='' PGTLS='' KDIR='' KLOG='' KTLS='' ENVFILE=''
-PG_PORT='' KAFKA_PORT='' KAFKA_SSL_PORT='' KAFKA_SASL_PORT='' PG_TLS=0 KAFKA_TLS=0
+STATE='' PGDIR='' PGDATA='' PGLOG='' PGTLS='' SBDIR='' SBDATA='' SBLOG=''
+KDIR='' KLOG='' KTLS='' ENVFILE=''
+PG_PORT='' SB_PORT='' KAFKA_PORT='' KAFKA_SSL_PORT='' KAFKA_SASL_PORT='' PG_TLS=0 KAFKA_TLS=0
 
 set_state_dir() {
 	local dir=$1
@@ -117,15 +182,18 @@ set_state_dir() {
 	[[ $dir =~ ^[A-Za-z0-9._/+@-]+$ ]] ||
 		die "state directory '$dir' contains spaces or special characters" \
 			"use a path made of letters, digits and . _ / + @ -"
-	# PostgreSQL's socket DIR/pg/.s.PGSQL.NNNNN must fit in sun_path (108 bytes).
-	((${#dir} + 20 < 108)) ||
+	# PostgreSQL's socket DIR/standby/.s.PGSQL.NNNNN must fit in sun_path (108 bytes).
+	((${#dir} + 25 < 108)) ||
 		die "state directory path is too long for PostgreSQL's Unix socket (${#dir} characters)" \
-			"use a shorter --state (at most 87 characters)"
+			"use a shorter --state (at most 82 characters)"
 	STATE=$dir
 	PGDIR=$STATE/pg
 	PGDATA=$PGDIR/data
 	PGLOG=$PGDIR/postgresql.log
 	PGTLS=$PGDIR/tls
+	SBDIR=$STATE/standby
+	SBDATA=$SBDIR/data
+	SBLOG=$SBDIR/postgresql.log
 	KDIR=$STATE/kafka
 	KLOG=$KDIR/server.log
 	KTLS=$KDIR/tls
@@ -143,9 +211,57 @@ lock_state() {
 
 is_root() { [[ $(id -u) -eq 0 ]]; }
 
+# pg_select MAJOR — use the server of PostgreSQL MAJOR: Debian's for 15, else
+# the tree of scripts/install-deps.sh --pg MAJOR. Sets PG_MAJOR, PGBIN, PGLIB.
+pg_select() {
+	local major=$1
+	[[ " ${PG_MAJORS[*]} " == *" $major "* ]] ||
+		die "no PostgreSQL $major here: choose one of ${PG_MAJORS[*]}"
+	PG_MAJOR=$major
+	if [[ $major == 15 ]]; then
+		PGBIN=$DEBIAN_PGBIN PGLIB=''
+		[[ -x $PGBIN/initdb ]] || die "PostgreSQL 15 server binaries not found in $PGBIN" \
+			"run scripts/install-deps.sh (or set PGOUTBOX_PGBIN)"
+		return 0
+	fi
+	local tree=$PG_CACHE/pg-$major
+	PGBIN=$tree/native/bin PGLIB=$tree/native/lib
+	[[ -f $tree/.complete && -x $PGBIN/postgres && -x $PGBIN/initdb && -x $PGBIN/pg_ctl ]] ||
+		die "PostgreSQL $major is not installed in $tree" \
+			"run scripts/install-deps.sh --pg $major (or set PGOUTBOX_PG_CACHE to where it put it)"
+}
+
+# The major of the cluster in DIR, if there is one (its data directory's PG_VERSION).
+pg_cluster_major() {
+	[[ -f $PGDATA/PG_VERSION ]] || return 1
+	local v
+	v=$(<"$PGDATA/PG_VERSION")
+	[[ $v =~ ^[0-9]+$ ]] || die "$PGDATA/PG_VERSION holds '$v', not a major version"
+	printf '%s\n' "$v"
+}
+
+# For the commands that act on an existing cluster: select its server.
+pg_select_cluster() {
+	local major
+	major=$(pg_cluster_major) ||
+		die "no PostgreSQL cluster in $PGDATA" "start the stack first: scripts/stack.sh start --state $STATE"
+	pg_select "$major"
+}
+
 # Run a PostgreSQL server tool as the postgres user when we are root
-# (PostgreSQL refuses to run as root), from a directory it may enter.
+# (PostgreSQL refuses to run as root), from a directory it may enter, with
+# the server tree's libraries first on the library path (its binaries find
+# them through their RUNPATH too; this keeps them from Debian's anyway).
 as_pg() {
+	if [[ -n $PGLIB ]]; then
+		as_pg_user env LD_LIBRARY_PATH="$PGLIB" "$@"
+	else
+		as_pg_user "$@"
+	fi
+}
+
+# as_pg_user COMMAND... — any other command as postgres when we are root.
+as_pg_user() {
 	if is_root; then
 		(cd "$PGDIR" && runuser -u postgres -- "$@")
 	else
@@ -153,38 +269,59 @@ as_pg() {
 	fi
 }
 
-pg_running() {
-	[[ -f $PGDATA/PG_VERSION ]] || return 1
-	as_pg "$PGBIN/pg_ctl" status -D "$PGDATA" >/dev/null 2>&1
+# server_running DATA — a postmaster runs from DATA.
+server_running() {
+	[[ -f $1/PG_VERSION ]] || return 1
+	as_pg "$PGBIN/pg_ctl" status -D "$1" >/dev/null 2>&1
 }
 
-# When root, give the PostgreSQL directory to postgres and make sure postgres
-# can reach it: add o+x to each directory above it that it cannot traverse.
+pg_running() { server_running "$PGDATA"; }
+standby_running() { server_running "$SBDATA"; }
+
+# The port in DATA/pgoutbox-stack.conf (written by stack.sh at each start).
+conf_port() {
+	sed -n 's/^port = \([0-9][0-9]*\)$/\1/p' "$1/pgoutbox-stack.conf" 2>/dev/null | tail -n 1
+}
+
+# psql_at PORT SQL — one query with Debian's psql, unaligned tuples only.
+psql_at() {
+	"$CLIENT_BIN/psql" -X -q -w -h 127.0.0.1 -p "$1" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+		-Atc "$2"
+}
+
+# pg_prepare_dir DIR — when root, give DIR (a directory for one server) to
+# postgres and make sure postgres can reach it: add o+x to each directory
+# above it that it cannot traverse.
 pg_prepare_dir() {
-	mkdir -p "$PGDIR"
+	local dir=$1
+	mkdir -p "$dir"
 	is_root || return 0
 	id postgres >/dev/null 2>&1 ||
 		die "user postgres does not exist (PostgreSQL refuses to run as root)" \
 			"install postgresql-15 (scripts/install-deps.sh), or run as a non-root user"
-	chown -R postgres:postgres "$PGDIR"
-	chmod 700 "$PGDIR"
-	if ! runuser -u postgres -- test -x "$PGDIR"; then
+	chown -R postgres:postgres "$dir"
+	chmod 700 "$dir"
+	if ! runuser -u postgres -- test -x "$dir"; then
 		local d=$STATE
 		while [[ $d != / ]]; do
 			if ! runuser -u postgres -- test -x "$d"; then
 				[[ $d == "$STATE" || $d == "$STATE"/* ]] ||
-					info "note: adding o+x to $d so that the postgres user can reach $PGDIR"
+					info "note: adding o+x to $d so that the postgres user can reach $dir"
 				chmod o+x "$d"
 			fi
 			d=$(dirname "$d")
 		done
-		runuser -u postgres -- test -x "$PGDIR" ||
-			die "the postgres user cannot reach $PGDIR" \
+		runuser -u postgres -- test -x "$dir" ||
+			die "the postgres user cannot reach $dir" \
 				"choose a --state directory under ${TMPDIR:-/tmp}"
+	fi
+	if [[ -n $PGLIB ]] && ! runuser -u postgres -- test -x "$PGBIN/postgres"; then
+		die "the postgres user cannot run $PGBIN/postgres" \
+			"install it where postgres can read it: scripts/install-deps.sh --pg $PG_MAJOR (see PGOUTBOX_PG_CACHE there)"
 	fi
 }
 
-# Write stdin to a file in the PostgreSQL directory, owned by postgres when root.
+# Write stdin to a file in a PostgreSQL directory, owned by postgres when root.
 pg_write_file() {
 	cat >"$1"
 	if is_root; then chown postgres:postgres "$1"; fi
@@ -193,15 +330,18 @@ pg_write_file() {
 pg_init() {
 	[[ -f $PGDATA/PG_VERSION ]] && return 0
 	rm -rf -- "$PGDATA" # leftover of an interrupted initdb
-	info "initialising PostgreSQL in $PGDATA"
+	info "initialising PostgreSQL $PG_MAJOR in $PGDATA"
+	local quiet=()
+	((PG_MAJOR < 14)) || quiet=(--no-instructions) # 14+
 	if ! as_pg "$PGBIN/initdb" -D "$PGDATA" -A trust -U postgres --no-sync \
-		-E UTF8 --locale=C --no-instructions >"$PGDIR/initdb.log" 2>&1; then
+		-E UTF8 --locale=C "${quiet[@]}" >"$PGDIR/initdb.log" 2>&1; then
 		cat "$PGDIR/initdb.log" >&2
 		die "initdb failed (output above)"
 	fi
 	# The scram line for pgoutbox_pw comes before the trust lines: tests use
-	# that role to check that passwords are never printed.
-	pg_write_file "$PGDATA/pg_hba.conf" <<'EOF'
+	# that role to check that passwords are never printed. The standby's
+	# walreceiver connects as postgres (trust, replication).
+	pg_write_file "$PGDATA/pg_hba.conf" <<'HBA'
 # written by scripts/stack.sh: a throwaway test cluster, trust on loopback
 # TYPE  DATABASE     USER         ADDRESS        METHOD
 host    all          pgoutbox_pw  127.0.0.1/32   scram-sha-256
@@ -212,7 +352,7 @@ host    all          all          ::1/128        trust
 local   replication  all                         trust
 host    replication  all          127.0.0.1/32   trust
 host    replication  all          ::1/128        trust
-EOF
+HBA
 	printf "\n# settings of scripts/stack.sh\ninclude = 'pgoutbox-stack.conf'\n" >>"$PGDATA/postgresql.conf"
 }
 
@@ -259,21 +399,12 @@ pg_tls_make() {
 	if is_root; then chown -R postgres:postgres "$PGTLS"; fi
 }
 
-# pg_write_conf PORT WAL_LEVEL — the settings this stack owns; rewritten at each start.
-pg_write_conf() {
-	local tls="ssl = off"
-	if [[ $PG_TLS == 1 ]]; then
-		tls="ssl = on
-ssl_cert_file = '$PGTLS/server.crt'
-ssl_key_file = '$PGTLS/server.key'
-ssl_ca_file = '$PGTLS/ca.crt'"
-	fi
-	pg_write_file "$PGDATA/pgoutbox-stack.conf" <<EOF
-# written by scripts/stack.sh at each start
+# The settings every server of the stack has (primary and standby alike: a
+# hot standby needs max_* at least the primary's), then TLS.
+pg_common_conf() {
+	cat <<CONF
 listen_addresses = '127.0.0.1'
-port = $1
-unix_socket_directories = '$PGDIR'
-wal_level = $2
+wal_level = $WAL_LEVEL
 max_replication_slots = 32
 max_wal_senders = 32
 track_commit_timestamp = on
@@ -283,65 +414,255 @@ synchronous_commit = on
 wal_sender_timeout = 60s
 max_prepared_transactions = 16
 logging_collector = off
-$tls
-EOF
+# the default from 14 on; 13 would store md5 hashes, which pg_hba.conf's
+# scram-sha-256 line for pgoutbox_pw refuses
+password_encryption = 'scram-sha-256'
+CONF
+	if [[ $PG_TLS == 1 ]]; then
+		cat <<CONF
+ssl = on
+ssl_cert_file = '$PGTLS/server.crt'
+ssl_key_file = '$PGTLS/server.key'
+ssl_ca_file = '$PGTLS/ca.crt'
+CONF
+	else
+		printf 'ssl = off\n'
+	fi
 }
 
-# pg_start WAL_LEVEL — start PostgreSQL on a free port; sets PG_PORT.
-pg_start() {
-	local wal_level=$1 attempt port
-	pg_prepare_dir
-	pg_init
-	[[ $PG_TLS != 1 ]] || pg_tls_make
+# Failover slots (17+) need logical decoding on both sides.
+slot_sync_on() { [[ $STANDBY == 1 && $WAL_LEVEL == logical ]] && ((PG_MAJOR >= 17)); }
+
+# pg_write_conf PORT — the primary's settings this stack owns; rewritten at
+# each start. With a standby from 17 on, logical walsenders wait for the
+# standby's slot (synchronized_standby_slots): a failover slot then never
+# gets ahead of what the standby has.
+pg_write_conf() {
+	{
+		printf '# written by scripts/stack.sh at each start: the primary\n'
+		printf "port = %s\nunix_socket_directories = '%s'\n" "$1" "$PGDIR"
+		pg_common_conf
+		if slot_sync_on; then
+			printf "synchronized_standby_slots = '%s'\n" "$STANDBY_SLOT"
+		fi
+	} | pg_write_file "$PGDATA/pgoutbox-stack.conf"
+}
+
+# standby_write_conf PORT — the standby's settings (its copy of the primary's
+# file is replaced). dbname in primary_conninfo is for the slot sync worker.
+standby_write_conf() {
+	{
+		printf '# written by scripts/stack.sh at each start: a physical standby of %s\n' "$PGDATA"
+		printf "port = %s\nunix_socket_directories = '%s'\n" "$1" "$SBDIR"
+		pg_common_conf
+		cat <<CONF
+primary_conninfo = 'host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres application_name=$STANDBY_SLOT'
+primary_slot_name = '$STANDBY_SLOT'
+hot_standby = on
+hot_standby_feedback = on
+CONF
+		if slot_sync_on; then
+			printf 'sync_replication_slots = on\n'
+		fi
+	} | pg_write_file "$SBDATA/pgoutbox-stack.conf"
+}
+
+# server_start primary|standby — start that server on a free port (its
+# configuration rewritten for the port) and wait until it answers queries;
+# sets PG_PORT or SB_PORT.
+server_start() {
+	local role=$1 attempt port data log dir
+	if [[ $role == primary ]]; then
+		data=$PGDATA log=$PGLOG dir=$PGDIR
+	else
+		data=$SBDATA log=$SBLOG dir=$SBDIR
+	fi
 	for ((attempt = 1; attempt <= PORT_ATTEMPTS; attempt++)); do
 		port=$(pick_ports 1)
-		pg_write_conf "$port" "$wal_level"
-		info "starting PostgreSQL on 127.0.0.1:$port (wal_level=$wal_level)"
+		if [[ $role == primary ]]; then pg_write_conf "$port"; else standby_write_conf "$port"; fi
+		info "starting PostgreSQL $PG_MAJOR ($role) on 127.0.0.1:$port (wal_level=$WAL_LEVEL)"
 		local mark=0
-		[[ -f $PGLOG ]] && mark=$(wc -l <"$PGLOG")
-		if as_pg "$PGBIN/pg_ctl" start -D "$PGDATA" -l "$PGLOG" -w -t "$PG_START_TIMEOUT" \
-			>"$PGDIR/pg_ctl.log" 2>&1 9>&-; then
-			PG_PORT=$port
-			pg_wait_ready
+		[[ -f $log ]] && mark=$(wc -l <"$log")
+		if as_pg "$PGBIN/pg_ctl" start -D "$data" -l "$log" -w -t "$PG_START_TIMEOUT" \
+			>"$dir/pg_ctl.log" 2>&1 9>&-; then
+			if [[ $role == primary ]]; then PG_PORT=$port; else SB_PORT=$port; fi
+			server_wait_ready "$port" "$log"
 			return 0
 		fi
-		if tail -n +"$((mark + 1))" "$PGLOG" 2>/dev/null | grep -q 'could not bind'; then
+		if tail -n +"$((mark + 1))" "$log" 2>/dev/null | grep -q 'could not bind'; then
 			info "port $port was taken meanwhile; picking another"
 			continue
 		fi
 		break
 	done
-	cat "$PGDIR/pg_ctl.log" >&2 || true
-	printf '%s\n' "--- last lines of $PGLOG:" >&2
-	tail -n 30 "$PGLOG" >&2 || true
-	die "PostgreSQL did not start (log above)"
+	cat "$dir/pg_ctl.log" >&2 || true
+	printf '%s\n' "--- last lines of $log:" >&2
+	tail -n 30 "$log" >&2 || true
+	die "PostgreSQL ($role) did not start (log above)"
 }
 
-# Poll until PostgreSQL answers a query (pg_ctl -w only waits for the postmaster).
-pg_wait_ready() {
+# server_wait_ready PORT LOG — poll until the server answers a query (pg_ctl
+# -w only waits for the postmaster; a hot standby answers read-only ones).
+server_wait_ready() {
 	local deadline=$((SECONDS + PG_START_TIMEOUT))
-	until "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 1 &&
-		"$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
-			-Atc 'SELECT 1' >/dev/null 2>&1; do
+	until "$CLIENT_BIN/pg_isready" -q -h 127.0.0.1 -p "$1" -U postgres -d postgres -t 1 &&
+		psql_at "$1" 'SELECT 1' >/dev/null 2>&1; do
 		if ((SECONDS >= deadline)); then
-			tail -n 30 "$PGLOG" >&2 || true
-			die "PostgreSQL on 127.0.0.1:$PG_PORT did not accept connections within ${PG_START_TIMEOUT}s (log above)"
+			tail -n 30 "$2" >&2 || true
+			die "PostgreSQL on 127.0.0.1:$1 did not accept connections within ${PG_START_TIMEOUT}s (log above)"
 		fi
 		sleep 0.2
 	done
 }
 
-pg_stop() {
-	pg_running || return 0
-	info "stopping PostgreSQL ($PGDATA)"
-	if ! as_pg "$PGBIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t 60 >/dev/null 2>&1; then
-		info "fast shutdown did not finish in 60 s; using immediate shutdown"
-		as_pg "$PGBIN/pg_ctl" stop -D "$PGDATA" -m immediate -w -t 30 >/dev/null 2>&1 || true
+# pg_start — the primary: initdb (first time), then start on a free port.
+pg_start() {
+	pg_prepare_dir "$PGDIR"
+	pg_init
+	[[ $PG_TLS != 1 ]] || pg_tls_make
+	server_start primary
+}
+
+# standby_create — a new standby of the running primary in DIR/standby, from
+# an online base backup made with the SQL backup functions; then start it
+# and wait until the primary sees it streaming.
+standby_create() {
+	pg_prepare_dir "$SBDIR"
+	rm -rf -- "$SBDATA"
+	# The slot first: from its creation on it holds the WAL the standby will
+	# need, from before the backup's checkpoint until the standby streams.
+	psql_at "$PG_PORT" "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+	                     WHERE slot_name = '$STANDBY_SLOT'" >/dev/null ||
+		die "could not drop the old physical slot $STANDBY_SLOT on the primary"
+	psql_at "$PG_PORT" "SELECT 1 FROM pg_create_physical_replication_slot('$STANDBY_SLOT', true)" >/dev/null ||
+		die "could not create the physical slot $STANDBY_SLOT on the primary"
+	info "making a standby in $SBDATA from an online base backup of the primary"
+	if ! as_pg_user "$PYTHON" - "$PG_PORT" "$PG_MAJOR" "$PGDATA" "$SBDATA" >"$SBDIR/basebackup.log" 2>&1 <<'PY'; then
+# A base backup with the low-level API: the backup functions' session stays
+# open while the data directory is copied; what PostgreSQL's documentation
+# says to leave out is left out ("Backing Up the Data Directory").
+import os, shutil, sys
+import psycopg2
+
+port, major, src, dst = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+EMPTY_DIRS = {"pg_wal", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial",
+              "pg_snapshots", "pg_stat_tmp", "pg_subtrans"}
+SKIP_FILES = {"postmaster.pid", "postmaster.opts", "backup_label", "tablespace_map",
+              "standby.signal", "recovery.signal", "pg_internal.init", "backup_manifest"}
+
+conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+conn.autocommit = True
+cur = conn.cursor()
+if major >= 15:
+    cur.execute("SELECT pg_backup_start('stack.sh standby', true)")
+else:
+    cur.execute("SELECT pg_start_backup('stack.sh standby', true, false)")
+print("backup started at %s" % cur.fetchone()[0])
+
+os.mkdir(dst, 0o700)
+for root, dirs, files in os.walk(src):
+    rel = os.path.relpath(root, src)
+    out = dst if rel == "." else os.path.join(dst, rel)
+    if rel != ".":
+        os.makedirs(out, 0o700, exist_ok=True)
+    if rel in EMPTY_DIRS:
+        dirs[:] = []
+        if rel == "pg_wal":
+            os.makedirs(os.path.join(out, "archive_status"), 0o700, exist_ok=True)
+        continue
+    dirs[:] = [d for d in dirs if not d.startswith("pgsql_tmp")]
+    for name in files:
+        if name in SKIP_FILES or name.startswith("pgsql_tmp"):
+            continue
+        try:
+            shutil.copy2(os.path.join(root, name), os.path.join(out, name), follow_symlinks=False)
+        except FileNotFoundError:
+            pass  # removed while we copied: the WAL replay recreates what matters
+
+if major >= 15:
+    cur.execute("SELECT lsn, labelfile, spcmapfile FROM pg_backup_stop(false)")
+else:
+    cur.execute("SELECT lsn, labelfile, spcmapfile FROM pg_stop_backup(false, false)")
+lsn, label, spcmap = cur.fetchone()
+with open(os.path.join(dst, "backup_label"), "w") as f:
+    f.write(label)
+if spcmap:
+    with open(os.path.join(dst, "tablespace_map"), "w") as f:
+        f.write(spcmap)
+conn.close()
+print("backup stopped at %s" % lsn)
+PY
+		cat "$SBDIR/basebackup.log" >&2
+		die "the base backup for the standby failed (output above)"
 	fi
-	if pg_running; then
-		info "warning: PostgreSQL in $PGDATA is still running"
+	: | pg_write_file "$SBDATA/standby.signal"
+	server_start standby
+	# Streaming, not just started: the tests that follow rely on it.
+	local deadline=$((SECONDS + PG_START_TIMEOUT)) state=''
+	until [[ $state == streaming ]]; do
+		state=$(psql_at "$PG_PORT" "SELECT state FROM pg_stat_replication
+		                            WHERE application_name = '$STANDBY_SLOT'" 2>/dev/null) || state=''
+		[[ $state == streaming ]] && break
+		if ((SECONDS >= deadline)); then
+			tail -n 30 "$SBLOG" >&2 || true
+			die "the standby did not stream from the primary within ${PG_START_TIMEOUT}s (state '${state:-none}'; its log above)"
+		fi
+		sleep 0.2
+	done
+	info "standby on 127.0.0.1:$SB_PORT streams from the primary (slot $STANDBY_SLOT)"
+}
+
+# server_stop DATA NAME — stop the server of DATA (fast, then immediate).
+server_stop() {
+	local data=$1 name=$2
+	server_running "$data" || return 0
+	info "stopping PostgreSQL $name ($data)"
+	if ! as_pg "$PGBIN/pg_ctl" stop -D "$data" -m fast -w -t 60 >/dev/null 2>&1; then
+		info "fast shutdown did not finish in 60 s; using immediate shutdown"
+		as_pg "$PGBIN/pg_ctl" stop -D "$data" -m immediate -w -t 30 >/dev/null 2>&1 || true
+	fi
+	if server_running "$data"; then
+		info "warning: PostgreSQL in $data is still running"
 		return 1
 	fi
+}
+
+pg_stop() { server_stop "$PGDATA" primary; }
+standby_stop() { server_stop "$SBDATA" standby; }
+
+# server_kill DATA NAME — pg_ctl stop -m immediate: a crash, no shutdown
+# checkpoint. Exit 0 if it does not run.
+server_kill() {
+	local data=$1 name=$2
+	if ! server_running "$data"; then
+		info "PostgreSQL $name in $data is not running"
+		return 0
+	fi
+	info "killing PostgreSQL $name ($data) with an immediate shutdown"
+	as_pg "$PGBIN/pg_ctl" stop -D "$data" -m immediate -w -t 30 >/dev/null 2>&1 ||
+		die "pg_ctl stop -m immediate of $data failed"
+}
+
+# server_restart DATA LOG DIR MODE NAME — pg_ctl restart -m MODE on the same
+# port (from its configuration), also after a stop or a kill; waits until it
+# answers queries.
+server_restart() {
+	local data=$1 log=$2 dir=$3 mode=$4 name=$5 port
+	port=$(conf_port "$data")
+	[[ -n $port ]] || die "no port in $data/pgoutbox-stack.conf" "start the stack first: scripts/stack.sh start --state $STATE"
+	info "restarting PostgreSQL $name on 127.0.0.1:$port (-m $mode)"
+	local mark=0
+	[[ -f $log ]] && mark=$(wc -l <"$log")
+	if ! as_pg "$PGBIN/pg_ctl" restart -D "$data" -l "$log" -m "$mode" -w -t "$PG_START_TIMEOUT" \
+		>"$dir/pg_ctl.log" 2>&1 9>&-; then
+		cat "$dir/pg_ctl.log" >&2 || true
+		tail -n +"$((mark + 1))" "$log" 2>/dev/null | tail -n 30 >&2 || true
+		if tail -n +"$((mark + 1))" "$log" 2>/dev/null | grep -q 'could not bind'; then
+			die "port $port is taken by another process: PostgreSQL $name cannot restart on it"
+		fi
+		die "pg_ctl restart of $data failed (log above)"
+	fi
+	server_wait_ready "$port" "$log"
 }
 
 # --------------------------------------------------------------------- Kafka
@@ -688,7 +1009,9 @@ EOF
 }
 
 write_env() {
-	local tmp=$ENVFILE.tmp
+	local tmp=$ENVFILE.tmp server_version
+	server_version=$(psql_at "$PG_PORT" 'SHOW server_version') ||
+		die "could not read server_version from the primary"
 	rm -f -- "$tmp"
 	: >"$tmp"
 	# With --kafka-tls it holds the SCRAM password.
@@ -701,8 +1024,19 @@ write_env() {
 		printf 'PGDATABASE=postgres\n'
 		printf "PGOUTBOX_PG='host=127.0.0.1 port=%s user=postgres dbname=postgres'\n" "$PG_PORT"
 		printf 'PGOUTBOX_PG_LOG=%s\n' "$PGLOG"
+		printf 'PGOUTBOX_PG_VERSION=%s\n' "$PG_MAJOR"
+		printf "PGOUTBOX_PG_SERVER_VERSION='%s'\n" "${server_version//\'/}"
+		printf 'PGOUTBOX_PG_BINDIR=%s\n' "$PGBIN"
+		printf 'PGOUTBOX_PG_DATA=%s\n' "$PGDATA"
 		if [[ $PG_TLS == 1 ]]; then
 			printf 'PGOUTBOX_PG_CA=%s\n' "$PGTLS/ca.crt"
+		fi
+		if [[ -n ${SB_PORT:-} ]]; then
+			printf "PGOUTBOX_STANDBY_PG='host=127.0.0.1 port=%s user=postgres dbname=postgres'\n" "$SB_PORT"
+			printf 'PGOUTBOX_STANDBY_PORT=%s\n' "$SB_PORT"
+			printf 'PGOUTBOX_STANDBY_DATA=%s\n' "$SBDATA"
+			printf 'PGOUTBOX_STANDBY_LOG=%s\n' "$SBLOG"
+			printf 'PGOUTBOX_STANDBY_SLOT=%s\n' "$STANDBY_SLOT"
 		fi
 		if [[ -n ${KAFKA_PORT:-} ]]; then
 			printf 'PGOUTBOX_BROKERS=127.0.0.1:%s\n' "$KAFKA_PORT"
@@ -725,11 +1059,16 @@ env_value() { # env_value KEY — from DIR/env
 
 print_env() {
 	cat "$ENVFILE"
-	local pgport brokers sasl_brokers
+	local pgport sbport brokers sasl_brokers
 	pgport=$(env_value PGPORT)
+	sbport=$(env_value PGOUTBOX_STANDBY_PORT)
 	brokers=$(env_value PGOUTBOX_BROKERS)
 	sasl_brokers=$(env_value PGOUTBOX_KAFKA_SASL_BROKERS)
-	printf '# PostgreSQL: psql -h 127.0.0.1 -p %s -U postgres postgres   (log %s)\n' "$pgport" "$PGLOG"
+	printf '# PostgreSQL %s: psql -h 127.0.0.1 -p %s -U postgres postgres   (log %s)\n' \
+		"$(env_value PGOUTBOX_PG_SERVER_VERSION | tr -d "'")" "$pgport" "$PGLOG"
+	if [[ -n $sbport ]]; then
+		printf '# standby: psql -h 127.0.0.1 -p %s -U postgres postgres   (log %s)\n' "$sbport" "$SBLOG"
+	fi
 	if [[ -n $brokers ]]; then
 		printf '# Kafka: %s   e.g. kcat -L -b %s   (log %s)\n' "$brokers" "$brokers" "$KLOG"
 	fi
@@ -742,15 +1081,22 @@ print_env() {
 
 # ------------------------------------------------------------------ commands
 
+# Globals of start, set by main: WAL_LEVEL, STANDBY (0/1).
+WAL_LEVEL=logical STANDBY=0
+
 cmd_start() {
-	local pg_only=$1 wal_level=$2
+	local pg_only=$1 major=$2
 	PG_TLS=$3 KAFKA_TLS=$4
 	mkdir -p -- "$STATE" || die "could not create state directory $STATE"
 	[[ -f $STATE/.pgoutbox-stack ]] || : >"$STATE/.pgoutbox-stack"
 	lock_state
 
-	[[ -x $PGBIN/initdb ]] || die "PostgreSQL 15 server binaries not found in $PGBIN" \
-		"run scripts/install-deps.sh (or set PGOUTBOX_PGBIN)"
+	pg_select "$major"
+	local have
+	if have=$(pg_cluster_major) && [[ $have != "$major" ]]; then
+		die "the cluster in $PGDATA is PostgreSQL $have, not $major" \
+			"start it with --pg $have, or remove it first: scripts/stack.sh stop --state $STATE --clean"
+	fi
 	[[ $pg_only == 1 ]] || kafka_check_prereqs
 	# Refuse before stopping anything: a storage formatted without the SCRAM
 	# user cannot get it from a start.
@@ -758,12 +1104,15 @@ cmd_start() {
 		kafka_sasl_password >/dev/null
 	fi
 
-	local opts="pg_only=$pg_only wal_level=$wal_level"
+	local opts="pg_only=$pg_only wal_level=$WAL_LEVEL"
+	[[ $major == 15 ]] || opts+=" pg=$major"
+	[[ $STANDBY != 1 ]] || opts+=" standby=1"
 	[[ $PG_TLS != 1 ]] || opts+=" pg_tls=1"
 	[[ $KAFKA_TLS != 1 ]] || opts+=" kafka_tls=1"
 	if pg_running; then
 		if [[ -f $ENVFILE && -f $STATE/options && $(<"$STATE/options") == "$opts" ]] &&
-			{ [[ $pg_only == 1 ]] || kafka_running; }; then
+			{ [[ $pg_only == 1 ]] || kafka_running; } &&
+			{ [[ $STANDBY != 1 ]] || { standby_running && [[ -f $SBDATA/standby.signal ]]; }; }; then
 			info "the stack in $STATE is already running"
 			print_env
 			return 0
@@ -771,13 +1120,24 @@ cmd_start() {
 		info "the stack in $STATE runs with other options or partly; restarting it"
 	fi
 	kafka_stop
+	standby_stop || die "could not stop the standby running from $SBDATA"
 	pg_stop || die "could not stop the PostgreSQL running from $PGDATA"
 
 	rm -f -- "$ENVFILE" "$STATE/options"
 	# Leave nothing running if any step below fails.
 	trap 'start_failed' EXIT
-	PG_PORT='' KAFKA_PORT='' KAFKA_SSL_PORT='' KAFKA_SASL_PORT=''
-	pg_start "$wal_level"
+	PG_PORT='' SB_PORT='' KAFKA_PORT='' KAFKA_SSL_PORT='' KAFKA_SASL_PORT=''
+	pg_start
+	if [[ $STANDBY == 1 ]]; then
+		standby_create
+	else
+		# A standby left from an earlier start with --standby: its slot on
+		# the primary would hold WAL for ever.
+		[[ ! -d $SBDIR ]] || rm -rf -- "$SBDIR"
+		psql_at "$PG_PORT" "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+		                     WHERE slot_name = '$STANDBY_SLOT' AND NOT active" >/dev/null ||
+			die "could not drop the physical slot $STANDBY_SLOT of an old standby"
+	fi
 	[[ $pg_only == 1 ]] || kafka_start
 	write_env
 	printf '%s\n' "$opts" >"$STATE/options"
@@ -790,6 +1150,7 @@ start_failed() {
 	local rc=$?
 	info "start failed; stopping what was started in $STATE"
 	kafka_stop || true
+	standby_stop || true
 	pg_stop || true
 	exit "$rc"
 }
@@ -803,7 +1164,11 @@ cmd_stop() {
 	lock_state
 	local rc=0
 	kafka_stop || rc=1
-	pg_stop || rc=1
+	if pg_cluster_major >/dev/null 2>&1; then
+		pg_select_cluster
+		standby_stop || rc=1
+		pg_stop || rc=1
+	fi
 	if ((rc != 0)); then
 		die "some processes of $STATE could not be stopped"
 	fi
@@ -832,6 +1197,69 @@ cmd_kafka_start() {
 	kafka_restart
 }
 
+need_standby() {
+	[[ -f $SBDATA/PG_VERSION ]] ||
+		die "no standby in $STATE" "start the stack with one: scripts/stack.sh start --standby --state $STATE"
+}
+
+cmd_restart_pg() {
+	local mode=$1 standby=$2
+	[[ -d $STATE ]] || die "no stack in $STATE" "start one with: scripts/stack.sh start --state $STATE"
+	lock_state
+	pg_select_cluster
+	if [[ $standby == 1 ]]; then
+		need_standby
+		server_restart "$SBDATA" "$SBLOG" "$SBDIR" "$mode" standby
+	else
+		server_restart "$PGDATA" "$PGLOG" "$PGDIR" "$mode" primary
+	fi
+}
+
+cmd_kill() {
+	local role=$1
+	[[ -d $STATE ]] || die "no stack in $STATE" "start one with: scripts/stack.sh start --state $STATE"
+	lock_state
+	pg_select_cluster
+	if [[ $role == standby ]]; then
+		need_standby
+		server_kill "$SBDATA" standby
+	else
+		server_kill "$PGDATA" primary
+	fi
+}
+
+# Promote the standby and wait until it accepts writes (an xid can be assigned).
+cmd_promote() {
+	[[ -d $STATE ]] || die "no stack in $STATE" "start one with: scripts/stack.sh start --state $STATE"
+	lock_state
+	pg_select_cluster
+	need_standby
+	standby_running || die "the standby in $SBDATA is not running" \
+		"start it again: scripts/stack.sh restart-pg --standby --state $STATE"
+	local port
+	port=$(conf_port "$SBDATA")
+	if [[ -f $SBDATA/standby.signal ]]; then
+		info "promoting the standby on 127.0.0.1:$port"
+		as_pg "$PGBIN/pg_ctl" promote -D "$SBDATA" -w -t "$PG_START_TIMEOUT" >"$SBDIR/pg_ctl.log" 2>&1 || {
+			cat "$SBDIR/pg_ctl.log" >&2
+			tail -n 30 "$SBLOG" >&2 || true
+			die "pg_ctl promote failed (log above)"
+		}
+	else
+		info "the standby in $SBDATA was promoted already"
+	fi
+	local deadline=$((SECONDS + PG_START_TIMEOUT))
+	until [[ $(psql_at "$port" 'SELECT pg_is_in_recovery()::text' 2>/dev/null) == false ]] &&
+		psql_at "$port" 'SELECT pg_current_xact_id()' >/dev/null 2>&1; do
+		if ((SECONDS >= deadline)); then
+			tail -n 30 "$SBLOG" >&2 || true
+			die "the promoted standby on 127.0.0.1:$port did not accept writes within ${PG_START_TIMEOUT}s (log above)"
+		fi
+		sleep 0.1
+	done
+	info "the standby on 127.0.0.1:$port is a primary now and accepts writes"
+}
+
 cmd_env() {
 	[[ -f $ENVFILE ]] ||
 		die "no stack environment in $STATE" "start one with: scripts/stack.sh start --state $STATE"
@@ -843,7 +1271,7 @@ main() {
 	local cmd=$1
 	shift
 	case $cmd in
-	start | stop | env | kafka-stop | kafka-start) ;;
+	start | stop | env | kafka-stop | kafka-start | restart-pg | kill-primary | kill-standby | promote) ;;
 	-h | --help | help)
 		usage
 		exit 0
@@ -852,7 +1280,7 @@ main() {
 	esac
 
 	local state=${PGOUTBOX_STATE:-${TMPDIR:-/tmp}/pgoutbox-stack}
-	local pg_only=0 pg_tls=0 kafka_tls=0 wal_level=logical clean=0 signal=KILL
+	local pg_only=0 pg_tls=0 kafka_tls=0 clean=0 signal=KILL major=15 mode=fast standby=0
 	while [[ $# -gt 0 ]]; do
 		case $1 in
 		--state)
@@ -864,17 +1292,46 @@ main() {
 		--pg-only) [[ $cmd == start ]] || usage_error "--pg-only is an option of start"; pg_only=1 ;;
 		--pg-tls) [[ $cmd == start ]] || usage_error "--pg-tls is an option of start"; pg_tls=1 ;;
 		--kafka-tls) [[ $cmd == start ]] || usage_error "--kafka-tls is an option of start"; kafka_tls=1 ;;
+		--standby)
+			[[ $cmd == start || $cmd == restart-pg ]] ||
+				usage_error "--standby is an option of start and restart-pg"
+			standby=1
+			;;
+		--pg | --pg=*)
+			[[ $cmd == start ]] || usage_error "--pg is an option of start (the other commands use the cluster's own)"
+			if [[ $1 == --pg ]]; then
+				[[ $# -ge 2 ]] || usage_error "--pg needs a major version (${PG_MAJORS[*]})"
+				major=$2
+				shift
+			else
+				major=${1#--pg=}
+			fi
+			[[ " ${PG_MAJORS[*]} " == *" $major "* ]] ||
+				usage_error "--pg must be one of ${PG_MAJORS[*]}, not '$major'"
+			;;
 		--wal-level | --wal-level=*)
 			[[ $cmd == start ]] || usage_error "--wal-level is an option of start"
 			if [[ $1 == --wal-level ]]; then
 				[[ $# -ge 2 ]] || usage_error "--wal-level needs logical or replica"
-				wal_level=$2
+				WAL_LEVEL=$2
 				shift
 			else
-				wal_level=${1#--wal-level=}
+				WAL_LEVEL=${1#--wal-level=}
 			fi
-			[[ $wal_level == logical || $wal_level == replica ]] ||
-				usage_error "--wal-level must be logical or replica, not '$wal_level'"
+			[[ $WAL_LEVEL == logical || $WAL_LEVEL == replica ]] ||
+				usage_error "--wal-level must be logical or replica, not '$WAL_LEVEL'"
+			;;
+		--mode | --mode=*)
+			[[ $cmd == restart-pg ]] || usage_error "--mode is an option of restart-pg"
+			if [[ $1 == --mode ]]; then
+				[[ $# -ge 2 ]] || usage_error "--mode needs fast or immediate"
+				mode=$2
+				shift
+			else
+				mode=${1#--mode=}
+			fi
+			[[ $mode == fast || $mode == immediate ]] ||
+				usage_error "--mode must be fast or immediate, not '$mode'"
 			;;
 		--clean) [[ $cmd == stop ]] || usage_error "--clean is an option of stop"; clean=1 ;;
 		--signal | --signal=*)
@@ -904,11 +1361,18 @@ main() {
 
 	set_state_dir "$state"
 	case $cmd in
-	start) cmd_start "$pg_only" "$wal_level" "$pg_tls" "$kafka_tls" ;;
+	start)
+		STANDBY=$standby
+		cmd_start "$pg_only" "$major" "$pg_tls" "$kafka_tls"
+		;;
 	stop) cmd_stop "$clean" ;;
 	env) cmd_env ;;
 	kafka-stop) cmd_kafka_stop "$signal" ;;
 	kafka-start) cmd_kafka_start ;;
+	restart-pg) cmd_restart_pg "$mode" "$standby" ;;
+	kill-primary) cmd_kill primary ;;
+	kill-standby) cmd_kill standby ;;
+	promote) cmd_promote ;;
 	esac
 }
 

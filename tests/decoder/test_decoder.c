@@ -4,8 +4,10 @@
  * hand-built messages for the envelope and the error paths.
  *
  * Usage: test_decoder [--write-expected] DIR...
- *   DIR is a directory of cases (each a subdirectory with proto, input and
- *   expected; run in sorted order) or a single case directory.
+ *   DIR is a directory of cases (each a subdirectory with proto, input,
+ *   expected and, optionally, options, the pgoutput options it was captured
+ *   with, one a line; run in sorted order, as are subdirectories of further
+ *   cases, such as cases/pg17/) or a single case directory.
  *   --write-expected regenerates each case's expected file from the decoder
  *   (used by capture.sh; review the result before committing it).
  *
@@ -102,6 +104,7 @@ typedef struct record {
 
 typedef struct golden {
 	int     proto;
+	bool    parallel; /* options holds streaming=parallel */
 	record *recs;
 	size_t  nrecs;
 } golden;
@@ -162,6 +165,21 @@ golden_load(const char *dir, golden *g)
 		return false;
 	g->proto = atoi((char *) buf);
 	free(buf);
+
+	/* options (optional): the pgoutput options of the capture, one a line. */
+	snprintf(path, sizeof path, "%s/options", dir);
+	if (read_file(path, &buf, &len)) {
+		for (char *line = (char *) buf; line != NULL && *line != '\0';) {
+			char *nl = strchr(line, '\n');
+
+			if (nl != NULL)
+				*nl = '\0';
+			if (strcmp(line, "streaming=parallel") == 0)
+				g->parallel = true;
+			line = nl != NULL ? nl + 1 : NULL;
+		}
+		free(buf);
+	}
 
 	snprintf(path, sizeof path, "%s/input", dir);
 	if (!read_file(path, &buf, &len))
@@ -231,11 +249,24 @@ truncation_sweep(pgo_decoder *d, record *r, const char *where, size_t idx)
 	      bad, pgo_rc_name(badrc));
 }
 
+/* A fresh decoder for the case's protocol and options. */
+static pgo_decoder *
+golden_decoder(const golden *g)
+{
+	pgo_decoder *d = pgo_decoder_new(g->proto);
+
+	if (d != NULL && !pgo_decoder_set_parallel_streaming(d, g->parallel)) {
+		pgo_decoder_free(d);
+		d = NULL;
+	}
+	return d;
+}
+
 /* Decode records [0, n) into a fresh decoder. */
 static pgo_decoder *
 replay(const golden *g, size_t n)
 {
-	pgo_decoder *d = pgo_decoder_new(g->proto);
+	pgo_decoder *d = golden_decoder(g);
 	pgo_msg      m;
 	pgo_error    err;
 
@@ -367,9 +398,10 @@ run_golden(const char *dir, const char *name, bool write_expected)
 
 	if (!CHECK(golden_load(dir, &g), "%s: cannot load proto/input", name))
 		return;
-	ref = pgo_decoder_new(g.proto);
-	work = pgo_decoder_new(g.proto);
-	if (!CHECK(ref != NULL && work != NULL, "%s: proto %d", name, g.proto))
+	ref = golden_decoder(&g);
+	work = golden_decoder(&g);
+	if (!CHECK(ref != NULL && work != NULL, "%s: proto %d%s", name, g.proto,
+	           g.parallel ? ", streaming=parallel" : ""))
 		goto done;
 
 	for (size_t i = 0; i < g.nrecs; i++) {
@@ -430,31 +462,38 @@ is_file(const char *path)
 	return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-/* A case directory, or a directory of them (run in sorted order). */
-static void
-run_dir(const char *dir, bool write_expected)
+static bool
+is_dir(const char *path)
 {
-	char           path[4096];
+	struct stat st;
+
+	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/*
+ * A case directory, or a directory of them and of further such directories
+ * (cases/pg17/...: one per server major), run in sorted order.  A case is
+ * named by its path below the top directory ("pg17/outbox_insert").
+ * --write-expected does not descend: it rewrites only the cases it names.
+ * Returns the number of cases run.
+ */
+static size_t
+run_tree(const char *dir, const char *prefix, bool write_expected, int depth)
+{
+	char           path[4096], name[4096];
 	DIR           *dp;
 	struct dirent *de;
 	char         **names = NULL;
-	size_t         n = 0, cap = 0;
+	size_t         n = 0, cap = 0, ncases = 0;
 
-	snprintf(path, sizeof path, "%s/input", dir);
-	if (is_file(path)) {
-		const char *slash = strrchr(dir, '/');
-
-		run_golden(dir, slash ? slash + 1 : dir, write_expected);
-		return;
-	}
 	dp = opendir(dir);
 	if (!CHECK(dp != NULL, "cannot open %s: %s", dir, strerror(errno)))
-		return;
+		return 0;
 	while ((de = readdir(dp)) != NULL) {
 		if (de->d_name[0] == '.')
 			continue;
-		snprintf(path, sizeof path, "%s/%s/input", dir, de->d_name);
-		if (!is_file(path))
+		snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+		if (!is_dir(path))
 			continue;
 		if (n == cap) {
 			cap = cap ? cap * 2 : 16;
@@ -468,14 +507,42 @@ run_dir(const char *dir, bool write_expected)
 		n++;
 	}
 	closedir(dp);
-	CHECK(n > 0, "no cases in %s", dir);
 	qsort(names, n, sizeof *names, cmp_names);
 	for (size_t i = 0; i < n; i++) {
-		snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-		run_golden(path, names[i], write_expected);
+		snprintf(path, sizeof path, "%s/%s/input", dir, names[i]);
+		snprintf(name, sizeof name, "%s%s", prefix, names[i]);
+		if (is_file(path)) {
+			snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+			run_golden(path, name, write_expected);
+			ncases++;
+		} else if (depth < 4 && !write_expected) {
+			char sub[sizeof name + 1];
+
+			snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+			snprintf(sub, sizeof sub, "%s/", name);
+			ncases += run_tree(path, sub, write_expected, depth + 1);
+		}
 		free(names[i]);
 	}
 	free(names);
+	if (depth == 0)
+		CHECK(ncases > 0, "no cases in %s", dir);
+	return ncases;
+}
+
+static void
+run_dir(const char *dir, bool write_expected)
+{
+	char path[4096];
+
+	snprintf(path, sizeof path, "%s/input", dir);
+	if (is_file(path)) {
+		const char *slash = strrchr(dir, '/');
+
+		run_golden(dir, slash ? slash + 1 : dir, write_expected);
+		return;
+	}
+	(void) run_tree(dir, "", write_expected, 0);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1186,20 +1253,31 @@ test_streaming(void)
 	w64(&w, 5678);
 	rc = decode(d, &w, &m, &err);
 	CHECK_ERR(rc, err, PGO_ERR_TRAILING, 9, "stream abort v2 with v4 fields");
+	CHECK(!pgo_decoder_set_parallel_streaming(d, true) &&
+	          pgo_decode_message(d, w.b, 9, &m, &err) == PGO_OK,
+	      "parallel streaming refused before v4");
 	pgo_decoder_free(d);
 
-	/* v4: with or without abort LSN and time (streaming = parallel or on) */
+	/* v4, streaming on (the default): no abort LSN and time */
 	d = pgo_decoder_new(PGO_PROTO_V4);
+	rc = pgo_decode_message(d, w.b, 9, &m, &err);
+	CHECK(rc == PGO_OK && !m.u.stream_abort.has_lsn, "stream abort v4 without lsn");
+	rc = decode(d, &w, &m, &err);
+	CHECK_ERR(rc, err, PGO_ERR_TRAILING, 9, "stream abort v4 with lsn, not parallel");
+
+	/* v4, streaming = parallel: abort LSN and time, never a prefix of them */
+	CHECK(pgo_decoder_set_parallel_streaming(d, true), "parallel streaming on v4");
 	rc = decode(d, &w, &m, &err);
 	CHECK(rc == PGO_OK && m.u.stream_abort.has_lsn && m.u.stream_abort.abort_lsn == 0x1234 &&
 	          m.u.stream_abort.abort_time == 5678,
 	      "stream abort v4 with lsn");
-	rc = pgo_decode_message(d, w.b, 9, &m, &err);
-	CHECK(rc == PGO_OK && !m.u.stream_abort.has_lsn, "stream abort v4 without lsn");
-	for (size_t k = 10; k < w.n; k++) {
+	for (size_t k = 9; k < w.n; k++) {
 		rc = pgo_decode_message(d, w.b, k, &m, &err);
 		CHECK_ERR(rc, err, PGO_ERR_TRUNCATED, k < 17 ? 9 : 17, "stream abort v4 truncated");
 	}
+	CHECK(pgo_decoder_set_parallel_streaming(d, false) &&
+	          pgo_decode_message(d, w.b, 9, &m, &err) == PGO_OK,
+	      "parallel streaming off again");
 	pgo_decoder_free(d);
 }
 

@@ -1,11 +1,18 @@
-"""Fixtures of the end-to-end suite: a real PostgreSQL 15 + Kafka stack, a fresh
-database with outbox table, publication and slot per test, and pgoutbox runs
-whose stderr is kept per test and checked for sanitizer reports.
+"""Fixtures of the end-to-end suite: a real PostgreSQL (13 to 18) + Kafka stack,
+a fresh database with outbox table, publication and slot per test, and pgoutbox
+runs whose stderr is kept per test and checked for sanitizer reports.
 
 Run as `/usr/bin/python3 -m pytest -v tests/e2e`.  `scripts/test.sh` exports the
 stack's variables (PGOUTBOX_PG, PGOUTBOX_BROKERS, PG*, PGOUTBOX_KAFKA_* of the
-TLS listeners) and PGOUTBOX_BIN; when they are absent the session starts its own
-throwaway stack with `scripts/stack.sh start --kafka-tls` and stops it at the end.
+TLS listeners, PGOUTBOX_PG_VERSION, PGOUTBOX_STANDBY_* with a standby) and
+PGOUTBOX_BIN; when they are absent the session starts its own throwaway stack
+with `scripts/stack.sh start --kafka-tls` and stops it at the end: with
+PGOUTBOX_PG_VERSION=N set, of PostgreSQL N (`--pg N`, after
+`scripts/install-deps.sh --pg N`), and with PGOUTBOX_STANDBY=1 with a standby.
+
+The server's major is `stack.pg_version` (from the env file's
+PGOUTBOX_PG_VERSION, checked against the server); `@pytest.mark.pg_min(N)`
+skips a test on older servers, `@pytest.mark.standby` without a standby.
 """
 
 import os
@@ -27,6 +34,10 @@ SETUP_SLOT_SH = REPO / "scripts" / "setup-slot.sh"
 
 STACK_VARS = ("PGOUTBOX_STATE", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE",
               "PGOUTBOX_PG", "PGOUTBOX_BROKERS", "PGOUTBOX_PG_LOG", "PGOUTBOX_KAFKA_LOG",
+              # the server (stack.sh --pg N) and its standby (--standby)
+              "PGOUTBOX_PG_VERSION", "PGOUTBOX_PG_SERVER_VERSION", "PGOUTBOX_PG_BINDIR",
+              "PGOUTBOX_PG_DATA", "PGOUTBOX_STANDBY_PG", "PGOUTBOX_STANDBY_PORT",
+              "PGOUTBOX_STANDBY_DATA", "PGOUTBOX_STANDBY_LOG", "PGOUTBOX_STANDBY_SLOT",
               # stack.sh --kafka-tls (test_kafka_tls.py)
               "PGOUTBOX_KAFKA_SSL_BROKERS", "PGOUTBOX_KAFKA_SASL_BROKERS", "PGOUTBOX_KAFKA_CA",
               "PGOUTBOX_KAFKA_SASL_USER", "PGOUTBOX_KAFKA_SASL_PASSWORD")
@@ -43,7 +54,8 @@ ENDPOS_TIMEOUT = 60
 
 class Stack:
     """Where PostgreSQL and Kafka listen.  `env` holds the variables
-    scripts/stack.sh wrote (exported to every pgoutbox run)."""
+    scripts/stack.sh wrote (exported to every pgoutbox run).  `pg_version` is
+    the server's major; `standby` the conninfo of its standby, or None."""
 
     def __init__(self, env):
         self.env = env
@@ -53,6 +65,9 @@ class Stack:
         self.host = params.get("host", env.get("PGHOST", "127.0.0.1"))
         self.port = params.get("port", env.get("PGPORT", "5432"))
         self.user = params.get("user", env.get("PGUSER", "postgres"))
+        # An env file older than stack.sh --pg has no version: Debian's 15.
+        self.pg_version = int(env.get("PGOUTBOX_PG_VERSION") or 15)
+        self.standby = env.get("PGOUTBOX_STANDBY_PG")
 
     def dsn(self, dbname=None, **overrides):
         params = psycopg2.extensions.parse_dsn(self.pg)
@@ -77,10 +92,36 @@ def _read_env_file(path):
     return env
 
 
+def _check_server_version(st):
+    """The server is the major the env file names (a stale env file, or
+    PGOUTBOX_PG_VERSION set by hand, would make version-dependent tests lie)."""
+    conn = util.connect(st.dsn("postgres"), autocommit=True)
+    try:
+        num = int(util.query_one(conn, "SHOW server_version_num")[0])
+    finally:
+        conn.close()
+    if num // 10000 != st.pg_version:
+        pytest.fail("PGOUTBOX_PG_VERSION is %d but the server at %s is PostgreSQL %d"
+                    % (st.pg_version, st.pg, num // 10000), pytrace=False)
+    return st
+
+
+def _start_args():
+    """scripts/stack.sh start's options for the session's own stack."""
+    args = ["--kafka-tls"]
+    want = os.environ.get("PGOUTBOX_PG_VERSION")
+    if want:
+        args += ["--pg", want]
+    if os.environ.get("PGOUTBOX_STANDBY") == "1":
+        args += ["--standby"]
+    return args
+
+
 @pytest.fixture(scope="session")
 def stack():
     if os.environ.get("PGOUTBOX_PG") and os.environ.get("PGOUTBOX_BROKERS"):
-        yield Stack({k: os.environ[k] for k in STACK_VARS if os.environ.get(k)})
+        yield _check_server_version(
+            Stack({k: os.environ[k] for k in STACK_VARS if os.environ.get(k)}))
         return
     if not STACK_SH.exists():
         pytest.fail("PGOUTBOX_PG/PGOUTBOX_BROKERS are not set and %s does not exist" % STACK_SH,
@@ -89,7 +130,7 @@ def stack():
     # be able to reach its data directory.
     state = Path(tempfile.mkdtemp(prefix="pgoutbox-e2e-stack-"))
     state.chmod(0o755)
-    start = subprocess.run([str(STACK_SH), "start", "--kafka-tls", "--state", str(state)],
+    start = subprocess.run([str(STACK_SH), "start"] + _start_args() + ["--state", str(state)],
                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     try:
         if start.returncode != 0:
@@ -105,7 +146,7 @@ def stack():
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            yield Stack(env)
+            yield _check_server_version(Stack(env))
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -125,6 +166,25 @@ def _stack_for_session(request):
     from the environment) has one."""
     if not (os.environ.get("PGOUTBOX_PG") and os.environ.get("PGOUTBOX_BROKERS")):
         request.getfixturevalue("stack")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "pg_min(N): needs PostgreSQL N or later (skipped before)")
+    config.addinivalue_line("markers", "standby: needs the stack's standby (stack.sh --standby)")
+
+
+@pytest.fixture(autouse=True)
+def _server_requirements(request):
+    """Skip tests marked pg_min(N) on older servers, standby without one."""
+    mark = request.node.get_closest_marker("pg_min")
+    needs_standby = request.node.get_closest_marker("standby") is not None
+    if mark is None and not needs_standby:
+        return
+    st = request.getfixturevalue("stack")
+    if mark is not None and st.pg_version < mark.args[0]:
+        pytest.skip("needs PostgreSQL %d or later; the server is %d" % (mark.args[0], st.pg_version))
+    if needs_standby and not st.standby:
+        pytest.skip("needs a standby (scripts/stack.sh start --standby, or PGOUTBOX_STANDBY=1)")
 
 
 @pytest.fixture(scope="session")

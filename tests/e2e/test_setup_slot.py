@@ -1,13 +1,19 @@
 """scripts/setup-slot.sh against a real PostgreSQL: creates table, publication and
 slot; is idempotent; --drop keeps the table; every failed check says what to
-change and exits 1; passwords are never printed.
+change and exits 1; passwords are never printed; a partitioned outbox table is
+published via its root; --failover (17+) makes a failover slot after checking
+primary and standby.
 
 Needs the stack of scripts/test.sh (PGOUTBOX_PG in the environment). Checks that
-need a server with wal_level = replica start their own PostgreSQL with
-`scripts/stack.sh start --pg-only --wal-level replica` for this module.
+need a server with wal_level = replica start their own PostgreSQL of the same
+major with `scripts/stack.sh start --pg-only --wal-level replica` for this
+module. The --failover tests need PostgreSQL 17+ and the stack's standby
+(`scripts/stack.sh start --pg 17 --standby`); the one for older servers runs
+on those.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -88,6 +94,35 @@ def table_oid(dsn, qualified):
     return query(dsn, "SELECT to_regclass(%s)::oid", (qualified,))[0][0]
 
 
+def server_major(dsn):
+    return int(query(dsn, "SHOW server_version_num")[0][0]) // 10000
+
+
+def wait_for(what, cond, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(0.1)  # polling interval
+
+
+def set_and_reload(dsn, name, value):
+    """ALTER SYSTEM SET name = value (RESET for None) and wait until a new
+    session sees it."""
+    if value is None:
+        query(dsn, "ALTER SYSTEM RESET %s" % name)
+    else:
+        query(dsn, "ALTER SYSTEM SET %s = %%s" % name, (value,))
+    query(dsn, "SELECT pg_reload_conf()")
+    if value is not None:
+        wait_for("%s = %r" % (name, value),
+                 lambda: query(dsn, "SELECT current_setting(%s)", (name,))[0][0] == value)
+    else:
+        wait_for("%s to be reset" % name,
+                 lambda: query(dsn, "SELECT source <> 'configuration file' OR sourcefile NOT LIKE"
+                                    " '%%postgresql.auto.conf' FROM pg_settings WHERE name = %s",
+                               (name,))[0][0])
+
+
 def drop_slots_of(admin_dsn, dbname):
     """Drop every replication slot of database `dbname` (ending its users first)."""
     deadline = time.monotonic() + 20
@@ -134,15 +169,35 @@ def fresh_db(pg):
         yield FreshDB(pg, name)
     finally:
         drop_slots_of(pg, name)
+        wait_standby_forgets_slots_of(name)
         query(pg, 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+
+
+def wait_standby_forgets_slots_of(dbname):
+    """Before DROP DATABASE: the standby's slot sync worker must have dropped
+    its copies of the database's failover slots. PostgreSQL 17 replays a DROP
+    DATABASE whose slot copy the worker holds at that moment by failing its
+    startup process ("replication slot ... is active"), which shuts the
+    standby down."""
+    standby = os.environ.get("PGOUTBOX_STANDBY_PG")
+    if not standby:
+        return
+    try:
+        copies = lambda: query(standby, "SELECT count(*) FROM pg_replication_slots"  # noqa: E731
+                                        " WHERE database = %s", (dbname,))[0][0]
+        wait_for("the standby to drop its copies of the slots of " + dbname,
+                 lambda: copies() == 0, timeout=60)
+    except psycopg2.OperationalError:
+        pass  # the standby is down (a test stopped it): nothing to wait for
 
 
 @pytest.fixture(scope="module")
 def replica_pg():
     """conninfo of a private PostgreSQL with wal_level = replica (stopped after the module)."""
     state = Path(tempfile.mkdtemp(prefix="pgoutbox-replica-"))
+    major = os.environ.get("PGOUTBOX_PG_VERSION") or "15"
     start = subprocess.run([str(STACK), "start", "--pg-only", "--wal-level", "replica",
-                            "--state", str(state)],
+                            "--pg", major, "--state", str(state)],
                            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
     try:
         assert start.returncode == 0, "scripts/stack.sh start failed:\n" + output(start)
@@ -177,6 +232,8 @@ def test_creates_table_publication_and_slot(fresh_db):
     assert pub is not None, output(p)
     assert pub[1:] == (True, False, False, False), "publish must be 'insert' only: %r" % (pub,)
     assert published_tables(fresh_db.dsn, "pgoutbox") == [("public", "outbox")]
+    assert query(fresh_db.dsn, "SELECT pubviaroot FROM pg_publication WHERE pubname = 'pgoutbox'") \
+        == [(True,)], "publish_via_partition_root must be on:\n" + output(p)
 
     slot = slot_row(fresh_db.dsn, "pgoutbox")
     assert slot is not None, output(p)
@@ -391,7 +448,260 @@ def test_password_never_printed(pg, fresh_db):
 def test_usage():
     h = setup_slot("--help")
     assert h.returncode == 0 and "usage:" in h.stdout and "--create-table" in h.stdout, output(h)
-    for args in (["--bogus"], [], ["-d"], ["-d", "x", "--slot", "Bad-Name"]):
+    assert "--failover" in h.stdout and "--standby" in h.stdout, output(h)
+    for args in (["--bogus"], [], ["-d"], ["-d", "x", "--slot", "Bad-Name"],
+                 ["-d", "x", "--standby", "y"]):
         p = setup_slot(*args)
         assert p.returncode == 1, "%r:\n%s" % (args, output(p))
         assert "usage:" in p.stderr and p.stdout == "", "%r:\n%s" % (args, output(p))
+
+
+# ---------------------------------------------------------------------------
+# Publication: inserts, via the partition root
+# ---------------------------------------------------------------------------
+
+PARTITIONED_OUTBOX = """
+CREATE TABLE public.outbox (
+    id uuid NOT NULL, aggregatetype text NOT NULL, aggregateid text NOT NULL,
+    type text NOT NULL, payload jsonb, PRIMARY KEY (id, aggregatetype)
+) PARTITION BY LIST (aggregatetype);
+CREATE TABLE public.outbox_order PARTITION OF public.outbox FOR VALUES IN ('order');
+CREATE TABLE public.outbox_other PARTITION OF public.outbox DEFAULT;
+"""
+
+
+def insert_relations(dsn, slot):
+    """The relation (schema.name, from its Relation message) of each Insert
+    that pgoutput would send for what the slot holds now (peeked, not
+    consumed). Via the partition root, pgoutput describes the partition too
+    but sends the row under the root's OID."""
+    rows = query(dsn, "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL,"
+                      " 'proto_version', '1', 'publication_names', 'pgoutbox')", (slot,))
+    names, inserts = {}, []
+    for (data,) in rows:
+        data = bytes(data)
+        oid = int.from_bytes(data[1:5], "big")
+        if data[:1] == b"R":  # 'R', Int32 oid, namespace\0, name\0, ...
+            nsp, rel = data[5:].split(b"\0")[:2]
+            names[oid] = "%s.%s" % (nsp.decode(), rel.decode())
+        elif data[:1] == b"I":  # 'I', Int32 oid, 'N', TupleData
+            inserts.append(names.get(oid, "oid %d (never described)" % oid))
+    return inserts
+
+
+def test_partitioned_outbox_streams_under_its_own_name(fresh_db):
+    query(fresh_db.dsn, PARTITIONED_OUTBOX)
+    p = setup_slot("-d", fresh_db.dsn)
+    assert p.returncode == 0, output(p)
+    assert "publish_via_partition_root = true" in p.stdout, output(p)
+    assert published_tables(fresh_db.dsn, "pgoutbox") == [("public", "outbox")]
+    query(fresh_db.dsn, "INSERT INTO public.outbox VALUES"
+                        " (gen_random_uuid(), 'order', 'o-1', 'Created', '{}'),"
+                        " (gen_random_uuid(), 'customer', 'c-1', 'Moved', '{}')")
+    assert insert_relations(fresh_db.dsn, "pgoutbox") == ["public.outbox", "public.outbox"]
+
+
+def test_existing_publication_of_partitions_is_refused(fresh_db):
+    query(fresh_db.dsn, PARTITIONED_OUTBOX)
+    query(fresh_db.dsn, "CREATE PUBLICATION pgoutbox FOR TABLE public.outbox WITH (publish = 'insert')")
+    p = setup_slot("-d", fresh_db.dsn)
+    assert p.returncode == 1, output(p)
+    assert "without publish_via_partition_root" in p.stderr, output(p)
+    assert "ALTER PUBLICATION pgoutbox SET (publish_via_partition_root = true)" in p.stderr, output(p)
+    assert slot_row(fresh_db.dsn, "pgoutbox") is None
+
+    # The hint is what it takes.
+    query(fresh_db.dsn, "ALTER PUBLICATION pgoutbox SET (publish_via_partition_root = true)")
+    again = setup_slot("-d", fresh_db.dsn)
+    assert again.returncode == 0, output(again)
+    query(fresh_db.dsn, "INSERT INTO public.outbox VALUES (gen_random_uuid(), 'order', 'o', 't', NULL)")
+    assert insert_relations(fresh_db.dsn, "pgoutbox") == ["public.outbox"]
+
+
+def test_existing_publication_of_a_plain_table_without_via_root(fresh_db):
+    setup = setup_slot("-d", fresh_db.dsn, "--create-table", "--slot", "unused")
+    assert setup.returncode == 0, output(setup)
+    query(fresh_db.dsn, "DROP PUBLICATION pgoutbox")
+    query(fresh_db.dsn, "CREATE PUBLICATION pgoutbox FOR TABLE public.outbox WITH (publish = 'insert')")
+    p = setup_slot("-d", fresh_db.dsn)
+    assert p.returncode == 0, output(p)
+    assert "publish_via_partition_root = false" in p.stdout and "ALTER PUBLICATION" in p.stdout, \
+        output(p)
+
+
+def test_existing_publication_without_inserts(fresh_db):
+    setup = setup_slot("-d", fresh_db.dsn, "--create-table", "--slot", "unused")
+    assert setup.returncode == 0, output(setup)
+    query(fresh_db.dsn, "ALTER PUBLICATION pgoutbox SET (publish = 'update, delete')")
+    p = setup_slot("-d", fresh_db.dsn)
+    assert p.returncode == 1, output(p)
+    assert "does not publish inserts" in p.stderr, output(p)
+    assert "SET (publish = 'insert')" in p.stderr, output(p)
+    assert slot_row(fresh_db.dsn, "pgoutbox") is None
+
+
+# ---------------------------------------------------------------------------
+# --failover
+# ---------------------------------------------------------------------------
+
+def slot_failover(dsn, slot):
+    rows = query(dsn, "SELECT failover FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+    return rows[0][0] if rows else None
+
+
+def standby_copy(standby_dsn, slot):
+    """(synced, temporary) of the standby's copy of slot, or None."""
+    rows = query(standby_dsn, "SELECT synced, temporary FROM pg_replication_slots"
+                              " WHERE slot_name = %s", (slot,))
+    return rows[0] if rows else None
+
+
+@pytest.fixture
+def standby():
+    """conninfo of the stack's standby (of the primary's postgres database)."""
+    dsn = os.environ.get("PGOUTBOX_STANDBY_PG")
+    assert dsn, "the standby marker should have skipped this test"
+    return dsn
+
+
+def test_failover_refused_before_17(pg, fresh_db):
+    if server_major(pg) >= 17:
+        pytest.skip("the server has failover slots")
+    p = setup_slot("-d", fresh_db.dsn, "--create-table", "--failover")
+    assert p.returncode == 1, output(p)
+    assert "--failover needs PostgreSQL 17 or later" in p.stderr, output(p)
+    assert table_oid(fresh_db.dsn, "public.outbox") is None
+    assert slot_row(fresh_db.dsn, "pgoutbox") is None
+
+
+@pytest.mark.pg_min(17)
+@pytest.mark.standby
+def test_failover_slot_is_synchronised_to_the_standby(fresh_db, standby):
+    sb = standby  # slots are per cluster; the new database may not have replayed there yet
+    p = setup_slot("-d", fresh_db.dsn, "--create-table", "--failover", "--standby", sb, timeout=120)
+    assert p.returncode == 0, output(p)
+    assert "created logical failover replication slot pgoutbox" in p.stdout, output(p)
+    assert "standby slot pgoutbox_standby:" in p.stdout and "streaming" in p.stdout, output(p)
+    assert slot_failover(fresh_db.dsn, "pgoutbox") is True
+    copy = standby_copy(sb, "pgoutbox")
+    assert copy is not None and copy[0] is True, "no synced copy on the standby: %r\n%s" % (
+        copy, output(p))
+    if copy[1]:
+        assert "still temporary" in p.stdout, output(p)
+
+    again = setup_slot("-d", fresh_db.dsn, "--failover", "--standby", sb, timeout=120)
+    assert again.returncode == 0, output(again)
+    assert "already exists (logical, plugin pgoutput, failover)" in again.stdout, output(again)
+    assert "created" not in again.stdout, output(again)
+
+    # Without --standby the standby's side is named, not checked.
+    quick = setup_slot("-d", fresh_db.dsn, "--failover")
+    assert quick.returncode == 0, output(quick)
+    assert "not checked" in quick.stdout and "sync_replication_slots = on" in quick.stdout, \
+        output(quick)
+
+
+@pytest.mark.pg_min(17)
+@pytest.mark.standby
+def test_failover_on_an_existing_ordinary_slot(pg, fresh_db, standby):
+    first = setup_slot("-d", fresh_db.dsn, "--create-table")
+    assert first.returncode == 0, output(first)
+    assert slot_failover(fresh_db.dsn, "pgoutbox") is False
+
+    # A slot of another database is that problem, not also this one.
+    other = setup_slot("-d", pg, "--failover")
+    assert other.returncode == 1, output(other)
+    assert "belongs to database %s" % fresh_db.name in other.stderr, output(other)
+    assert "not a failover slot" not in other.stderr, output(other)
+
+    p = setup_slot("-d", fresh_db.dsn, "--failover")
+    assert p.returncode == 1, output(p)
+    assert "is not a failover slot" in p.stderr, output(p)
+    m = re.search(r"-c '(ALTER_REPLICATION_SLOT [^']*)'", p.stderr)
+    assert m, output(p)
+    assert slot_failover(fresh_db.dsn, "pgoutbox") is False
+
+    # The hint's command, over a replication connection, is what it takes.
+    alter = subprocess.run([str(PG_BIN / "psql"), "-X", "-d", fresh_db.dsn + " replication=database",
+                            "-c", m.group(1)], capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+    assert alter.returncode == 0, alter.stderr
+    assert slot_failover(fresh_db.dsn, "pgoutbox") is True
+    again = setup_slot("-d", fresh_db.dsn, "--failover")
+    assert again.returncode == 0, output(again)
+
+
+@pytest.mark.pg_min(17)
+@pytest.mark.standby
+def test_failover_needs_synchronized_standby_slots(pg, fresh_db):
+    before = query(pg, "SHOW synchronized_standby_slots")[0][0]
+    assert before, "stack.sh --standby sets synchronized_standby_slots on 17+"
+    set_and_reload(pg, "synchronized_standby_slots", "")
+    try:
+        p = setup_slot("-d", fresh_db.dsn, "--create-table", "--failover")
+        assert p.returncode == 1, output(p)
+        assert "synchronized_standby_slots is empty" in p.stderr, output(p)
+        # The hint names the streaming standby's slot.
+        assert "ALTER SYSTEM SET synchronized_standby_slots = '%s'" % before in p.stderr, output(p)
+        assert table_oid(fresh_db.dsn, "public.outbox") is None
+        assert slot_row(fresh_db.dsn, "pgoutbox") is None
+
+        set_and_reload(pg, "synchronized_standby_slots", "no_such_slot")
+        p = setup_slot("-d", fresh_db.dsn, "--create-table", "--failover")
+        assert p.returncode == 1, output(p)
+        assert "names slot no_such_slot, which does not exist" in p.stderr, output(p)
+    finally:
+        set_and_reload(pg, "synchronized_standby_slots", None)
+    assert query(pg, "SHOW synchronized_standby_slots")[0][0] == before
+
+
+@pytest.mark.pg_min(17)
+@pytest.mark.standby
+def test_failover_checks_the_standby(pg, fresh_db, standby):
+    sb = standby
+
+    p = setup_slot("-d", fresh_db.dsn, "--create-table", "--failover", "--standby", fresh_db.dsn)
+    assert p.returncode == 1, output(p)
+    assert "the server of --standby is not a standby" in p.stderr, output(p)
+
+    set_and_reload(standby, "sync_replication_slots", "off")
+    set_and_reload(standby, "hot_standby_feedback", "off")
+    try:
+        p = setup_slot("-d", fresh_db.dsn, "--create-table", "--failover", "--standby", sb)
+        assert p.returncode == 1, output(p)
+        assert "sync_replication_slots is off on the standby" in p.stderr, output(p)
+        assert "hot_standby_feedback is off on the standby" in p.stderr, output(p)
+        assert "2 checks failed; nothing was changed" in p.stderr, output(p)
+        assert slot_row(fresh_db.dsn, "pgoutbox") is None
+    finally:
+        set_and_reload(standby, "sync_replication_slots", None)
+        set_and_reload(standby, "hot_standby_feedback", None)
+
+
+@pytest.mark.pg_min(17)
+@pytest.mark.standby
+def test_failover_with_the_standby_down(pg, fresh_db):
+    state = os.environ.get("PGOUTBOX_STATE")
+    assert state, "needs scripts/stack.sh's state directory (PGOUTBOX_STATE)"
+    slot = query(pg, "SHOW synchronized_standby_slots")[0][0]
+
+    def stack(*args):
+        r = subprocess.run([str(STACK)] + list(args) + ["--state", state], capture_output=True,
+                           text=True, timeout=180, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, "stack.sh %s:\n%s" % (" ".join(args), output(r))
+
+    def streaming():
+        return query(pg, "SELECT count(*) FROM pg_stat_replication s JOIN pg_replication_slots r"
+                         " ON r.active_pid = s.pid WHERE r.slot_name = %s AND s.state = 'streaming'",
+                     (slot,))[0][0] == 1
+
+    stack("kill-standby")
+    try:
+        wait_for("the standby's walsender to go", lambda: not streaming())
+        p = setup_slot("-d", fresh_db.dsn, "--create-table", "--failover")
+        assert p.returncode == 1, output(p)
+        assert "no standby streams from slot %s" % slot in p.stderr, output(p)
+        assert slot_row(fresh_db.dsn, "pgoutbox") is None
+    finally:
+        stack("restart-pg", "--standby")
+        wait_for("the standby to stream again", streaming, timeout=60)

@@ -19,6 +19,7 @@ mkdir -p "$out"
 rm -f "$out"/*.raw "$out"/*.env "$out"/*.v4
 
 for dir in "$cases"/*/; do
+	[ -f "$dir/proto" ] || continue # cases/pgN/: the other majors' cases, not seeds (yet)
 	name=$(basename "$dir")
 	proto=$(cat "$dir/proto")
 	modes="raw env"
