@@ -31,6 +31,8 @@ enum {
 	S_LOG_LEVEL, S_SHUTDOWN_TIMEOUT, S_STATUS_INTERVAL, S_REPLICATION_TIMEOUT, S_KAFKA_STALL_TIMEOUT,
 	S_ENDPOS,
 	S_METRICS, S_LOG_FORMAT, S_STATS_INTERVAL,
+	S_BACKFILL_SINCE, S_BACKFILL_SINCE_COLUMN, S_BACKFILL_ORDER_COLUMN, S_BACKFILL_TIMESTAMP_COLUMN,
+	S_BACKFILL_RESUME, S_BACKFILL_BATCH, S_CLEANUP, S_CLEANUP_BATCH, S_CLEANUP_INTERVAL,
 	S_COUNT
 };
 
@@ -93,6 +95,30 @@ static const setting settings[S_COUNT] = {
 		"text (PostgreSQL style) or json (one object per line: ts, level, pid, msg, detail)", false},
 	[S_STATS_INTERVAL] = {"stats_interval", "stats-interval", 0, "SECONDS", "60",
 		"seconds between one-line stats summaries in the log (0: none)", false},
+	[S_BACKFILL_SINCE] = {"backfill_since", "since", 0, "VALUE", "",
+		"--backfill/--replay: only rows with backfill_since_column >= VALUE, or when that is empty "
+		"rows whose transactions committed at or after the time VALUE (needs "
+		"track_commit_timestamp; rows of unknown commit time are included); empty: every row", false},
+	[S_BACKFILL_SINCE_COLUMN] = {"backfill_since_column", "since-column", 0, "COLUMN", "",
+		"column that --since compares with (e.g. created_at); empty: the commit time", false},
+	[S_BACKFILL_ORDER_COLUMN] = {"backfill_order_column", "order-column", 0, "COLUMN", "",
+		"column that orders a backfill (per-key order and the resume point); empty: physical order", false},
+	[S_BACKFILL_TIMESTAMP_COLUMN] = {"backfill_timestamp_column", "timestamp-column", 0, "COLUMN", "",
+		"column whose time becomes a backfilled event's timestamp; empty: the commit time when "
+		"track_commit_timestamp knows it, else the time of the backfill's snapshot", false},
+	[S_BACKFILL_RESUME] = {"backfill_resume", "backfill-resume", 0, "N:KEY", "",
+		"resume an interrupted backfill or replay at the point it printed (table N from order key "
+		"KEY on); a backfill then reuses the slot it created", false},
+	[S_BACKFILL_BATCH] = {"backfill_batch", "backfill-batch", 0, "ROWS", "1000",
+		"rows a backfill fetches at a time (its memory is bounded by this and Kafka's queue)", false},
+	[S_CLEANUP] = {"cleanup", "cleanup", 0, "POLICY", "keep",
+		"keep (delete nothing; see the retention recipes) or delete (delete rows whose transactions "
+		"the slot confirmed; needs DELETE on the table and a primary key)", false},
+	[S_CLEANUP_BATCH] = {"cleanup_batch", "cleanup-batch", 0, "ROWS", "500",
+		"cleanup = delete: rows deleted by one statement", false},
+	[S_CLEANUP_INTERVAL] = {"cleanup_interval", "cleanup-interval", 0, "MS", "200",
+		"cleanup = delete: pause between two deletes (the rate limit: at most cleanup_batch rows "
+		"per interval)", false},
 };
 
 /*
@@ -186,6 +212,12 @@ config_usage(FILE *out)
 	}
 	fprintf(out, "  %-34s ", "--check");
 	print_wrapped(out, "verify PostgreSQL and Kafka, print each result, exit (0: all passed)", 37, 37);
+	fprintf(out, "  %-34s ", "--backfill");
+	print_wrapped(out, "create the slot, publish the outbox rows read in its snapshot (see --since), "
+	              "then stream from the slot's consistent point", 37, 37);
+	fprintf(out, "  %-34s ", "--replay");
+	print_wrapped(out, "publish the outbox rows (see --since, --topic-prefix) and exit; no slot is "
+	              "created or read", 37, 37);
 	fputc('\n', out);
 	print_wrapped(out,
 	              "SIGHUP re-reads the -c file and applies the settings marked reloadable in the "
@@ -199,7 +231,9 @@ config_usage(FILE *out)
 	              "cloudevents_source, messages_prefix, on_error, dlq_topic, log_level, "
 	              "shutdown_timeout, status_interval, replication_timeout, kafka_stall_timeout, endpos, "
 	              "metrics, log_format, "
-	              "stats_interval), header.<name> for extra headers, "
+	              "stats_interval, backfill_since, backfill_since_column, backfill_order_column, "
+	              "backfill_timestamp_column, backfill_resume, backfill_batch, cleanup, cleanup_batch, "
+	              "cleanup_interval), header.<name> for extra headers, "
 	              "table.<schema>.<table>.<setting> for per-table settings and kafka.<property> "
 	              "for librdkafka.", 0, 0);
 	fputc('\n', out);
@@ -281,6 +315,10 @@ static const value_rule rules[S_COUNT] = {
 	[S_METRICS] = {.kind = V_METRICS},
 	[S_LOG_FORMAT] = {.kind = V_ENUM, .accepted = "text or json"},
 	[S_STATS_INTERVAL] = {.kind = V_INT, .min = 0, .max = 86400, .accepted = "seconds"},
+	[S_BACKFILL_BATCH] = {.kind = V_INT, .min = 1, .max = 100000, .accepted = "rows"},
+	[S_CLEANUP] = {.kind = V_ENUM, .accepted = "keep or delete"},
+	[S_CLEANUP_BATCH] = {.kind = V_INT, .min = 1, .max = 100000, .accepted = "rows"},
+	[S_CLEANUP_INTERVAL] = {.kind = V_INT, .min = 0, .max = 3600000, .accepted = "milliseconds"},
 };
 
 #define RESERVED_HEADERS "pgoutbox sets id, type, content-type, ce_* and pgoutbox.* itself"
@@ -327,6 +365,8 @@ enum_parse(int idx, const char *s)
 		return outbox_format_parse(s, &f) ? (int) f : -1;
 	case S_ON_ERROR:
 		return strcmp(s, "stop") == 0 ? 0 : strcmp(s, "dlq") == 0 ? 1 : -1;
+	case S_CLEANUP:
+		return strcmp(s, "keep") == 0 ? 0 : strcmp(s, "delete") == 0 ? 1 : -1;
 	default:
 		return -1;
 	}
@@ -1180,7 +1220,7 @@ config_rc
 config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 {
 	enum { OPT_BASE = 256 };
-	struct option longopts[S_COUNT + 12];
+	struct option longopts[S_COUNT + 14];
 	/* "+": stop at the first non-option; ":": report a missing argument as ':'. */
 	char shortopts[64] = "+:c:X:vVh";
 	layer cli = {0}, file = {0};
@@ -1210,6 +1250,8 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	longopts[n++] = (struct option) {"version", no_argument, NULL, 'V'};
 	longopts[n++] = (struct option) {"help", no_argument, NULL, 'h'};
 	longopts[n++] = (struct option) {"check", no_argument, NULL, 'k'};
+	longopts[n++] = (struct option) {"backfill", no_argument, NULL, 'B'};
+	longopts[n++] = (struct option) {"replay", no_argument, NULL, 'R'};
 	/* Hidden: the table as text, so tests can hold the docs to it. */
 	longopts[n++] = (struct option) {"list-settings", no_argument, NULL, 'L'};
 	longopts[n] = (struct option) {NULL, 0, NULL, 0};
@@ -1289,6 +1331,12 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 		case 'k':
 			cfg->check = true;
 			break;
+		case 'B':
+			cfg->backfill = true;
+			break;
+		case 'R':
+			cfg->replay = true;
+			break;
 		case 'L':
 			cfg->list_settings = true;
 			break;
@@ -1358,6 +1406,19 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	cfg->kafka_stall_timeout_s = (int) strtol(vals[S_KAFKA_STALL_TIMEOUT], NULL, 10);
 	if (vals[S_ENDPOS] != NULL)
 		parse_lsn(vals[S_ENDPOS], &cfg->endpos);
+	cfg->backfill_batch = (int) strtol(vals[S_BACKFILL_BATCH], NULL, 10);
+	cfg->cleanup_delete = enum_parse(S_CLEANUP, vals[S_CLEANUP]) == 1;
+	cfg->cleanup_batch = (int) strtol(vals[S_CLEANUP_BATCH], NULL, 10);
+	cfg->cleanup_interval_ms = (int) strtol(vals[S_CLEANUP_INTERVAL], NULL, 10);
+	if (cfg->backfill && cfg->replay) {
+		snprintf(errbuf, errlen, "--backfill and --replay cannot be combined: --backfill creates the "
+		         "slot and streams on, --replay re-publishes rows without a slot");
+		goto out;
+	}
+	if (vals[S_BACKFILL_RESUME][0] != '\0' && !cfg->backfill && !cfg->replay) {
+		snprintf(errbuf, errlen, "backfill_resume goes with --backfill or --replay");
+		goto out;
+	}
 	/* The effective text of every setting, to tell what a reload changes. */
 	if (!(cfg->values = calloc(S_COUNT, sizeof(*cfg->values))))
 		goto nomem;
@@ -1376,6 +1437,24 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	if (!build_tables(cfg, vals, &file, &cli, errbuf, errlen) ||
 	    !build_mapping(cfg, &cfg->messages, vals, &file, &cli, NULL, NULL, errbuf, errlen))
 		goto out;
+	if (!(cfg->backfill_since = own(cfg, strdup(vals[S_BACKFILL_SINCE]))) ||
+	    !(cfg->backfill_since_column = own(cfg, strdup(vals[S_BACKFILL_SINCE_COLUMN]))) ||
+	    !(cfg->backfill_order_column = own(cfg, strdup(vals[S_BACKFILL_ORDER_COLUMN]))) ||
+	    !(cfg->backfill_timestamp_column = own(cfg, strdup(vals[S_BACKFILL_TIMESTAMP_COLUMN]))) ||
+	    !(cfg->backfill_resume = own(cfg, strdup(vals[S_BACKFILL_RESUME]))))
+		goto nomem;
+	if (cfg->backfill_resume[0] != '\0') {
+		char *end;
+		unsigned long t = strtoul(cfg->backfill_resume, &end, 10);
+
+		if (cfg->backfill_resume[0] < '1' || cfg->backfill_resume[0] > '9' || *end != ':' ||
+		    t == 0 || t > cfg->ntables) {
+			snprintf(errbuf, errlen, "invalid value \"%.200s\" for backfill_resume: use N:KEY as the "
+			         "interrupted run printed it, N a table number from 1 to %zu", cfg->backfill_resume,
+			         cfg->ntables);
+			goto out;
+		}
+	}
 	/* The same check the daemon makes when it starts, so that a mapping error
 	 * is a configuration error, also for a reload. */
 	oc = (outbox_config) {.tables = cfg->tables, .ntables = cfg->ntables,

@@ -52,6 +52,17 @@ typedef struct config {
 	bool        show_version;
 	bool        list_settings;      /* hidden --list-settings */
 	bool        check;              /* --check: verify, report, exit */
+	bool        backfill;           /* --backfill: create the slot, publish the rows, stream */
+	bool        replay;             /* --replay: publish the rows, exit */
+	const char *backfill_since;     /* "" when unset (owned, like the ones below) */
+	const char *backfill_since_column;
+	const char *backfill_order_column;
+	const char *backfill_timestamp_column;
+	const char *backfill_resume;    /* "N:KEY" or "" */
+	int         backfill_batch;
+	bool        cleanup_delete;     /* cleanup = delete */
+	int         cleanup_batch;
+	int         cleanup_interval_ms;
 	char      **values;             /* effective text of each setting (table order), owned */
 } config;
 

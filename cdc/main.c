@@ -24,6 +24,7 @@
 #include "notify.h"
 #include "outbox.h"
 #include "pipeline.h"
+#include "rows.h"
 #include "sink.h"
 #include "source.h"
 
@@ -552,6 +553,42 @@ run_check(const config *cfg)
 	return c.fails ? 2 : 0;
 }
 
+/*
+ * --backfill / --replay: the reader of the pipeline's backfill phase.  A
+ * backfill creates the slot and reads in its snapshot; resumed, it reuses
+ * the slot the interrupted run created; a replay never touches a slot.
+ */
+static rows_reader *
+backfill_reader(const config *cfg, const char **nsp, const char **rel, size_t ntables,
+                pipeline_config *pc, char *errbuf, size_t errlen)
+{
+	bool resume = cfg->backfill_resume[0] != '\0';
+	rows_config rc = {
+		.conninfo = cfg->conninfo, .ntables = ntables, .nsp = nsp, .rel = rel,
+		.create_slot = cfg->backfill && !resume ? cfg->slot : NULL,
+		.need_slot = cfg->backfill && resume ? cfg->slot : NULL,
+		.sel = {
+			.since = cfg->backfill_since, .since_column = cfg->backfill_since_column,
+			.order_column = cfg->backfill_order_column,
+			.timestamp_column = cfg->backfill_timestamp_column, .batch = cfg->backfill_batch,
+		},
+	};
+
+	if (resume) {
+		const char *colon = strchr(cfg->backfill_resume, ':');
+
+		rc.sel.resume_table = (size_t) strtoul(cfg->backfill_resume, NULL, 10) - 1;
+		rc.sel.resume_from = colon + 1;
+		pc->resume_table = rc.sel.resume_table;
+		pc->resume_key = colon + 1;
+	}
+	pc->replay = cfg->replay;
+	if (cfg->messages_prefix[0] != '\0')
+		log_msg(LOG_INFO, "logical messages (messages_prefix) are not in any table: the %s "
+		        "publishes table rows only", cfg->replay ? "replay" : "backfill");
+	return rows_reader_new(&rc, errbuf, errlen);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -635,10 +672,20 @@ main(int argc, char **argv)
 			outbox_table_ident(probe, i, &nsp[i], &rel[i]);
 		sc.table_nsp = nsp;
 		sc.table_rel = rel;
+		if ((a.cfg.backfill || a.cfg.replay) && (pc.backfill = backfill_reader(&a.cfg, nsp, rel,
+		                                         sc.ntables, &pc, err, sizeof(err))) == NULL) {
+			log_msg(LOG_ERROR, "%s", err);
+			goto out;
+		}
 		if ((a.snk = kafka_sink_new(a.cfg.brokers, a.cfg.kafka, a.cfg.nkafka, err,
 		                            sizeof(err))) == NULL ||
-		    (src = source_libpq_new(&sc, err, sizeof(err))) == NULL ||
-		    (a.pipes[0] = pipeline_new(&pc, src, a.snk, err, sizeof(err))) == NULL) {
+		    (src = source_libpq_new(&sc, err, sizeof(err))) == NULL) {
+			if (pc.backfill != NULL)
+				pc.backfill->ops->destroy(pc.backfill);
+			log_msg(LOG_ERROR, "%s", err);
+			goto out;
+		}
+		if ((a.pipes[0] = pipeline_new(&pc, src, a.snk, err, sizeof(err))) == NULL) {
 			log_msg(LOG_ERROR, "%s", err);
 			goto out;
 		}

@@ -221,6 +221,17 @@ metrics_render(const metrics_stats *st, const char *version, size_t *len)
 	metric_head(&b, "pgoutbox_backpressure_seconds_total", "counter",
 	            "Time the replication stream was paused because Kafka's queue was full.");
 	sb_printf(&b, "pgoutbox_backpressure_seconds_total %.3f\n", st->backpressure_seconds);
+	metric_head(&b, "pgoutbox_backfill_active", "gauge",
+	            "1 while a backfill or replay publishes rows of the outbox table(s).");
+	sb_printf(&b, "pgoutbox_backfill_active %d\n", st->backfill_active ? 1 : 0);
+	metric_head(&b, "pgoutbox_backfill_rows", "gauge",
+	            "Rows of the current or last backfill: selected, read from the table, acknowledged by Kafka.");
+	sb_printf(&b, "pgoutbox_backfill_rows{state=\"selected\"} %" PRIu64 "\n", st->backfill_expected);
+	sb_printf(&b, "pgoutbox_backfill_rows{state=\"read\"} %" PRIu64 "\n", st->backfill_read);
+	sb_printf(&b, "pgoutbox_backfill_rows{state=\"acknowledged\"} %" PRIu64 "\n", st->backfill_acked);
+	metric_head(&b, "pgoutbox_cleanup_deleted_rows_total", "counter",
+	            "Outbox rows deleted by cleanup = delete after their transactions were confirmed.");
+	sb_printf(&b, "pgoutbox_cleanup_deleted_rows_total %" PRIu64 "\n", st->cleanup_deleted);
 	metric_head(&b, "pgoutbox_up", "gauge", "1 while streaming from the slot.");
 	sb_printf(&b, "pgoutbox_up %d\n", st->streaming ? 1 : 0);
 	if (!b.ok) {

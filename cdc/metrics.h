@@ -65,6 +65,10 @@ typedef struct metrics_stats {
 	uint64_t reconnects;
 	double   backpressure_seconds;
 	bool     streaming;
+	bool     backfill_active;        /* a backfill or replay phase runs */
+	uint64_t backfill_expected;      /* rows it selected */
+	uint64_t backfill_read, backfill_acked;   /* rows read from the table, acknowledged by Kafka */
+	uint64_t cleanup_deleted;        /* rows deleted by cleanup = delete */
 	bool     kafka_stalled;          /* events wait, Kafka acknowledged nothing for long */
 	char     health[256];            /* why not streaming (no secrets) */
 } metrics_stats;

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "backfill.h"
 #include "ledger.h"
 #include "log.h"
 #include "pgoutput.h"
@@ -84,6 +85,8 @@ struct pipeline {
 	uint64_t     test_fatal_after;
 
 	source      *src;
+	backfill    *bf;               /* the backfill phase while it runs, else NULL */
+	bool         replay;           /* the backfill phase is all there is */
 	sink        *snk;
 	int          client;           /* our number at the sink */
 	outbox      *ob;
@@ -263,6 +266,8 @@ pipeline_stop(pipeline *p, int code, int64_t now)
 {
 	if (code > p->exit_code)
 		p->exit_code = code;
+	if (p->bf != NULL)
+		backfill_stop(p->bf);
 	if (p->stopping)
 		return;
 	p->stopping = true;
@@ -1357,10 +1362,13 @@ pipeline *
 pipeline_new(const pipeline_config *cfg, source *src, sink *snk, char *errbuf, size_t errlen)
 {
 	pipeline *p = calloc(1, sizeof(*p));
+	rows_reader *reader = cfg->backfill;   /* owned until the backfill takes it */
 	size_t nlen;
 
 	if (p == NULL) {
 		source_free(src);
+		if (reader != NULL)
+			reader->ops->destroy(reader);
 		snprintf(errbuf, errlen, "out of memory");
 		return NULL;
 	}
@@ -1390,9 +1398,24 @@ pipeline_new(const pipeline_config *cfg, source *src, sink *snk, char *errbuf, s
 		snprintf(errbuf, errlen, "too many pipelines for one producer (at most %d)", SINK_MAX_CLIENTS);
 		goto error;
 	}
+	if (reader != NULL) {
+		backfill_config bc = {
+			.name = p->name, .outbox = cfg->outbox, .on_error_dlq = cfg->on_error_dlq,
+			.dlq_topic = cfg->dlq_topic, .replay = cfg->replay,
+			.resume_table = cfg->resume_table, .resume_key = cfg->resume_key,
+		};
+		p->bf = backfill_new(&bc, reader, snk, &p->st, errbuf, errlen);
+		reader = NULL;
+		if (p->bf == NULL)
+			goto error;
+		p->replay = cfg->replay;
+		set_health(p, "%s", cfg->replay ? "replaying the outbox table(s)" : "backfilling");
+	}
 	return p;
 
 error:
+	if (reader != NULL)
+		reader->ops->destroy(reader);
 	pipeline_free(p);
 	return NULL;
 }
@@ -1406,6 +1429,7 @@ pipeline_free(pipeline *p)
 		drop_held(p);
 		source_free(p->src);
 	}
+	backfill_free(p->bf);
 	free_deferred(p);
 	outbox_free(p->ob);
 	pgo_decoder_free(p->dec);
@@ -1437,6 +1461,11 @@ pipeline_sink_lost(pipeline *p)
 {
 	int64_t now = mono_ms();
 
+	if (p->bf != NULL) {
+		backfill_sink_lost(p->bf);
+		pipeline_stop(p, 2, now);
+		return;
+	}
 	if (p->src->ops->streaming(p->src))
 		send_status(p, now, false);        /* keep what was acknowledged */
 	p->src->ops->close(p->src);
@@ -1458,6 +1487,8 @@ pipeline_pollfds(pipeline *p, struct pollfd *pfd, int max)
 
 	if (p->finished)
 		return 0;
+	if (p->bf != NULL)
+		return backfill_pollfds(p->bf, pfd, max);
 	n = p->src->ops->pollfds(p->src, pfd, max);
 	/*
 	 * Not reading: watch for the server going away only.  A walsender that
@@ -1473,6 +1504,46 @@ pipeline_pollfds(pipeline *p, struct pollfd *pfd, int max)
 	return n;
 }
 
+/*
+ * The backfill phase: nothing streams meanwhile.  Once every backfilled
+ * event is acknowledged the pipeline streams from the slot (or, for a
+ * replay, stops); a failed or interrupted backfill stops it and leaves its
+ * last words to pipeline_finish().
+ */
+static void
+serve_backfill(pipeline *p, int64_t now)
+{
+	backfill_serve(p->bf, now);
+	p->st.in_flight = backfill_pending(p->bf);
+	p->st.streaming = false;
+	switch (backfill_state_of(p->bf)) {
+	case BACKFILL_RUNNING:
+		if (!p->stopping)
+			set_health(p, "%s: %" PRIu64 " of %" PRIu64 " rows acknowledged",
+			           p->replay ? "replaying the outbox table(s)" : "backfilling",
+			           p->st.backfill_acked, p->st.backfill_expected);
+		return;
+	case BACKFILL_DONE:
+		backfill_finish(p->bf);
+		backfill_free(p->bf);
+		p->bf = NULL;
+		if (p->replay) {
+			pipeline_stop(p, 0, now);
+			set_health(p, "stopping: the replay is complete");
+		} else {
+			set_health(p, "connecting to PostgreSQL");
+			p->next_connect_ms = now;
+		}
+		return;
+	case BACKFILL_FAILED:
+		pipeline_stop(p, 2, now);
+		set_health(p, "stopping: the backfill failed");
+		return;
+	case BACKFILL_STOPPED:
+		return;
+	}
+}
+
 void
 pipeline_serve(pipeline *p, const struct pollfd *pfd, int n, int64_t now)
 {
@@ -1481,6 +1552,13 @@ pipeline_serve(pipeline *p, const struct pollfd *pfd, int n, int64_t now)
 
 	if (p->finished)
 		return;
+	if (p->bf != NULL) {
+		(void) pfd;
+		(void) n;
+		serve_backfill(p, now);
+		if (p->bf != NULL || p->stopping)
+			return;
+	}
 	p->src->ops->events(p->src, pfd, n);
 	if (p->in_session && !p->src->ops->streaming(p->src)) {
 		/* The source found the connection broken (a hang-up while not
@@ -1560,6 +1638,10 @@ pipeline_deadline(pipeline *p, int64_t now)
 
 	if (p->finished)
 		return now + 60000;
+	if (p->bf != NULL) {
+		d = backfill_deadline(p->bf, now);
+		return p->stopping && p->drain_deadline_ms < d ? p->drain_deadline_ms : d;
+	}
 	if (p->more_input && p->held == NULL)
 		return now;
 	if (p->src->ops->streaming(p->src)) {
@@ -1600,6 +1682,8 @@ pipeline_done(pipeline *p, int64_t now)
 		return false;
 	if (now >= p->drain_deadline_ms)
 		return true;
+	if (p->bf != NULL)
+		return backfill_state_of(p->bf) != BACKFILL_RUNNING;
 	if (ledger_pending(&p->led) > 0 || p->dlq_head != NULL)
 		return false;
 	/* Drained: one last verification, so that the final status confirms
@@ -1620,6 +1704,12 @@ pipeline_finish(pipeline *p)
 	if (p->finished)
 		return;
 	p->finished = true;
+	if (p->bf != NULL) {
+		backfill_finish(p->bf);
+		p->st.backfill_active = false;
+		p->src->ops->close(p->src);
+		return;
+	}
 	if (p->stopping && pending > 0) {
 		if (p->slot_lost)
 			log_msg(LOG_WARNING, "%s%" PRIu64 " events were not acknowledged by Kafka in time; "

@@ -24,6 +24,11 @@
  * Every event either reaches its topic, reaches the dead-letter topic
  * (on_error = dlq), or stops the pipeline with an error naming it.
  *
+ * With a backfill phase (pipeline_config.backfill) the pipeline first
+ * publishes the rows of the outbox tables read in the snapshot of the slot
+ * and waits until Kafka acknowledged all of them; only then does it start
+ * streaming from the slot's consistent point (backfill.h says why).
+ *
  * The main loop drives it: pipeline_pollfds() before poll(), then
  * pipeline_serve() with what poll() said, and pipeline_deadline() for the
  * poll timeout.  Nothing here blocks but pipeline_finish().
@@ -38,6 +43,7 @@
 
 #include "metrics.h"
 #include "outbox.h"
+#include "rows.h"
 #include "sink.h"
 #include "source.h"
 
@@ -56,6 +62,16 @@ typedef struct pipeline_config {
 	int                  shutdown_timeout_s;
 	uint64_t             endpos;               /* 0: none */
 	uint64_t             test_fatal_after;     /* test hook: a fatal producer error after N events */
+	/*
+	 * A backfill phase (backfill.h) before streaming: rows read from this
+	 * reader (owned by the pipeline from now on) are published and
+	 * acknowledged before the stream starts; NULL: none.  With replay the
+	 * pipeline stops (exit 0) after the phase and never streams.
+	 */
+	rows_reader         *backfill;
+	bool                 replay;
+	size_t               resume_table;         /* the backfill resumes at table ... */
+	const char          *resume_key;           /* ... from this key (NULL: its start) */
 } pipeline_config;
 
 /*
