@@ -296,22 +296,32 @@ describe_confirmed(const pipeline *p, char *buf, size_t len)
 /*
  * The slot is gone (dropped, invalidated): events committed after its last
  * confirmed position are not in any new slot.  Say exactly where the gap
- * starts and how to find the rows.
+ * starts and the commands that close it: a new slot created together with
+ * a backfill of the rows committed since (backfill.h), selected by commit
+ * time from a second before the last transaction Kafka acknowledged.
  */
 static void
 slot_gone(pipeline *p, const char *why)
 {
-	char conf[256];
+	char conf[256], since[96], detail[1024];
 
 	p->slot_lost = true;
 	describe_confirmed(p, conf, sizeof(conf));
-	log_detail(LOG_ERROR,
-	           "events committed after the slot's last confirmed position are not in the stream of "
-	           "any new slot: re-create the slot (scripts/setup-slot.sh) and re-send the outbox rows "
-	           "of those transactions, e.g. SELECT * FROM <table> WHERE "
-	           "pg_xact_commit_timestamp(xmin) > '<that commit time>' (needs track_commit_timestamp) "
-	           "or by a creation-time column; consumers de-duplicate by id (docs/guarantees.md)",
-	           "%s%s; %s", p->name, why, conf);
+	if (p->led.confirmed_time != 0) {
+		char t[32];
+		outbox_format_time(p->led.confirmed_time - 1000000, t, sizeof(t));
+		snprintf(since, sizeof(since), "'%s'", t);
+	} else {
+		snprintf(since, sizeof(since), "'<the timestamp of the last event in Kafka, less a second>'");
+	}
+	snprintf(detail, sizeof(detail),
+	         "events committed after the slot's last confirmed position are not in the stream of any "
+	         "new slot: re-create the slot together with a backfill of those rows from the outbox "
+	         "table: scripts/setup-slot.sh --recreate --slot %s -d ..., then pgoutbox --backfill "
+	         "--since %s with the same settings (--since compares with the rows' commit times, which "
+	         "needs track_commit_timestamp = on; or set backfill_since_column to a creation-time "
+	         "column); consumers de-duplicate by id (docs/guarantees.md)", p->slot, since);
+	log_detail(LOG_ERROR, detail, "%s%s; %s", p->name, why, conf);
 	set_health(p, "stopping: %.200s", why);
 }
 
@@ -516,10 +526,17 @@ judge(pipeline *p, const source_catalog *cat)
 		char conf[256];
 
 		describe_confirmed(p, conf, sizeof(conf));
-		log_detail(LOG_ERROR,
-		           "pgoutbox stops without confirming past its last good verification; rows inserted "
-		           "since then into a table PostgreSQL does not publish are not in the stream: fix the "
-		           "publication, then re-send those rows (consumers de-duplicate by id) and restart",
+		char resend[600], t[32];
+		int64_t wall = p->verified_wall_ms ? p->verified_wall_ms : wall_ms();
+
+		/* A minute before that verification, for clock skew with the server. */
+		outbox_format_time((wall - 60000) * 1000 - PGO_EPOCH_OFFSET_USEC, t, sizeof(t));
+		snprintf(resend, sizeof(resend),
+		         "pgoutbox stops without confirming past its last good verification; rows inserted "
+		         "since then into a table PostgreSQL does not publish are not in the stream: fix the "
+		         "publication, re-send those rows with pgoutbox --replay --since '%s' and the same "
+		         "settings (consumers de-duplicate by id), and restart", t);
+		log_detail(LOG_ERROR, resend,
 		           "%sthe configured outbox is not what PostgreSQL streams: %s; %s%s%s; %s", p->name, why,
 		           p->verified_upto ? "verified good last up to " : "no verification succeeded in this run",
 		           p->verified_upto ? lsn_text : "", p->verified_upto ? since : "", conf);

@@ -9,7 +9,10 @@
 # --create-emit-function installs outbox_emit() (scripts/outbox_emit.sql) for the
 # table-less outbox; --create-role NAME makes a least-privilege role for
 # pgoutbox (LOGIN REPLICATION, SELECT on the table, nothing else); --drop
-# removes slot and publication (never the table, never a role).
+# removes slot and publication (never the table, never a role); --recreate
+# drops an invalidated (lost) slot and leaves its creation to `pgoutbox
+# --backfill`, which creates it together with a backfill of the rows in its
+# snapshot.
 #
 # Idempotent: a second run changes nothing and exits 0. Every failed check says
 # what to change and makes the script exit 1. The connection string is never
@@ -23,6 +26,7 @@ usage() {
 usage: scripts/setup-slot.sh -d CONNINFO [--table public.outbox] [--publication pgoutbox]
                              [--slot pgoutbox] [--create-table] [--create-emit-function]
                              [--create-role NAME] [--failover [--standby CONNINFO]] [--drop]
+                             [--recreate]
 
 Prepare a PostgreSQL database (13 or later) for pgoutbox: check wal_level, free
 replication slots and WAL senders, the role's REPLICATION attribute and its
@@ -54,6 +58,10 @@ SELECT privilege on the table, then create the publication (publish =
                           (PGOUTBOX_SYNC_TIMEOUT seconds, default 60) until the slot
                           shows up there as synced
   --drop                  drop the slot and the publication instead (never the table)
+  --recreate              the slot was invalidated (wal_status = lost): drop it and
+                          create nothing, then run pgoutbox --backfill [--since ...],
+                          which creates the slot and publishes the outbox rows read in
+                          its snapshot (the events the lost slot never delivered)
   -h, --help              show this help
 
 Exit status: 0 done (or nothing to do), 1 a check failed or bad usage.
@@ -73,7 +81,7 @@ usage_error() {
 # --------------------------------------------------------------- arguments
 
 conninfo='' table_arg=public.outbox publication=pgoutbox slot=pgoutbox
-create_table=0 drop=0 create_emit=0 create_role='' failover=0 standby=''
+create_table=0 drop=0 create_emit=0 create_role='' failover=0 standby='' recreate=0
 
 need_value() { # need_value OPTION ARGC
 	[[ $2 -ge 2 ]] || usage_error "option $1 needs a value"
@@ -122,6 +130,7 @@ while [[ $# -gt 0 ]]; do
 		;;
 	--standby=*) standby=${1#*=} ;;
 	--drop) drop=1 ;;
+	--recreate) recreate=1 ;;
 	-h | --help)
 		usage
 		exit 0
@@ -136,6 +145,9 @@ done
 [[ $drop == 0 || $create_emit == 0 ]] || usage_error "--drop and --create-emit-function cannot be combined"
 [[ $drop == 0 || -z $create_role ]] || usage_error "--drop and --create-role cannot be combined"
 [[ -z $standby || $failover == 1 ]] || usage_error "--standby goes with --failover"
+[[ $recreate == 0 || $drop == 0 ]] || usage_error "--drop and --recreate cannot be combined"
+[[ $recreate == 0 || $failover == 0 ]] ||
+	usage_error "--recreate and --failover cannot be combined: pgoutbox --backfill creates a plain slot"
 [[ -z $create_role || $create_role =~ ^[a-z_][a-z0-9_]{0,62}$ ]] ||
 	usage_error "invalid role name '$create_role': use 1 to 63 lower-case letters, digits and underscores"
 emit_sql=$(dirname "${BASH_SOURCE[0]}")/outbox_emit.sql
@@ -383,6 +395,36 @@ if [[ $drop == 1 ]]; then
 	exit 0
 fi
 
+# ---------------------------------------------------------------- recreate
+
+# The lost slot goes; the new one is created by pgoutbox --backfill, in the
+# same snapshot as the rows it publishes (a slot created here would start
+# streaming at a position no backfill can meet exactly).
+if [[ $recreate == 1 && $slot_exists == t ]]; then
+	if [[ $slot_type != logical || $slot_plugin != pgoutput || $slot_db != "$db" ]]; then
+		err "replication slot $slot is not a pgoutput slot of database $db (type $slot_type, plugin ${slot_plugin:-none}, database ${slot_db:-none}); not dropping it"
+		exit 1
+	fi
+	if [[ $slot_active == t ]]; then
+		err "replication slot $slot is in use by server process ${slot_pid:-unknown}${slot_client:+ ($slot_client)}"
+		hint "stop the client streaming from it (pgoutbox) first, then run this again"
+		exit 1
+	fi
+	wal_status=$(run_sql <<<"SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = :'slot';") ||
+		fail_sql "could not read the state of replication slot $slot"
+	if [[ $wal_status != lost ]]; then
+		err "replication slot $slot is not invalidated (wal_status ${wal_status:-unknown}): --recreate replaces only a lost slot"
+		hint "pgoutbox can still stream from it; to start over anyway, drop it (--drop, then run this again without it) and run pgoutbox --backfill"
+		exit 1
+	fi
+	run_sql >/dev/null <<<"SELECT pg_drop_replication_slot(:'slot');" ||
+		fail_sql "could not drop replication slot $slot" \
+			"the role needs REPLICATION (or superuser) to drop a slot"
+	msg "dropped the invalidated replication slot $slot"
+	slot_exists=f
+	used_slots=$((used_slots - 1))
+fi
+
 # ------------------------------------------------------------------ checks
 
 problems=0
@@ -613,7 +655,14 @@ SQL
 	msg "created publication $qpub for table $qtable (publish = 'insert', publish_via_partition_root = true)"
 fi
 
-if [[ $slot_exists == t ]]; then
+if [[ $recreate == 1 ]]; then
+	if [[ $slot_exists == t ]]; then
+		msg "replication slot $slot exists already; pgoutbox --backfill would refuse to create it"
+	else
+		msg "replication slot $slot is left to pgoutbox --backfill: it creates the slot and publishes the outbox rows read in the slot's snapshot, then streams"
+		msg "next: pgoutbox --backfill --slot $slot [--since TIME] with the daemon's settings (--since: the cut-off pgoutbox printed when the slot was lost; without it every row is published)"
+	fi
+elif [[ $slot_exists == t ]]; then
 	msg "replication slot $slot already exists (logical, plugin pgoutput$([[ $failover == 1 ]] && printf ', failover'))"
 elif [[ $failover == 1 ]]; then
 	# (name, plugin, temporary, two_phase, failover)
@@ -676,4 +725,8 @@ SQL
 	msg "role $create_role: LOGIN REPLICATION, SELECT on $qtable (set its password: ALTER ROLE $create_role PASSWORD '...')"
 fi
 
-msg "ready: run pgoutbox with --slot $slot --publication $(printf %q "$publication")"
+if [[ $recreate == 1 ]]; then
+	msg "ready: run pgoutbox --backfill with --slot $slot --publication $(printf %q "$publication")"
+else
+	msg "ready: run pgoutbox with --slot $slot --publication $(printf %q "$publication")"
+fi
