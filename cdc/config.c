@@ -114,9 +114,9 @@ static const setting settings[S_COUNT] = {
 	[S_CLEANUP] = {"cleanup", "cleanup", 0, "POLICY", "keep",
 		"keep (delete nothing; see the retention recipes) or delete (delete rows whose transactions "
 		"the slot confirmed; needs DELETE on the table and a primary key)", false},
-	[S_CLEANUP_BATCH] = {"cleanup_batch", "cleanup-batch", 0, "ROWS", "500",
+	[S_CLEANUP_BATCH] = {"cleanup_batch", "cleanup-batch", 0, "ROWS", "1000",
 		"cleanup = delete: rows deleted by one statement", false},
-	[S_CLEANUP_INTERVAL] = {"cleanup_interval", "cleanup-interval", 0, "MS", "200",
+	[S_CLEANUP_INTERVAL] = {"cleanup_interval", "cleanup-interval", 0, "MS", "100",
 		"cleanup = delete: pause between two deletes (the rate limit: at most cleanup_batch rows "
 		"per interval)", false},
 };

@@ -677,11 +677,24 @@ main(int argc, char **argv)
 			log_msg(LOG_ERROR, "%s", err);
 			goto out;
 		}
+		if (a.cfg.cleanup_delete && !a.cfg.replay) {
+			if ((pc.cleaner = rows_cleaner_new(a.cfg.conninfo, sc.ntables, nsp, rel, err,
+			                                   sizeof(err))) == NULL) {
+				if (pc.backfill != NULL)
+					pc.backfill->ops->destroy(pc.backfill);
+				log_msg(LOG_ERROR, "%s", err);
+				goto out;
+			}
+			pc.cleanup_batch = a.cfg.cleanup_batch;
+			pc.cleanup_interval_ms = a.cfg.cleanup_interval_ms;
+		}
 		if ((a.snk = kafka_sink_new(a.cfg.brokers, a.cfg.kafka, a.cfg.nkafka, err,
 		                            sizeof(err))) == NULL ||
 		    (src = source_libpq_new(&sc, err, sizeof(err))) == NULL) {
 			if (pc.backfill != NULL)
 				pc.backfill->ops->destroy(pc.backfill);
+			if (pc.cleaner != NULL)
+				pc.cleaner->ops->destroy(pc.cleaner);
 			log_msg(LOG_ERROR, "%s", err);
 			goto out;
 		}

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "backfill.h"
+#include "cleanup.h"
 #include "ledger.h"
 #include "log.h"
 #include "pgoutput.h"
@@ -86,6 +87,7 @@ struct pipeline {
 
 	source      *src;
 	backfill    *bf;               /* the backfill phase while it runs, else NULL */
+	cleanup     *cl;               /* cleanup = delete, else NULL */
 	bool         replay;           /* the backfill phase is all there is */
 	sink        *snk;
 	int          client;           /* our number at the sink */
@@ -431,6 +433,8 @@ send_status(pipeline *p, int64_t now, bool reply)
 	if (flush != p->reported)
 		log_msg(LOG_DEBUG, "%sconfirmed " LSN_FMT, p->name, LSN_ARGS(flush));
 	p->reported = flush;
+	if (p->cl != NULL)
+		cleanup_confirmed(p->cl, flush);     /* rows before it may go (cleanup.h) */
 	p->last_status_ms = now;
 	p->reply_due = false;
 }
@@ -1148,6 +1152,8 @@ session_started(pipeline *p, const source_session *ss, int64_t now)
 		p->verified_upto = 0;
 		p->server_wal_end = 0;
 		memset(p->table_oid, 0, sizeof(p->table_oid));
+		if (p->cl != NULL)
+			cleanup_reset(p->cl);
 	}
 	p->have_server = true;
 	p->server_stopping = false;
@@ -1380,12 +1386,15 @@ pipeline_new(const pipeline_config *cfg, source *src, sink *snk, char *errbuf, s
 {
 	pipeline *p = calloc(1, sizeof(*p));
 	rows_reader *reader = cfg->backfill;   /* owned until the backfill takes it */
+	rows_cleaner *cleaner = cfg->cleaner;  /* likewise, until the cleanup takes it */
 	size_t nlen;
 
 	if (p == NULL) {
 		source_free(src);
 		if (reader != NULL)
 			reader->ops->destroy(reader);
+		if (cleaner != NULL)
+			cleaner->ops->destroy(cleaner);
 		snprintf(errbuf, errlen, "out of memory");
 		return NULL;
 	}
@@ -1428,11 +1437,25 @@ pipeline_new(const pipeline_config *cfg, source *src, sink *snk, char *errbuf, s
 		p->replay = cfg->replay;
 		set_health(p, "%s", cfg->replay ? "replaying the outbox table(s)" : "backfilling");
 	}
+	if (cleaner != NULL) {
+		cleanup_config cc = {
+			.name = p->name, .ntables = outbox_tables(p->ob), .batch = cfg->cleanup_batch,
+			.interval_ms = cfg->cleanup_interval_ms,
+		};
+		p->cl = cleanup_new(&cc, cleaner, &p->st);
+		cleaner = NULL;
+		if (p->cl == NULL) {
+			snprintf(errbuf, errlen, "out of memory");
+			goto error;
+		}
+	}
 	return p;
 
 error:
 	if (reader != NULL)
 		reader->ops->destroy(reader);
+	if (cleaner != NULL)
+		cleaner->ops->destroy(cleaner);
 	pipeline_free(p);
 	return NULL;
 }
@@ -1447,6 +1470,7 @@ pipeline_free(pipeline *p)
 		source_free(p->src);
 	}
 	backfill_free(p->bf);
+	cleanup_free(p->cl);
 	free_deferred(p);
 	outbox_free(p->ob);
 	pgo_decoder_free(p->dec);
@@ -1518,6 +1542,8 @@ pipeline_pollfds(pipeline *p, struct pollfd *pfd, int max)
 		pfd[0].events |= POLLRDHUP;
 #endif
 	}
+	if (p->cl != NULL && !p->stopping && n < max)
+		n += cleanup_pollfds(p->cl, pfd + n, max - n);
 	return n;
 }
 
@@ -1618,6 +1644,8 @@ pipeline_serve(pipeline *p, const struct pollfd *pfd, int n, int64_t now)
 		send_status(p, now, false);
 	check_liveness(p, now);
 	streaming = p->src->ops->streaming(p->src);
+	if (p->cl != NULL && streaming && !p->stopping)
+		cleanup_serve(p->cl, now);
 
 	if (p->endpos && p->reported >= p->endpos && !p->stopping) {
 		log_msg(LOG_INFO, "%sreached end position " LSN_FMT, p->name, LSN_ARGS(p->endpos));
@@ -1684,6 +1712,9 @@ pipeline_deadline(pipeline *p, int64_t now)
 		due = now + HOLD_RETRY_MS;
 	d = p->src->ops->deadline(p->src);
 	if (d >= 0 && d < due)
+		due = d;
+	if (p->cl != NULL && !p->stopping && p->src->ops->streaming(p->src) &&
+	    (d = cleanup_deadline(p->cl, now)) < due)
 		due = d;
 	if (p->stopping && p->drain_deadline_ms < due)
 		due = p->drain_deadline_ms;

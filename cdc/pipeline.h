@@ -72,6 +72,13 @@ typedef struct pipeline_config {
 	bool                 replay;
 	size_t               resume_table;         /* the backfill resumes at table ... */
 	const char          *resume_key;           /* ... from this key (NULL: its start) */
+	/*
+	 * cleanup = delete (cleanup.h): rows are deleted through this cleaner
+	 * (owned from now on) once the slot is confirmed past them; NULL: keep.
+	 */
+	rows_cleaner        *cleaner;
+	int                  cleanup_batch;
+	int                  cleanup_interval_ms;
 } pipeline_config;
 
 /*

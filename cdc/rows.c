@@ -972,3 +972,383 @@ static const rows_reader_ops reader_ops = {
 	.deadline = reader_deadline,
 	.destroy = reader_destroy,
 };
+
+/* ---------------------------------------------------------------------------
+ * The cleaner
+ * ------------------------------------------------------------------------- */
+
+typedef enum cstep {
+	K_IDLE = 0,     /* no connection */
+	K_CONNECT,
+	K_KEYS,         /* the tables' primary keys asked for */
+	K_READY,
+	K_PICK,         /* a pick in flight */
+	K_PICKED,       /* the pick's rows are held */
+	K_DELETE,       /* the delete in flight */
+} cstep;
+
+typedef struct pkey {
+	size_t  ncols;
+	char  **cols;      /* quoted identifiers */
+	char  **types;     /* format_type() of each */
+} pkey;
+
+typedef struct libpq_cleaner {
+	rows_cleaner base;
+	char      *conninfo;
+	size_t     ntables;
+	char     **nsp, **rel;
+	pkey      *keys;
+	conn       c;
+	cstep      step;
+	size_t     table;        /* of the pick */
+	PGresult  *picked;
+	int        next;         /* first row of the pick not deleted yet */
+	int        sent;         /* rows in the delete in flight */
+} libpq_cleaner;
+
+static const rows_cleaner_ops cleaner_ops;
+
+rows_cleaner *
+rows_cleaner_new(const char *conninfo, size_t ntables, const char *const *nsp,
+                 const char *const *rel, char *errbuf, size_t errlen)
+{
+	libpq_cleaner *k = calloc(1, sizeof(*k));
+
+	if (k == NULL)
+		goto nomem;
+	k->base.ops = &cleaner_ops;
+	k->ntables = ntables;
+	if ((k->conninfo = strdup(conninfo)) == NULL || (k->c.secret = conninfo_secret(conninfo)) == NULL ||
+	    (k->nsp = calloc(ntables + 1, sizeof(char *))) == NULL ||
+	    (k->rel = calloc(ntables + 1, sizeof(char *))) == NULL ||
+	    (k->keys = calloc(ntables + 1, sizeof(pkey))) == NULL)
+		goto nomem;
+	for (size_t i = 0; i < ntables; i++)
+		if ((k->nsp[i] = strdup(nsp[i])) == NULL || (k->rel[i] = strdup(rel[i])) == NULL)
+			goto nomem;
+	return &k->base;
+nomem:
+	snprintf(errbuf, errlen, "out of memory");
+	if (k != NULL)
+		k->base.ops->destroy(&k->base);
+	return NULL;
+}
+
+static void
+free_keys(libpq_cleaner *k)
+{
+	for (size_t i = 0; k->keys != NULL && i < k->ntables; i++) {
+		for (size_t j = 0; j < k->keys[i].ncols; j++) {
+			free(k->keys[i].cols[j]);
+			free(k->keys[i].types[j]);
+		}
+		free(k->keys[i].cols);
+		free(k->keys[i].types);
+		k->keys[i] = (pkey) {0};
+	}
+}
+
+static void
+cleaner_close(rows_cleaner *base)
+{
+	libpq_cleaner *k = (libpq_cleaner *) base;
+
+	PQclear(k->picked);
+	k->picked = NULL;
+	conn_close(&k->c);
+	free_keys(k);
+	k->step = K_IDLE;
+}
+
+static void
+cleaner_destroy(rows_cleaner *base)
+{
+	libpq_cleaner *k = (libpq_cleaner *) base;
+
+	cleaner_close(base);
+	if (k->c.secret != NULL) {
+		memset(k->c.secret, 0, strlen(k->c.secret));
+		free(k->c.secret);
+	}
+	if (k->conninfo != NULL) {
+		memset(k->conninfo, 0, strlen(k->conninfo));
+		free(k->conninfo);
+	}
+	for (size_t i = 0; i < k->ntables; i++) {
+		if (k->nsp)
+			free(k->nsp[i]);
+		if (k->rel)
+			free(k->rel[i]);
+	}
+	free(k->nsp);
+	free(k->rel);
+	free(k->keys);
+	free(k);
+}
+
+static void
+sql_qualified(sqlbuf *b, PGconn *pg, const char *nsp, const char *rel)
+{
+	sql_ident(b, pg, nsp);
+	sql_add(b, ".");
+	sql_ident(b, pg, rel);
+}
+
+/* Ask for every table's primary key columns: one result per table. */
+static bool
+send_keys(libpq_cleaner *k, char *errbuf, size_t errlen)
+{
+	sqlbuf b = {0};
+	bool ok;
+
+	for (size_t i = 0; i < k->ntables; i++) {
+		sqlbuf q = {0};
+		char *lit = NULL;
+
+		sql_qualified(&q, k->c.pg, k->nsp[i], k->rel[i]);
+		if (!q.failed)
+			lit = PQescapeLiteral(k->c.pg, q.p, q.len);
+		free(q.p);
+		if (lit == NULL) {
+			free(b.p);
+			snprintf(errbuf, errlen, "out of memory");
+			return false;
+		}
+		sql_add(&b, "SELECT pg_catalog.quote_ident(a.attname), pg_catalog.format_type(a.atttypid, "
+		        "a.atttypmod) FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a ON "
+		        "a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) WHERE i.indrelid = %s::regclass "
+		        "AND i.indisprimary ORDER BY pg_catalog.array_position(i.indkey::int2[], a.attnum); ",
+		        lit);
+		PQfreemem(lit);
+	}
+	if (b.failed) {
+		free(b.p);
+		snprintf(errbuf, errlen, "out of memory");
+		return false;
+	}
+	ok = conn_send(&k->c, b.p, QUERY_TIMEOUT_MS, errbuf, errlen);
+	free(b.p);
+	return ok;
+}
+
+static bool
+take_keys(libpq_cleaner *k, char *errbuf, size_t errlen)
+{
+	for (size_t i = 0; i < k->ntables; i++) {
+		PGresult *res = k->c.res[i];
+		size_t n = (size_t) PQntuples(res);
+
+		if (n == 0) {
+			snprintf(errbuf, errlen, "table %s.%s has no primary key: cleanup = delete deletes rows "
+			         "by primary key", k->nsp[i], k->rel[i]);
+			return false;
+		}
+		k->keys[i].cols = calloc(n, sizeof(char *));
+		k->keys[i].types = calloc(n, sizeof(char *));
+		if (k->keys[i].cols == NULL || k->keys[i].types == NULL)
+			goto nomem;
+		for (size_t j = 0; j < n; j++) {
+			k->keys[i].cols[j] = strdup(PQgetvalue(res, (int) j, 0));
+			k->keys[i].types[j] = strdup(PQgetvalue(res, (int) j, 1));
+			k->keys[i].ncols = j + 1;
+			if (k->keys[i].cols[j] == NULL || k->keys[i].types[j] == NULL)
+				goto nomem;
+		}
+	}
+	return true;
+nomem:
+	snprintf(errbuf, errlen, "out of memory");
+	return false;
+}
+
+/*
+ * Connect and learn the primary keys: ROWS_OK when ready.  The connection
+ * must reach a primary: a delete is not possible elsewhere.
+ */
+static rows_rc
+cleaner_ready(libpq_cleaner *k, char *errbuf, size_t errlen)
+{
+	static const char *const must[] = {"target_session_attrs", "read-write", NULL, NULL};
+	rows_rc rc;
+
+	if (k->step == K_IDLE) {
+		if (!conn_start(&k->c, k->conninfo, "pgoutbox cleanup", must, errbuf, errlen))
+			return ROWS_FAIL;
+		k->step = K_CONNECT;
+	}
+	if (k->step == K_CONNECT) {
+		if ((rc = conn_advance(&k->c, errbuf, errlen)) != ROWS_OK)
+			return rc;
+		if (!send_keys(k, errbuf, errlen))
+			return ROWS_FAIL;
+		k->step = K_KEYS;
+	}
+	if (k->step == K_KEYS) {
+		if ((rc = conn_collect(&k->c, errbuf, errlen)) != ROWS_OK)
+			return rc;
+		if (!conn_results_ok(&k->c, (int) k->ntables, "read the tables' primary keys", errbuf, errlen) ||
+		    !take_keys(k, errbuf, errlen))
+			return ROWS_FAIL;
+		conn_clear(&k->c);
+		k->step = K_READY;
+	}
+	return ROWS_OK;
+}
+
+static rows_rc
+cleaner_pick(rows_cleaner *base, size_t t, size_t max, size_t *n, uint64_t *upto,
+             char *errbuf, size_t errlen)
+{
+	libpq_cleaner *k = (libpq_cleaner *) base;
+	rows_rc rc;
+
+	if (t >= k->ntables) {
+		snprintf(errbuf, errlen, "internal error: table %zu of %zu", t, k->ntables);
+		return ROWS_FAIL;
+	}
+	if ((rc = cleaner_ready(k, errbuf, errlen)) != ROWS_OK)
+		return rc;
+	if (k->step == K_PICKED) {        /* an earlier pick is replaced */
+		PQclear(k->picked);
+		k->picked = NULL;
+		k->step = K_READY;
+	}
+	if (k->step == K_READY) {
+		sqlbuf b = {0};
+		bool ok;
+
+		/* One statement: the function runs after its snapshot was taken. */
+		sql_add(&b, "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, t.xmin::text");
+		for (size_t j = 0; j < k->keys[t].ncols; j++)
+			sql_add(&b, ", t.%s::text", k->keys[t].cols[j]);
+		sql_add(&b, " FROM ");
+		sql_qualified(&b, k->c.pg, k->nsp[t], k->rel[t]);
+		sql_add(&b, " t LIMIT %zu", max);
+		if (b.failed) {
+			free(b.p);
+			snprintf(errbuf, errlen, "out of memory");
+			return ROWS_FAIL;
+		}
+		ok = conn_send(&k->c, b.p, QUERY_TIMEOUT_MS, errbuf, errlen);
+		free(b.p);
+		if (!ok)
+			return ROWS_FAIL;
+		k->table = t;
+		k->step = K_PICK;
+	}
+	if ((rc = conn_collect(&k->c, errbuf, errlen)) != ROWS_OK)
+		return rc;
+	if (!conn_results_ok(&k->c, 1, "pick rows to delete", errbuf, errlen))
+		return ROWS_FAIL;
+	k->picked = k->c.res[0];
+	k->c.res[0] = NULL;
+	k->next = 0;
+	conn_clear(&k->c);
+	*n = (size_t) PQntuples(k->picked);
+	*upto = 0;
+	for (size_t i = 0; i < *n; i++) {
+		uint64_t pos;
+		if (!parse_lsn_text(PQgetvalue(k->picked, (int) i, 0), &pos)) {
+			snprintf(errbuf, errlen, "pg_current_wal_insert_lsn() gave no LSN");
+			return ROWS_FAIL;
+		}
+		if (pos > *upto)
+			*upto = pos;
+	}
+	k->step = K_PICKED;
+	return ROWS_OK;
+}
+
+static rows_rc
+cleaner_remove(rows_cleaner *base, size_t max, uint64_t *deleted, size_t *left,
+               char *errbuf, size_t errlen)
+{
+	libpq_cleaner *k = (libpq_cleaner *) base;
+	rows_rc rc;
+
+	if (k->step == K_PICKED) {
+		const pkey *pk = &k->keys[k->table];
+		int total = PQntuples(k->picked);
+		int n = total - k->next < (int) max ? total - k->next : (int) max;
+		sqlbuf b = {0};
+		bool ok;
+
+		/* Each row version by its primary key and its xmin. */
+		sql_add(&b, "DELETE FROM ");
+		sql_qualified(&b, k->c.pg, k->nsp[k->table], k->rel[k->table]);
+		sql_add(&b, " t USING (VALUES ");
+		for (int i = k->next; i < k->next + n; i++) {
+			sql_add(&b, "%s(", i > k->next ? ", " : "");
+			sql_literal(&b, k->c.pg, PQgetvalue(k->picked, i, 1));
+			for (size_t j = 0; j < pk->ncols; j++) {
+				sql_add(&b, ", ");
+				sql_literal(&b, k->c.pg, PQgetvalue(k->picked, i, (int) j + 2));
+			}
+			sql_add(&b, ")");
+		}
+		sql_add(&b, ") AS v(x");
+		for (size_t j = 0; j < pk->ncols; j++)
+			sql_add(&b, ", k%zu", j);
+		sql_add(&b, ") WHERE t.xmin = v.x::xid");
+		for (size_t j = 0; j < pk->ncols; j++)
+			sql_add(&b, " AND t.%s = v.k%zu::%s", pk->cols[j], j, pk->types[j]);
+		k->sent = n;
+		if (n == 0)
+			sql_add(&b, " AND false");
+		if (b.failed) {
+			free(b.p);
+			snprintf(errbuf, errlen, "out of memory");
+			return ROWS_FAIL;
+		}
+		ok = conn_send(&k->c, b.p, QUERY_TIMEOUT_MS, errbuf, errlen);
+		free(b.p);
+		if (!ok)
+			return ROWS_FAIL;
+		k->step = K_DELETE;
+	}
+	if (k->step != K_DELETE) {
+		snprintf(errbuf, errlen, "internal error: delete without a pick");
+		return ROWS_FAIL;
+	}
+	if ((rc = conn_collect(&k->c, errbuf, errlen)) != ROWS_OK)
+		return rc;
+	if (!conn_results_ok(&k->c, 1, "delete confirmed rows", errbuf, errlen))
+		return ROWS_FAIL;
+	*deleted = strtoull(PQcmdTuples(k->c.res[0]), NULL, 10);
+	conn_clear(&k->c);
+	k->next += k->sent;
+	k->sent = 0;
+	*left = k->picked ? (size_t) (PQntuples(k->picked) - k->next) : 0;
+	if (*left == 0) {
+		PQclear(k->picked);
+		k->picked = NULL;
+		k->step = K_READY;
+	} else {
+		k->step = K_PICKED;
+	}
+	return ROWS_OK;
+}
+
+static int
+cleaner_pollfds(rows_cleaner *base, struct pollfd *pfd, int max)
+{
+	return conn_pollfds(&((libpq_cleaner *) base)->c, pfd, max);
+}
+
+static int64_t
+cleaner_deadline(const rows_cleaner *base)
+{
+	const libpq_cleaner *k = (const libpq_cleaner *) base;
+
+	return k->c.pg != NULL && (k->c.busy || k->c.connecting) ? k->c.deadline : -1;
+}
+
+static const rows_cleaner_ops cleaner_ops = {
+	.pick = cleaner_pick,
+	.remove = cleaner_remove,
+	.pollfds = cleaner_pollfds,
+	.deadline = cleaner_deadline,
+	.close = cleaner_close,
+	.destroy = cleaner_destroy,
+};

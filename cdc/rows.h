@@ -124,9 +124,10 @@ rows_reader *rows_reader_new(const rows_config *cfg, char *errbuf, size_t errlen
  * primary key and xmin of up to max rows.  The function is evaluated after
  * the statement's snapshot was taken, and a transaction's commit record is
  * in the WAL before the transaction becomes visible, so every picked row's
- * transaction ends at or before the position returned.  delete() removes
- * exactly those row versions (primary key and xmin); the caller calls it
- * only once the slot is confirmed at or past that position.
+ * transaction ends at or before the position returned.  remove() deletes
+ * exactly those row versions (primary key and xmin), a batch at a time;
+ * the caller calls it only once the slot is confirmed at or past that
+ * position.
  * ------------------------------------------------------------------------- */
 
 typedef struct rows_cleaner rows_cleaner;
@@ -135,8 +136,9 @@ typedef struct rows_cleaner_ops {
 	/* Pick up to max rows of table t: ROWS_OK with *n and *upto (the bound) set. */
 	rows_rc (*pick)(rows_cleaner *c, size_t t, size_t max, size_t *n, uint64_t *upto,
 	                char *errbuf, size_t errlen);
-	/* Delete what the last pick found: ROWS_OK with *deleted set. */
-	rows_rc (*remove)(rows_cleaner *c, uint64_t *deleted, char *errbuf, size_t errlen);
+	/* Delete the next (up to) max rows of the last pick: ROWS_OK with *deleted and *left set. */
+	rows_rc (*remove)(rows_cleaner *c, size_t max, uint64_t *deleted, size_t *left,
+	                  char *errbuf, size_t errlen);
 	int     (*pollfds)(rows_cleaner *c, struct pollfd *pfd, int max);
 	int64_t (*deadline)(const rows_cleaner *c);
 	void    (*close)(rows_cleaner *c);                 /* drop the connection (and the pick) */

@@ -372,3 +372,82 @@ def test_replay_leaves_the_slot_alone(outbox_db, pgoutbox):
     db.conn.commit()
     live.terminate()
     live.expect_exit(util.EXIT_OK, 30)
+
+
+# ---------------------------------------------------------------------------
+# 6. cleanup = delete under kill -9: never ahead of Kafka, the table bounded
+# ---------------------------------------------------------------------------
+
+CLEANUP_ROUNDS = 20 if SOAK else 5
+
+
+def table_ids(db):
+    with db.conn.cursor() as cur:
+        cur.execute("SELECT id::text FROM outbox")
+        ids = {r[0] for r in cur.fetchall()}
+    db.conn.commit()
+    return ids
+
+
+def test_cleanup_delete_kill9(request, outbox_db, pgoutbox):
+    db = outbox_db
+    rng = seeded_rng(request)
+    writer = fu.Writer(db, types_of(db, "clean"), seed=rng.randrange(1 << 30))
+    args = db.args("--cleanup", "delete", "--cleanup-batch", "300", "--cleanup-interval", "20")
+    writer.start()
+    checked = 0
+    try:
+        writer.wait_events(100)
+        for rnd in range(CLEANUP_ROUNDS):
+            p = pgoutbox.start(*args, name="round%02d" % rnd)
+            time.sleep(rng.uniform(0.5, 3.0))
+            assert p.poll() is None, p.describe()
+            p.kill()
+            util.wait_for(lambda: not util.slot_state(db.conn, db.slot)[1], 30,
+                          "slot %s to become inactive" % db.slot)
+            db.conn.commit()
+            # Committed before the table is read: absent from it means deleted.
+            committed = {i for t in list(writer.txns) for i in t.ids}
+            deleted = committed - table_ids(db)
+            in_kafka = fu.kafka_ids(db)
+            early = deleted - in_kafka
+            assert not early, ("round %d: %d rows were deleted but their events are not in Kafka, "
+                               "e.g. %r" % (rnd, len(early), sorted(early)[:5]))
+            checked += len(deleted)
+            print("round %d: %d committed, %d deleted (all in Kafka), %d in the table"
+                  % (rnd, len(committed), len(deleted), len(committed) - len(deleted)))
+        p = pgoutbox.start(*args, name="steady")
+        util.wait_attached(db.conn, db.slot, p, 30)
+        sizes = []
+        t_end = time.monotonic() + (60 if SOAK else 10)
+        while time.monotonic() < t_end:
+            sizes.append(util.query_one(db.conn, "SELECT count(*) FROM outbox")[0])
+            db.conn.commit()
+            time.sleep(0.5)
+        rate = writer.events
+    finally:
+        writer.stop()
+    fu.wait_caught_up(db, p, writer.last_lsn(), CATCH_UP_S)
+
+    def drained():
+        n = util.query_one(db.conn, "SELECT count(*) FROM outbox")[0]
+        db.conn.commit()
+        return n == 0
+    util.wait_for(drained, 60, "cleanup to delete every confirmed row")
+    port_deleted = p.stderr
+    p.terminate()
+    p.expect_exit(util.EXIT_OK, 30)
+    del port_deleted
+    committed = {i for t in writer.txns for i in t.ids}
+    messages = fu.kafka_messages(db)
+    got = {m.id for m in messages}
+    lost = committed - got
+    assert not lost, "%d committed events never reached Kafka, e.g. %r" % (len(lost), sorted(lost)[:5])
+    assert not (got & writer.rolled_back), "rolled-back events reached Kafka"
+    steady = sizes[len(sizes) // 2:]
+    assert max(steady) < 5000, "the table grew under steady load: %r" % sizes
+    fu.report("cleanup = delete, kill -9 at random moments", CLEANUP_ROUNDS, len(committed), 0,
+              len(messages) - len(got),
+              "%d deleted rows checked against Kafka after the kills; table under steady load "
+              "(~%d events) at most %d rows, 0 after the writer stopped"
+              % (checked, rate, max(steady)))
