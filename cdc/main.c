@@ -537,6 +537,20 @@ run_check(const config *cfg)
 	}
 	c.pg_secret = source_libpq_secret(src);
 	source_check(src, specs, cfg->ntables, print_check, &c);
+	{
+		/* The table's size, oldest row and retention against the slot's loss window. */
+		rows_check_spec *rs = calloc(cfg->ntables, sizeof(*rs));
+
+		if (rs != NULL) {
+			for (size_t i = 0; i < cfg->ntables; i++)
+				rs[i] = (rows_check_spec) {.table = cfg->tables[i].table, .nsp = nsp[i], .rel = rel[i],
+				                           .time_column = cfg->backfill_since_column[0]
+				                                          ? cfg->backfill_since_column
+				                                          : cfg->backfill_timestamp_column};
+			rows_check(cfg->conninfo, rs, cfg->ntables, cfg->cleanup_delete, print_check, &c);
+			free(rs);
+		}
+	}
 	/* src stays alive until the end: c.pg_secret points into it. */
 	kafka = kafka_check(cfg->brokers, cfg->kafka, cfg->nkafka, fixed_topic,
 	                   CHECK_KAFKA_TIMEOUT_MS, print_check, &c);

@@ -1352,3 +1352,239 @@ static const rows_cleaner_ops cleaner_ops = {
 	.close = cleaner_close,
 	.destroy = cleaner_destroy,
 };
+
+/* ---------------------------------------------------------------------------
+ * --check
+ * ------------------------------------------------------------------------- */
+
+typedef struct rchecker {
+	PGconn         *pg;
+	const char     *secret;
+	check_report_fn report;
+	void           *ctx;
+	int             fails;
+} rchecker;
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 5)))
+#endif
+static void
+rline(rchecker *c, check_status st, const char *name, const char *fmt, ...)
+{
+	char detail[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	va_end(ap);
+	redact_secret(detail, sizeof(detail), c->secret);
+	if (st == CHECK_FAIL)
+		c->fails++;
+	c->report(c->ctx, st, name, detail);
+}
+
+/* One row of text results, or NULL after reporting the failure under name. */
+static PGresult *
+rquery(rchecker *c, const char *name, const sqlbuf *b)
+{
+	PGresult *res;
+
+	if (b->failed) {
+		rline(c, CHECK_FAIL, name, "could not build the query: out of memory");
+		return NULL;
+	}
+	res = PQexec(c->pg, b->p);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1) {
+		rline(c, CHECK_FAIL, name, "could not query the server: %s", PQresultErrorMessage(res));
+		PQclear(res);
+		return NULL;
+	}
+	return res;
+}
+
+/* Seconds as "3 d 4 h", "5 h 2 min", "12 min", "40 s". */
+static void
+span(double s, char *buf, size_t len)
+{
+	if (s >= 86400)
+		snprintf(buf, len, "%.0f d %.0f h", s / 86400, (s - 86400 * (int64_t) (s / 86400)) / 3600);
+	else if (s >= 3600)
+		snprintf(buf, len, "%.0f h %.0f min", s / 3600 - 0.5 < 0 ? 0 : (double) (int64_t) (s / 3600),
+		         (s - 3600 * (int64_t) (s / 3600)) / 60);
+	else if (s >= 60)
+		snprintf(buf, len, "%.0f min", s / 60);
+	else
+		snprintf(buf, len, "%.0f s", s);
+}
+
+/*
+ * The window in which a slot can be lost, in seconds (-1: unbounded or
+ * unknown), and what limits it (for the message).
+ */
+static double
+loss_window(rchecker *c, char *what, size_t len)
+{
+	sqlbuf b = {0};
+	PGresult *res;
+	double keep_mb, rate = -1, idle_s = 0, window = -1;
+	int v = PQserverVersion(c->pg);
+
+	sql_add(&b, "SELECT pg_catalog.current_setting('max_slot_wal_keep_size'), "
+	        "(SELECT setting FROM pg_catalog.pg_settings WHERE name = 'max_slot_wal_keep_size'), %s, %s",
+	        v >= 140000 ? "(SELECT (wal_bytes / greatest(extract(epoch FROM now() - stats_reset), 1))::float8 "
+	                      "FROM pg_catalog.pg_stat_wal)" : "NULL::float8",
+	        v >= 180000 ? "(SELECT setting::float8 FROM pg_catalog.pg_settings WHERE name = "
+	                      "'idle_replication_slot_timeout')" : "0::float8");
+	res = rquery(c, "retention", &b);
+	free(b.p);
+	if (res == NULL)
+		return -2;
+	keep_mb = strtod(PQgetvalue(res, 0, 1), NULL);
+	if (!PQgetisnull(res, 0, 2))
+		rate = strtod(PQgetvalue(res, 0, 2), NULL);
+	idle_s = strtod(PQgetvalue(res, 0, 3), NULL);      /* 18: seconds (the setting's unit is s) */
+	what[0] = '\0';
+	if (keep_mb >= 0 && rate > 0) {
+		char sp[32];
+		window = keep_mb * 1024 * 1024 / rate;
+		span(window, sp, sizeof(sp));
+		snprintf(what, len, "max_slot_wal_keep_size = %s lasts about %s at the average WAL rate "
+		         "since the statistics were reset (%.1f MB/min)", PQgetvalue(res, 0, 0), sp,
+		         rate * 60 / (1024 * 1024));
+	} else if (keep_mb >= 0) {
+		snprintf(what, len, "max_slot_wal_keep_size = %s (the WAL rate is not known on this "
+		         "version: compare it with your WAL per day)", PQgetvalue(res, 0, 0));
+	}
+	if (idle_s > 0 && (window < 0 || idle_s < window)) {
+		char sp[32];
+		span(idle_s, sp, sizeof(sp));
+		window = idle_s;
+		snprintf(what, len, "idle_replication_slot_timeout = %s", sp);
+	}
+	if (what[0] == '\0')
+		snprintf(what, len, "max_slot_wal_keep_size = -1: the slot is never invalidated for its "
+		         "WAL (the disk fills instead); a failover on PostgreSQL 16 or older still loses it");
+	PQclear(res);
+	return window;
+}
+
+static void
+check_one(rchecker *c, const rows_check_spec *sp, bool cleanup, double window, const char *limit)
+{
+	sqlbuf b = {0};
+	PGresult *res;
+	char *lit = NULL;
+	sqlbuf q = {0};
+
+	sql_qualified(&q, c->pg, sp->nsp, sp->rel);
+	if (!q.failed)
+		lit = PQescapeLiteral(c->pg, q.p, q.len);
+	if (lit == NULL) {
+		free(q.p);
+		rline(c, CHECK_FAIL, "table size", "could not quote the table name");
+		return;
+	}
+	res = PQexecParams(c->pg, "SELECT pg_catalog.to_regclass($1) IS NOT NULL", 1, NULL,
+	                   (const char *const[]) {q.p}, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+		PQclear(res);
+		goto out;
+	}
+	PQclear(res);
+	sql_add(&b, "SELECT pg_catalog.pg_size_pretty(sum(pg_catalog.pg_total_relation_size(pt.relid))), "
+	        "sum(greatest(k.reltuples, 0))::int8, bool_and(k.reltuples < 0 AND k.relkind <> 'p'), "
+	        "pg_catalog.has_table_privilege(%s::regclass, 'DELETE'), EXISTS (SELECT 1 FROM "
+	        "pg_catalog.pg_index i WHERE i.indrelid = %s::regclass AND i.indisprimary) "
+	        "FROM (SELECT %s::regclass AS relid UNION SELECT relid FROM pg_catalog.pg_partition_tree(%s::regclass)) pt "
+	        "JOIN pg_catalog.pg_class k ON k.oid = pt.relid", lit, lit, lit, lit);
+	if ((res = rquery(c, "table size", &b)) != NULL) {
+		rline(c, CHECK_OK, "table size", "%s: %s, %s rows%s", q.p,
+		      PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
+		      strcmp(PQgetvalue(res, 0, 2), "t") == 0 ? " (not analyzed yet: an estimate of 0)" :
+		      " (estimated)");
+		if (cleanup) {
+			if (strcmp(PQgetvalue(res, 0, 4), "t") != 0)
+				rline(c, CHECK_FAIL, "cleanup", "table %s has no primary key: cleanup = delete "
+				      "deletes rows by primary key", q.p);
+			else if (strcmp(PQgetvalue(res, 0, 3), "t") != 0)
+				rline(c, CHECK_FAIL, "cleanup", "the role may not DELETE from %s: GRANT DELETE ON "
+				      "%s TO the role (cleanup = delete)", q.p, q.p);
+			else
+				rline(c, CHECK_OK, "cleanup", "cleanup = delete may delete from %s by its primary "
+				      "key", q.p);
+		}
+		PQclear(res);
+	}
+	free(b.p);
+	b = (sqlbuf) {0};
+	if (sp->time_column == NULL || sp->time_column[0] == '\0') {
+		rline(c, CHECK_OK, "retention", "%s%s; set backfill_since_column to a creation-time "
+		      "column to compare the oldest row of %s with it",
+		      cleanup ? "cleanup = delete keeps every row until its event is in Kafka, so a lost "
+		                "slot's events are still in the table; " : "", limit, q.p);
+		goto out;
+	}
+	sql_add(&b, "SELECT min(t.");
+	sql_ident(&b, c->pg, sp->time_column);
+	sql_add(&b, ")::text, extract(epoch FROM now() - min(t.");
+	sql_ident(&b, c->pg, sp->time_column);
+	sql_add(&b, "))::float8 FROM %s t", q.p);
+	if ((res = rquery(c, "oldest row", &b)) != NULL) {
+		char age[32];
+		double a = PQgetisnull(res, 0, 1) ? 0 : strtod(PQgetvalue(res, 0, 1), NULL);
+
+		span(a, age, sizeof(age));
+		if (PQgetisnull(res, 0, 0))
+			rline(c, CHECK_OK, "oldest row", "table %s is empty", q.p);
+		else
+			rline(c, CHECK_OK, "oldest row", "%s = %s (%s ago)", sp->time_column,
+			      PQgetvalue(res, 0, 0), age);
+		if (cleanup)
+			rline(c, CHECK_OK, "retention", "cleanup = delete keeps every row until its event is in "
+			      "Kafka: a lost slot's events are still in the table (%s)", limit);
+		else if (PQgetisnull(res, 0, 0))
+			rline(c, CHECK_WARN, "retention", "no rows kept: a lost slot's events could not be "
+			      "backfilled (%s)", limit);
+		else if (window >= 0 && a < window)
+			rline(c, CHECK_WARN, "retention", "rows are kept about %s, less than the window in which "
+			      "a slot can fall behind and be lost: %s; keep rows longer to backfill after a lost "
+			      "slot", age, limit);
+		else
+			rline(c, CHECK_OK, "retention", "rows are kept at least %s; %s", age, limit);
+		PQclear(res);
+	}
+out:
+	free(b.p);
+	free(q.p);
+	PQfreemem(lit);
+}
+
+int
+rows_check(const char *conninfo, const rows_check_spec *specs, size_t nspecs, bool cleanup,
+           check_report_fn report, void *ctx)
+{
+	const char *keys[] = {"connect_timeout", "fallback_application_name", "dbname", NULL};
+	const char *vals[] = {"10", "pgoutbox check", conninfo, NULL};
+	char *secret = conninfo_secret(conninfo);
+	rchecker c = {.secret = secret, .report = report, .ctx = ctx};
+	char limit[512];
+	double window;
+
+	/* What the connection or a missing table fails is failed already by
+	 * source_check(): nothing more is said of it here. */
+	c.pg = PQconnectdbParams(keys, vals, 1);
+	if (c.pg == NULL || PQstatus(c.pg) != CONNECTION_OK)
+		goto out;
+	window = loss_window(&c, limit, sizeof(limit));
+	if (window < -1)
+		goto out;
+	for (size_t i = 0; i < nspecs; i++)
+		check_one(&c, &specs[i], cleanup, window, limit);
+out:
+	PQfinish(c.pg);
+	if (secret != NULL) {
+		memset(secret, 0, strlen(secret));
+		free(secret);
+	}
+	return c.fails;
+}

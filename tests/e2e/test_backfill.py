@@ -457,3 +457,45 @@ def test_cleanup_delete_kill9(request, outbox_db, pgoutbox, stack):
               "%d deleted rows checked against Kafka after the kills; table under steady load "
               "(~%d events) at most %d rows, 0 after the writer stopped"
               % (checked, rate, max(steady)))
+
+
+# ---------------------------------------------------------------------------
+# 7. --check: size, oldest row, retention against the loss window
+# ---------------------------------------------------------------------------
+
+def check_lines(p):
+    out = {}
+    for line in p.stdout.splitlines():
+        m = re.match(r"^(ok|warn|FAIL)\s+([a-z_ ]+): (.*)$", line)
+        if m:
+            out.setdefault(m.group(2), []).append((m.group(1), m.group(3)))
+    return out
+
+
+def test_check_retention(outbox_db, pgoutbox, stack):
+    db = outbox_db
+    with db.conn.cursor() as cur:
+        cur.execute("ALTER TABLE outbox ADD COLUMN created_at timestamptz NOT NULL DEFAULT now()")
+    db.conn.commit()
+    util.commit_events(db.conn, [util.event(db.aggtype("chk"), "a", "E", {"i": i}) for i in range(10)])
+    admin = util.connect(stack.dsn("postgres"), autocommit=True)
+    try:
+        fu.execute(admin, "ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'")
+        util.query_one(admin, "SELECT pg_reload_conf()")
+        p = pgoutbox.run("--check", *db.args("--since-column", "created_at"), timeout=60)
+        lines = check_lines(p)
+        assert lines["table size"][0][0] == "ok" and "public" in lines["table size"][0][1], p.stdout
+        assert lines["oldest row"][0][0] == "ok" and "created_at = " in lines["oldest row"][0][1]
+        # Rows a few seconds old cannot cover what 1 GB of WAL lasts.
+        assert lines["retention"][0][0] == "warn", p.stdout
+        assert "max_slot_wal_keep_size = 1GB" in lines["retention"][0][1], p.stdout
+        assert p.returncode == 0, p.describe()
+        p = pgoutbox.run("--check", *db.args("--since-column", "created_at", "--cleanup", "delete"),
+                         timeout=60)
+        lines = check_lines(p)
+        assert lines["retention"][0][0] == "ok" and "cleanup = delete" in lines["retention"][0][1]
+        assert lines["cleanup"][0][0] == "ok", p.stdout
+    finally:
+        fu.execute(admin, "ALTER SYSTEM RESET max_slot_wal_keep_size")
+        util.query_one(admin, "SELECT pg_reload_conf()")
+        admin.close()
