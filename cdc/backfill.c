@@ -693,6 +693,13 @@ backfill_pending(const backfill *b)
 	return b->count;
 }
 
+void
+backfill_resume_point(backfill *b, char *buf, size_t len)
+{
+	ring_retire(b);
+	resume_text(b, buf, len);
+}
+
 uint64_t
 backfill_position(const backfill *b)
 {

@@ -84,6 +84,8 @@ void      backfill_stop(backfill *b);
 void      backfill_sink_lost(backfill *b);
 backfill_state backfill_state_of(const backfill *b);
 uint64_t  backfill_pending(const backfill *b);
+/* The resume point "N:KEY" as it stands (everything before it is acknowledged). */
+void      backfill_resume_point(backfill *b, char *buf, size_t len);
 /* The slot's consistent point, once known (0 before). */
 uint64_t  backfill_position(const backfill *b);
 /*
