@@ -269,19 +269,20 @@ pipeline_stop(pipeline *p, int code, int64_t now)
 	p->drain_deadline_ms = now + (int64_t) p->shutdown_timeout_s * 1000;
 }
 
-/* What the log calls a position the slot was last confirmed at. */
+/* What the log calls the position the slot was last confirmed at. */
 static void
 describe_confirmed(const pipeline *p, char *buf, size_t len)
 {
+	char t[32];
+
 	if (p->reported == 0) {
 		snprintf(buf, len, "nothing was confirmed by this pgoutbox run");
 		return;
 	}
-	if (p->led.confirmed_time != 0 && p->led.confirmed <= p->reported) {
-		char t[32];
+	if (p->led.confirmed_time != 0) {
 		outbox_format_time(p->led.confirmed_time, t, sizeof(t));
 		snprintf(buf, len, "the last position this pgoutbox confirmed is " LSN_FMT
-		         " (the end of a transaction committed at %s)", LSN_ARGS(p->reported), t);
+		         "; the last transaction confirmed committed at %s", LSN_ARGS(p->reported), t);
 	} else {
 		snprintf(buf, len, "the last position this pgoutbox confirmed is " LSN_FMT,
 		         LSN_ARGS(p->reported));
