@@ -74,6 +74,8 @@ typedef struct oid_set {
 
 struct pipeline {
 	char        *name;             /* "" or "NAME: " for log lines */
+	char        *source_name;      /* the configured name ("" for the only one) */
+	char         database[128];    /* of the current (or last) session, for metrics */
 	char        *slot, *publication, *dlq_topic;
 	bool         on_error_dlq;
 	int          status_interval_ms;
@@ -1129,6 +1131,7 @@ session_started(pipeline *p, const source_session *ss, int64_t now)
 		memset(p->table_oid, 0, sizeof(p->table_oid));
 	}
 	p->have_server = true;
+	snprintf(p->database, sizeof(p->database), "%s", ss->database ? ss->database : "");
 	p->server_stopping = false;
 	p->verify_failing_since = 0;
 	p->system_id = ss->system_id;
@@ -1374,6 +1377,10 @@ pipeline_new(const pipeline_config *cfg, source *src, sink *snk, char *errbuf, s
 		goto error;
 	}
 	snprintf(p->name, nlen, "%s%s", cfg->name ? cfg->name : "", cfg->name && cfg->name[0] ? ": " : "");
+	if ((p->source_name = strdup(cfg->name ? cfg->name : "")) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		goto error;
+	}
 	if ((p->ob = outbox_new(cfg->outbox, errbuf, errlen)) == NULL)
 		goto error;
 	p->on_error_dlq = cfg->on_error_dlq;
@@ -1415,6 +1422,7 @@ pipeline_free(pipeline *p)
 	oid_free(&p->neighbours);
 	oid_free(&p->warned);
 	free(p->name);
+	free(p->source_name);
 	free(p->slot);
 	free(p->publication);
 	free(p->dlq_topic);
@@ -1667,6 +1675,30 @@ bool
 pipeline_streaming(const pipeline *p)
 {
 	return p->st.streaming;
+}
+
+const char *
+pipeline_name(const pipeline *p)
+{
+	return p->source_name;
+}
+
+const char *
+pipeline_slot(const pipeline *p)
+{
+	return p->slot;
+}
+
+const char *
+pipeline_database(const pipeline *p)
+{
+	return p->database;
+}
+
+bool
+pipeline_finished(const pipeline *p)
+{
+	return p->finished;
 }
 
 void

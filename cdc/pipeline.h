@@ -100,6 +100,12 @@ bool      pipeline_attach(pipeline *p, sink *snk);
 /* What /metrics and /healthz show (updated by pipeline_serve()). */
 const metrics_stats *pipeline_stats(const pipeline *p);
 bool      pipeline_streaming(const pipeline *p);
+/* The source's name ("" for the only one), slot, and database (of the last session; "" before). */
+const char *pipeline_name(const pipeline *p);
+const char *pipeline_slot(const pipeline *p);
+const char *pipeline_database(const pipeline *p);
+/* pipeline_finish() ran: the pipeline does nothing more. */
+bool      pipeline_finished(const pipeline *p);
 /* One stats line for the log. */
 void      pipeline_log_stats(pipeline *p);
 

@@ -313,7 +313,7 @@ def test_empty_transactions_do_not_grow_memory(outbox_db, pgoutbox, stack):
 
         def received():
             for line in get(port, "/metrics")[1].splitlines():
-                if line.startswith("pgoutbox_received_lsn "):
+                if line.startswith("pgoutbox_received_lsn{"):
                     return float(line.split()[1]) >= end - 4096
             return False
         util.wait_for(received, 120, "pgoutbox to read the 200,000 transactions", interval=0.2)
