@@ -315,3 +315,42 @@ def test_backlog_of_one_source_does_not_starve_another(outbox_dbs, pgoutbox, tmp
     p.terminate()
     p.expect_exit(util.EXIT_OK, 30)
     assert len({m.id for m in b.kafka_messages()}) == 5
+
+
+def test_setup_slot_databases(outbox_dbs, pgoutbox, stack, tmp_path):
+    """setup-slot.sh --databases sets up every listed database (its own slot
+    each, skipping one without the table), is idempotent, and prints the
+    [source] sections one pgoutbox streams them all with."""
+    import subprocess
+    from conftest import SETUP_SLOT_SH
+
+    a, b, c = outbox_dbs(), outbox_dbs(), outbox_dbs()
+    with c.conn.cursor() as cur:
+        cur.execute("DROP TABLE public.outbox")
+    c.conn.commit()
+    base = stack.dsn("postgres")
+    for run in range(2):
+        r = subprocess.run([str(SETUP_SLOT_SH), "-d", base, "--slot", "multi",
+                            "--databases", "%s,%s,%s" % (a.name, b.name, c.name)],
+                           capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "database %s: no table public.outbox, skipped" % c.name in r.stdout, r.stdout
+        assert "set up 2 database(s)" in r.stdout, r.stdout
+    sections = r.stdout[r.stdout.index("[source "):].replace("<your conninfo>", base)
+    for db in (a, b):
+        slot = ("multi_%s" % db.name)[:63]
+        assert "slot = %s" % slot in sections, sections
+        assert util.slot_state(db.conn, slot) is not None
+    conf = write_config(tmp_path, ["brokers = %s" % a.brokers, "shutdown_timeout = 10",
+                                   sections], name="multi.conf")
+    for db in (a, b):
+        util.commit_events(db.conn, [util.event(db.aggtype("m"), "k", "T", {})])
+    p = pgoutbox.start("-c", conf)
+    for db in (a, b):
+        util.wait_confirmed(db.conn, ("multi_%s" % db.name)[:63], db.wal_lsn(), 60, p)
+    p.terminate()
+    p.expect_exit(util.EXIT_OK, 30)
+    for db in (a, b):
+        assert len(db.kafka_messages()) == 1
+        util.query_one(db.connect(autocommit=True), "SELECT pg_drop_replication_slot(%s)",
+                       (("multi_%s" % db.name)[:63],))
