@@ -27,7 +27,7 @@ typedef struct setting {
 enum {
 	S_CONNINFO, S_BROKERS, S_SLOT, S_PUBLICATION, S_TABLE, S_TOPIC_TEMPLATE, S_TOPIC_PREFIX,
 	S_ID_COLUMN, S_KEY_COLUMN, S_TYPE_COLUMN, S_PAYLOAD_COLUMN, S_AGGTYPE_COLUMN,
-	S_VALUE_FORMAT, S_CE_SOURCE, S_MESSAGES_PREFIX, S_ON_ERROR, S_DLQ_TOPIC,
+	S_VALUE_FORMAT, S_KEY_FORMAT, S_CE_SOURCE, S_MESSAGES_PREFIX, S_ON_ERROR, S_DLQ_TOPIC,
 	S_LOG_LEVEL, S_SHUTDOWN_TIMEOUT, S_STATUS_INTERVAL, S_REPLICATION_TIMEOUT, S_KAFKA_STALL_TIMEOUT,
 	S_ENDPOS,
 	S_METRICS, S_LOG_FORMAT, S_STATS_INTERVAL, S_ON_SOURCE_FAILURE,
@@ -64,6 +64,10 @@ static const setting settings[S_COUNT] = {
 	[S_VALUE_FORMAT] = {"value_format", "value-format", 0, "FORMAT", "raw",
 		"raw (the payload text), envelope (JSON with id, type, aggregate, payload, commit time, "
 		"LSN, xid) or cloudevents (CloudEvents 1.0 Kafka binary mode)", true},
+	[S_KEY_FORMAT] = {"key_format", "key-format", 0, "FORMAT", "raw",
+		"raw (the key column's text) or json-string (that text as a JSON string, as Kafka "
+		"Connect's JsonConverter writes a string key: same bytes, same partition as Debezium "
+		"with that converter)", true},
 	[S_CE_SOURCE] = {"cloudevents_source", "cloudevents-source", 0, "URI", NULL,
 		"ce_source header (default /pgoutbox/<database>/<schema.table>, "
 		"for messages /pgoutbox/<database>/message/<prefix>)", true},
@@ -300,6 +304,7 @@ static const value_rule rules[S_COUNT] = {
 	[S_PAYLOAD_COLUMN] = {.kind = V_COLUMN},
 	[S_AGGTYPE_COLUMN] = {.kind = V_COLUMN},
 	[S_VALUE_FORMAT] = {.kind = V_ENUM, .accepted = "raw, envelope or cloudevents"},
+	[S_KEY_FORMAT] = {.kind = V_ENUM, .accepted = "raw or json-string"},
 	[S_ON_ERROR] = {.kind = V_ENUM, .accepted = "stop or dlq"},
 	[S_DLQ_TOPIC] = {.kind = V_TOPIC},
 	[S_LOG_LEVEL] = {.kind = V_ENUM, .accepted = "debug, log, warning or error"},
@@ -361,6 +366,8 @@ enum_parse(int idx, const char *s)
 		return strcmp(s, "stop") == 0 ? 0 : strcmp(s, "dlq") == 0 ? 1 : -1;
 	case S_ON_SOURCE_FAILURE:
 		return strcmp(s, "continue") == 0 ? 0 : strcmp(s, "stop-all") == 0 ? 1 : -1;
+	case S_KEY_FORMAT:
+		return strcmp(s, "raw") == 0 ? 0 : strcmp(s, "json-string") == 0 ? 1 : -1;
 	default:
 		return -1;
 	}
@@ -1310,6 +1317,7 @@ build_mapping(config *cfg, outbox_mapping *m, const char *const *vals, const lay
 	m->headers = nh ? h : NULL;
 	m->nheaders = nh;
 	m->format = (outbox_format) enum_parse(S_VALUE_FORMAT, v[S_VALUE_FORMAT]);
+	m->key_json = enum_parse(S_KEY_FORMAT, v[S_KEY_FORMAT]) == 1;
 #define COPY(field, idx) \
 	if (!(m->field = v[idx] ? own(cfg, strdup(v[idx])) : NULL) && v[idx]) goto nomem
 	COPY(topic_template, S_TOPIC_TEMPLATE);

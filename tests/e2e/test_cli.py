@@ -53,7 +53,7 @@ def test_usage_error_goes_to_stderr_with_hint(pgoutbox_offline):
 SECRET = "S3cretPw"
 D = ["-d", "dbname=x", "-b", "127.0.0.1:1"]
 PER_TABLE = ("topic_template, topic_prefix, id_column, key_column, type_column, payload_column, "
-             "aggregatetype_column, value_format, cloudevents_source or header.NAME")
+             "aggregatetype_column, value_format, key_format, cloudevents_source or header.NAME")
 RESERVED = "pgoutbox sets id, type, content-type, ce_* and pgoutbox.* itself"
 OPTIONS_ONLY = "pgoutbox takes options only; quote a value that contains spaces"
 SECONDS = "use seconds from 0 to 86400"

@@ -168,7 +168,7 @@ def test_sighup_invalid_file_keeps_running(outbox_db, pgoutbox, tmp_path):
 SECRET = "S3cretPw"
 D = ["-d", "dbname=x", "-b", "127.0.0.1:1"]
 PER_TABLE = ("topic_template, topic_prefix, id_column, key_column, type_column, payload_column, "
-             "aggregatetype_column, value_format, cloudevents_source or header.NAME")
+             "aggregatetype_column, value_format, key_format, cloudevents_source or header.NAME")
 RESERVED = "pgoutbox sets id, type, content-type, ce_* and pgoutbox.* itself"
 
 # (id, file text, message with {path} for the file, extra command-line arguments)
