@@ -8,6 +8,7 @@
  * metrics listener, and is the only place that blocks.  Signal handlers
  * only set a flag.
  */
+#define _GNU_SOURCE    /* ppoll */
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -409,7 +410,7 @@ run(app *a)
 	for (;;) {
 		int64_t now = now_ms();
 		int64_t due;
-		int mx_idx = 0, mx_n = 0;
+		int mx_idx = 0, mx_n = 0, nready;
 		bool all_done = true;
 
 		if (stop_signals > 0 && !a->stopping) {
@@ -513,7 +514,21 @@ run(app *a)
 			mx_n = metrics_pollfds(a->mx, pfd + nfds, (int) (sizeof(pfd) / sizeof(pfd[0])) - nfds);
 			nfds += mx_n;
 		}
-		if (poll(pfd, (nfds_t) nfds, due > now ? (int) (due - now) : 0) < 0 && errno != EINTR) {
+		{
+			/* Microseconds: a nap while catching up is shorter than a ms. */
+			int64_t wait_us = due > now ? (due - now) * 1000 : 0;
+			struct timespec ts;
+
+			for (size_t i = 0; i < a->npipes; i++) {
+				int64_t nap = pipeline_nap_us(a->pipes[i]);
+				if (nap > 0 && nap < wait_us)
+					wait_us = nap;
+			}
+			ts.tv_sec = (time_t) (wait_us / 1000000);
+			ts.tv_nsec = (long) (wait_us % 1000000) * 1000;
+			nready = ppoll(pfd, (nfds_t) nfds, &ts, NULL);
+		}
+		if (nready < 0 && errno != EINTR) {
 			log_msg(LOG_ERROR, "poll failed: %s", strerror(errno));
 			begin_stop(a, 2);
 			code = 2;

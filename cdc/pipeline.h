@@ -77,6 +77,12 @@ int       pipeline_pollfds(pipeline *p, struct pollfd *pfd, int max);
 void      pipeline_serve(pipeline *p, const struct pollfd *pfd, int n, int64_t now_ms);
 /* When pipeline_serve() should run next (monotonic ms); <= now: do not sleep. */
 int64_t   pipeline_deadline(pipeline *p, int64_t now_ms);
+/*
+ * A nap while catching up (microseconds, 0: none): its socket is left out of
+ * the poll for that long, so that the walsender's sends coalesce; the loop
+ * wakes for pipeline_serve() when it ends.
+ */
+int64_t   pipeline_nap_us(const pipeline *p);
 
 /* Stop reading; what is in flight drains (up to shutdown_timeout).  code: exit status asked for. */
 void      pipeline_stop(pipeline *p, int code, int64_t now_ms);

@@ -354,3 +354,41 @@ def test_setup_slot_databases(outbox_dbs, pgoutbox, stack, tmp_path):
         assert len(db.kafka_messages()) == 1
         util.query_one(db.connect(autocommit=True), "SELECT pg_drop_replication_slot(%s)",
                        (("multi_%s" % db.name)[:63],))
+
+
+def test_hot_standby_per_source(outbox_dbs, pgoutbox, tmp_path):
+    """Two pgoutbox processes with the same sources: the second stands by for
+    each source, and takes every one over when the first is killed."""
+    dbs = [("a", outbox_dbs()), ("b", outbox_dbs())]
+    conf = config_for(tmp_path, dbs)
+    writers = writers_for(dbs, 31)
+    active = pgoutbox.start("-c", conf, name="active")
+    for n, db in dbs:
+        util.wait_attached(db.conn, db.slot, active, 30)
+    standby = pgoutbox.start("-c", conf, name="standby")
+    util.wait_for(lambda: standby.stderr.count("standing by") >= 2, 30,
+                  "the second process to stand by for both sources")
+    for w in writers.values():
+        w.start()
+    try:
+        for w in writers.values():
+            w.wait_events(w.events + 50)
+        old = {n: util.walsender_of(db.conn, db.slot)[0] for n, db in dbs}
+        active.kill()
+        t = time.monotonic()
+        for n, db in dbs:
+            util.wait_for(lambda: (util.walsender_of(db.conn, db.slot) or (old[n],))[0] != old[n],
+                          30, "the standby to take source %s over" % n)
+        took = time.monotonic() - t
+        for w in writers.values():
+            w.wait_events(w.events + 30)
+    finally:
+        for w in writers.values():
+            w.stop()
+    caught_up(dbs, writers, standby)
+    standby.terminate()
+    standby.expect_exit(util.EXIT_OK, 30)
+    for n, db in dbs:
+        assert fu.verify(db, writers[n])[2] == 0
+    util.note("hot standby with 2 sources: both taken over in %.1f s after kill -9" % took)
+    assert took < 5
