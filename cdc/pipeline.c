@@ -30,7 +30,7 @@
 #define BACKOFF_MAX_MS       30000
 #define HOLD_RETRY_MS        100     /* how soon a held message is tried again */
 #define SLOT_BUSY_RETRY_MS   1000    /* a standby retries a busy slot this often */
-#define VERIFY_GAP_MS        1000    /* verifications at most this often ... */
+#define VERIFY_GAP_MS        200     /* verifications at most this often ... */
 #define VERIFY_RETRY_MAX_MS  10000   /* ... and retried this slowly when they fail */
 #define VERIFY_UNHEALTHY_MS  30000   /* failing for this long: /healthz says so */
 #define FINISH_TIMEOUT_MS    5000

@@ -17,7 +17,7 @@
  *   - no position past the last verification that the configured outbox is
  *     what PostgreSQL streams (every table exists and is published, the
  *     publication publishes inserts; checked on a side connection, at most
- *     about once a second while there is something new to confirm), and
+ *     about five times a second while there is something new to confirm), and
  *   - no position from another server or timeline than the one streaming
  *     now, nor past that server's WAL end: a new session starts from its
  *     slot's own confirmed position.
