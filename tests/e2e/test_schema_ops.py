@@ -466,3 +466,22 @@ def test_slot_invalidated_while_kafka_down(outbox_db, pgoutbox, stack):
     assert "will be sent again after restart" not in err, p.describe()
     fu.report("slot invalidated while Kafka is down", 1, 10, 0, 0,
               "- (exit 2; names the gap's start LSN and commit time; in-flight events said lost)")
+
+
+@pytest.mark.parametrize("via_root", [True, False], ids=["via-root", "partitions"])
+def test_check_partitioned_outbox(outbox_db, pgoutbox, via_root):
+    """--check names the partitions and how they stream."""
+    db = outbox_db
+    make_partitioned(db, via_root)
+    p = pgoutbox.run(*db.args("--check"), timeout=60)
+    out = p.stdout
+    assert 'ok    table: table "public.outbox" exists (partitioned)' in out, out
+    if via_root:
+        assert p.returncode == 0, p.describe() + out
+        assert ('ok    partitions: 2 partition(s); publication "pgoutbox" publishes them as '
+                '"public.outbox" (publish_via_partition_root)') in out, out
+    else:
+        assert p.returncode == 0, p.describe() + out    # a warning, not a failure
+        assert ('warn  partitions: 2 partition(s) stream under their own names (publication '
+                '"pgoutbox" has publish_via_partition_root = false); pgoutbox maps them to '
+                '"public.outbox" by OID') in out, out
