@@ -27,10 +27,10 @@ typedef struct setting {
 enum {
 	S_CONNINFO, S_BROKERS, S_SLOT, S_PUBLICATION, S_TABLE, S_TOPIC_TEMPLATE, S_TOPIC_PREFIX,
 	S_ID_COLUMN, S_KEY_COLUMN, S_TYPE_COLUMN, S_PAYLOAD_COLUMN, S_AGGTYPE_COLUMN,
-	S_VALUE_FORMAT, S_CE_SOURCE, S_MESSAGES_PREFIX, S_ON_ERROR, S_DLQ_TOPIC,
+	S_VALUE_FORMAT, S_KEY_FORMAT, S_CE_SOURCE, S_MESSAGES_PREFIX, S_ON_ERROR, S_DLQ_TOPIC,
 	S_LOG_LEVEL, S_SHUTDOWN_TIMEOUT, S_STATUS_INTERVAL, S_REPLICATION_TIMEOUT, S_KAFKA_STALL_TIMEOUT,
 	S_ENDPOS,
-	S_METRICS, S_LOG_FORMAT, S_STATS_INTERVAL,
+	S_METRICS, S_LOG_FORMAT, S_STATS_INTERVAL, S_ON_SOURCE_FAILURE,
 	S_BACKFILL_SINCE, S_BACKFILL_SINCE_COLUMN, S_BACKFILL_ORDER_COLUMN, S_BACKFILL_TIMESTAMP_COLUMN,
 	S_BACKFILL_RESUME, S_BACKFILL_BATCH, S_CLEANUP, S_CLEANUP_BATCH, S_CLEANUP_INTERVAL,
 	S_COUNT
@@ -66,6 +66,10 @@ static const setting settings[S_COUNT] = {
 	[S_VALUE_FORMAT] = {"value_format", "value-format", 0, "FORMAT", "raw",
 		"raw (the payload text), envelope (JSON with id, type, aggregate, payload, commit time, "
 		"LSN, xid) or cloudevents (CloudEvents 1.0 Kafka binary mode)", true},
+	[S_KEY_FORMAT] = {"key_format", "key-format", 0, "FORMAT", "raw",
+		"raw (the key column's text) or json-string (that text as a JSON string, as Kafka "
+		"Connect's JsonConverter writes a string key: same bytes, same partition as Debezium "
+		"with that converter)", true},
 	[S_CE_SOURCE] = {"cloudevents_source", "cloudevents-source", 0, "URI", NULL,
 		"ce_source header (default /pgoutbox/<database>/<schema.table>, "
 		"for messages /pgoutbox/<database>/message/<prefix>)", true},
@@ -95,6 +99,9 @@ static const setting settings[S_COUNT] = {
 		"text (PostgreSQL style) or json (one object per line: ts, level, pid, msg, detail)", false},
 	[S_STATS_INTERVAL] = {"stats_interval", "stats-interval", 0, "SECONDS", "60",
 		"seconds between one-line stats summaries in the log (0: none)", false},
+	[S_ON_SOURCE_FAILURE] = {"on_source_failure", "on-source-failure", 0, "POLICY", "continue",
+		"with several sources, when one stops for good: continue (the others stream on; exit 2 "
+		"once none runs) or stop-all (all stop, exit 2)", false},
 	[S_BACKFILL_SINCE] = {"backfill_since", "since", 0, "VALUE", "",
 		"--backfill/--replay: only rows with backfill_since_column >= VALUE, or when that is empty "
 		"rows whose transactions committed at or after the time VALUE (needs "
@@ -120,6 +127,31 @@ static const setting settings[S_COUNT] = {
 		"cleanup = delete: pause between two deletes (the rate limit: at most cleanup_batch rows "
 		"per interval)", false},
 };
+
+/*
+ * Settings a [source NAME] section of the -c file (or --source
+ * NAME.SETTING=VALUE) may set for one source; every per-table setting may be
+ * set per source too.  The others (brokers, kafka.*, logging, metrics,
+ * shutdown) belong to the process.
+ */
+static const bool per_source_only[S_COUNT] = {
+	[S_CONNINFO] = true,
+	[S_SLOT] = true,
+	[S_PUBLICATION] = true,
+	[S_TABLE] = true,
+	[S_MESSAGES_PREFIX] = true,
+	[S_ON_ERROR] = true,
+	[S_DLQ_TOPIC] = true,
+	[S_STATUS_INTERVAL] = true,
+	[S_REPLICATION_TIMEOUT] = true,
+	[S_ENDPOS] = true,
+};
+
+static bool
+per_source(int idx)
+{
+	return per_source_only[idx] || settings[idx].per_table;
+}
 
 /*
  * Settings that SIGHUP changes in a running daemon; every other setting keeps
@@ -173,6 +205,8 @@ config_usage(FILE *out)
 		{"    --table-option=SCHEMA.TABLE.SETTING=VALUE", "a setting for one outbox table only "
 		 "(repeatable; file key table.SCHEMA.TABLE.SETTING = VALUE); SETTING is one of "
 		 "topic_template, topic_prefix, *_column, value_format, cloudevents_source or header.NAME"},
+		{"    --source=NAME.SETTING=VALUE", "a setting of source NAME (repeatable; file section "
+		 "[source NAME]); with sources, pgoutbox streams every one's slot, sharing one producer"},
 		{"-c, --config=FILE", "read settings from a key = value file (command line wins)"},
 		{"-X, --kafka=PROPERTY=VALUE", "set a librdkafka property (repeatable; file key "
 		 "kafka.PROPERTY = VALUE)"},
@@ -235,7 +269,8 @@ config_usage(FILE *out)
 	              "backfill_timestamp_column, backfill_resume, backfill_batch, cleanup, cleanup_batch, "
 	              "cleanup_interval), header.<name> for extra headers, "
 	              "table.<schema>.<table>.<setting> for per-table settings and kafka.<property> "
-	              "for librdkafka.", 0, 0);
+	              "for librdkafka; a [source NAME] line starts the settings of one source "
+	              "(several databases or slots from one process).", 0, 0);
 	fputc('\n', out);
 	print_wrapped(out,
 	              "Exit status: 0 clean stop, 1 bad configuration or usage, 2 unrecoverable "
@@ -303,6 +338,7 @@ static const value_rule rules[S_COUNT] = {
 	[S_PAYLOAD_COLUMN] = {.kind = V_COLUMN},
 	[S_AGGTYPE_COLUMN] = {.kind = V_COLUMN},
 	[S_VALUE_FORMAT] = {.kind = V_ENUM, .accepted = "raw, envelope or cloudevents"},
+	[S_KEY_FORMAT] = {.kind = V_ENUM, .accepted = "raw or json-string"},
 	[S_ON_ERROR] = {.kind = V_ENUM, .accepted = "stop or dlq"},
 	[S_DLQ_TOPIC] = {.kind = V_TOPIC},
 	[S_LOG_LEVEL] = {.kind = V_ENUM, .accepted = "debug, log, warning or error"},
@@ -315,6 +351,7 @@ static const value_rule rules[S_COUNT] = {
 	[S_METRICS] = {.kind = V_METRICS},
 	[S_LOG_FORMAT] = {.kind = V_ENUM, .accepted = "text or json"},
 	[S_STATS_INTERVAL] = {.kind = V_INT, .min = 0, .max = 86400, .accepted = "seconds"},
+	[S_ON_SOURCE_FAILURE] = {.kind = V_ENUM, .accepted = "continue or stop-all"},
 	[S_BACKFILL_BATCH] = {.kind = V_INT, .min = 1, .max = 100000, .accepted = "rows"},
 	[S_CLEANUP] = {.kind = V_ENUM, .accepted = "keep or delete"},
 	[S_CLEANUP_BATCH] = {.kind = V_INT, .min = 1, .max = 100000, .accepted = "rows"},
@@ -365,6 +402,10 @@ enum_parse(int idx, const char *s)
 		return outbox_format_parse(s, &f) ? (int) f : -1;
 	case S_ON_ERROR:
 		return strcmp(s, "stop") == 0 ? 0 : strcmp(s, "dlq") == 0 ? 1 : -1;
+	case S_ON_SOURCE_FAILURE:
+		return strcmp(s, "continue") == 0 ? 0 : strcmp(s, "stop-all") == 0 ? 1 : -1;
+	case S_KEY_FORMAT:
+		return strcmp(s, "raw") == 0 ? 0 : strcmp(s, "json-string") == 0 ? 1 : -1;
 	case S_CLEANUP:
 		return strcmp(s, "keep") == 0 ? 0 : strcmp(s, "delete") == 0 ? 1 : -1;
 	default:
@@ -581,8 +622,12 @@ check_value(int idx, const char *s, const origin *at, const char *name,
 	case V_METRICS:
 		if (*s == '\0' || metrics_addr_valid(s, why, sizeof(why)))
 			return true;
-		snprintf(why, sizeof(why), "use PORT, HOST:PORT or [IPV6]:PORT, the port a number up to "
-		         "65535 (a bare PORT binds 127.0.0.1)");
+		/* metrics.c says what is wrong with the address; the value is named here. */
+		{
+			const char *colon = strstr(why, "\": ");
+			if (strncmp(why, "invalid metrics address \"", strlen("invalid metrics address \"")) == 0 && colon != NULL)
+				memmove(why, colon + 3, strlen(colon + 3) + 1);
+		}
 		break;
 	}
 	say(errbuf, errlen, at, "invalid value \"%s\" for %s: %s", s, name, why);
@@ -894,18 +939,187 @@ known_key(const char *s, size_t len)
 	       (len > 6 && strncmp(s, "table.", 6) == 0);
 }
 
+/* The layers of one [source NAME] section / --source NAME.* options. */
+typedef struct src_layers {
+	char  *name;
+	layer  file, cli;
+	int    line;          /* line of its section header (0: named on the command line only) */
+} src_layers;
+
+typedef struct src_list {
+	src_layers *v;
+	size_t      n;
+} src_list;
+
+static void
+src_list_free(src_list *sl)
+{
+	for (size_t i = 0; i < sl->n; i++) {
+		free(sl->v[i].name);
+		layer_free(&sl->v[i].file);
+		layer_free(&sl->v[i].cli);
+	}
+	free(sl->v);
+	memset(sl, 0, sizeof(*sl));
+}
+
+#define SOURCE_NAME_MAX 63
+
+/* Whether name (len bytes) may name a source: it labels metrics and log lines. */
+static bool
+source_name_ok(const char *name, size_t len, char *why, size_t whylen)
+{
+	if (len == 0) {
+		snprintf(why, whylen, "the source name is empty");
+		return false;
+	}
+	if (len > SOURCE_NAME_MAX) {
+		snprintf(why, whylen, "the source name is longer than %d characters", SOURCE_NAME_MAX);
+		return false;
+	}
+	for (size_t i = 0; i < len; i++) {
+		char c = name[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '-')) {
+			snprintf(why, whylen, "'%c' is not allowed in a source name; use letters, digits, "
+			         "'_' and '-'", c >= ' ' && c < 127 ? c : '?');
+			return false;
+		}
+	}
+	return true;
+}
+
+/* The source called name (len bytes), added when new; NULL when out of memory. */
+static src_layers *
+src_find(src_list *sl, const char *name, size_t len, bool add)
+{
+	src_layers *nv;
+
+	for (size_t i = 0; i < sl->n; i++)
+		if (strlen(sl->v[i].name) == len && strncmp(sl->v[i].name, name, len) == 0)
+			return &sl->v[i];
+	if (!add || (nv = realloc(sl->v, (sl->n + 1) * sizeof(*nv))) == NULL)
+		return NULL;
+	sl->v = nv;
+	memset(&nv[sl->n], 0, sizeof(nv[sl->n]));
+	if ((nv[sl->n].name = strndup(name, len)) == NULL)
+		return NULL;
+	return &nv[sl->n++];
+}
+
 /*
- * Read a key = value file into l.  A value wrapped in single or double
- * quotes loses them (nothing inside is unescaped); a quote that starts a
- * value and is never closed is an error.  Errors are
- * "FILE:LINE: ..." and never echo a value of conninfo or of kafka.*.
+ * Apply one key = val (val may be modified) to l: a setting, header.NAME,
+ * table.SCHEMA.TABLE.SETTING, or, outside a source (in_source NULL),
+ * kafka.PROPERTY.  Errors are [FILE:LINE: ]...; they never echo a value of
+ * conninfo or of kafka.*.
  */
 static bool
-load_file(layer *l, const char *path, char *errbuf, size_t errlen)
+apply_key(layer *l, const char *in_source, const char *key, char *val, const origin *at,
+          char *errbuf, size_t errlen)
+{
+	int idx;
+
+	if (strncmp(key, "kafka.", 6) == 0) {
+		if (in_source != NULL) {
+			say(errbuf, errlen, at, "kafka.* cannot be set per source (source %s): all sources "
+			    "share one producer", in_source);
+			return false;
+		}
+		if (key[6] == '\0') {
+			say(errbuf, errlen, at, "invalid key \"kafka.\": missing property name after "
+			    "\"kafka.\"");
+			return false;
+		}
+		if (!layer_add_kafka(l, key + 6, strlen(key + 6), val))
+			goto nomem;
+		return true;
+	}
+	if (strncmp(key, "header.", 7) == 0)
+		return layer_add_header(l, key + 7, strlen(key + 7), val, at, NULL, errbuf, errlen);
+	if (strncmp(key, "table.", 6) == 0) {
+		if (key[6] == '\0') {
+			say(errbuf, errlen, at, "invalid key \"table.\": missing SCHEMA.TABLE.SETTING "
+			    "after \"table.\"");
+			return false;
+		}
+		return layer_add_override(l, key + 6, val, at, errbuf, errlen);
+	}
+	idx = setting_by_name(key, strlen(key));
+	if (idx < 0) {
+		say(errbuf, errlen, at, "unknown setting \"%s\"", key);
+		return false;
+	}
+	if (in_source != NULL && !per_source(idx)) {
+		say(errbuf, errlen, at, "setting \"%s\" cannot be set per source (source %s): it belongs "
+		    "to the process; set it outside any [source] section", key, in_source);
+		return false;
+	}
+	if (!check_value(idx, val, at, settings[idx].name, errbuf, errlen))
+		return false;
+	if (!layer_set(l, idx, val))
+		goto nomem;
+	return true;
+nomem:
+	snprintf(errbuf, errlen, "out of memory");
+	return false;
+}
+
+/*
+ * A section header line "[source NAME]": switch *cur to that source's file
+ * layer.  false with errbuf filled when the line is not one.
+ */
+static bool
+section(char *line, src_list *sl, src_layers **cur, const origin *at, char *errbuf, size_t errlen)
+{
+	char *body = line + 1, *end = line + strlen(line) - 1, why[200];
+	src_layers *src;
+	size_t len;
+
+	if (*end != ']') {
+		say(errbuf, errlen, at, "invalid section header: a line that starts with \"[\" must "
+		    "end with \"]\"; use [source NAME]");
+		return false;
+	}
+	*end = '\0';
+	body = trim(body);
+	if (strncmp(body, "source", 6) != 0 || (body[6] != ' ' && body[6] != '\t')) {
+		say(errbuf, errlen, at, "unknown section \"[%s]\": the only section is [source NAME]", body);
+		return false;
+	}
+	body = trim(body + 6);
+	len = strlen(body);
+	if (!source_name_ok(body, len, why, sizeof(why))) {
+		say(errbuf, errlen, at, "invalid section \"[source %s]\": %s", body, why);
+		return false;
+	}
+	if ((src = src_find(sl, body, len, false)) != NULL) {
+		say(errbuf, errlen, at, "source %s is defined twice (first at line %d)", body, src->line);
+		return false;
+	}
+	if ((src = src_find(sl, body, len, true)) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return false;
+	}
+	src->line = at->line;
+	src->file.path = at->path;
+	*cur = src;
+	return true;
+}
+
+/*
+ * Read a key = value file into l, and its [source NAME] sections into sl.
+ * A value wrapped in single or double quotes loses them (nothing inside is
+ * unescaped); a quote that starts a value and is never closed is an error.
+ * Errors are "FILE:LINE: ..." and never echo a value of conninfo or of
+ * kafka.*.
+ */
+static bool
+load_file(layer *l, src_list *sl, const char *path, char *errbuf, size_t errlen)
 {
 	FILE *f = fopen(path, "r");
 	char line[8192];
 	origin at = {path, 0};
+	src_layers *cur = NULL;
 
 	l->path = path;
 	if (f == NULL) {
@@ -915,7 +1129,6 @@ load_file(layer *l, const char *path, char *errbuf, size_t errlen)
 	while (fgets(line, sizeof(line), f) != NULL) {
 		char *key, *val, *eq;
 		size_t vlen;
-		int idx;
 
 		at.line++;
 		if (strchr(line, '\n') == NULL && !feof(f)) {
@@ -925,6 +1138,11 @@ load_file(layer *l, const char *path, char *errbuf, size_t errlen)
 		key = trim(line);
 		if (*key == '\0' || *key == '#')
 			continue;
+		if (*key == '[') {
+			if (!section(key, sl, &cur, &at, errbuf, errlen))
+				goto error;
+			continue;
+		}
 		eq = key_end(key);
 		if (eq == NULL) {
 			size_t w = strcspn(key, " \t");
@@ -957,40 +1175,8 @@ load_file(layer *l, const char *path, char *errbuf, size_t errlen)
 				val++;
 			}
 		}
-		if (strncmp(key, "kafka.", 6) == 0) {
-			if (key[6] == '\0') {
-				say(errbuf, errlen, &at, "invalid key \"kafka.\": missing property name after "
-				    "\"kafka.\"");
-				goto error;
-			}
-			if (!layer_add_kafka(l, key + 6, strlen(key + 6), val))
-				goto nomem;
-			continue;
-		}
-		if (strncmp(key, "header.", 7) == 0) {
-			if (!layer_add_header(l, key + 7, strlen(key + 7), val, &at, NULL, errbuf, errlen))
-				goto error;
-			continue;
-		}
-		if (strncmp(key, "table.", 6) == 0) {
-			if (key[6] == '\0') {
-				say(errbuf, errlen, &at, "invalid key \"table.\": missing SCHEMA.TABLE.SETTING "
-				    "after \"table.\"");
-				goto error;
-			}
-			if (!layer_add_override(l, key + 6, val, &at, errbuf, errlen))
-				goto error;
-			continue;
-		}
-		idx = setting_by_name(key, strlen(key));
-		if (idx < 0) {
-			say(errbuf, errlen, &at, "unknown setting \"%s\"", key);
+		if (!apply_key(cur ? &cur->file : l, cur ? cur->name : NULL, key, val, &at, errbuf, errlen))
 			goto error;
-		}
-		if (!check_value(idx, val, &at, settings[idx].name, errbuf, errlen))
-			goto error;
-		if (!layer_set(l, idx, val))
-			goto nomem;
 	}
 	if (ferror(f)) {
 		snprintf(errbuf, errlen, "could not read configuration file \"%s\": %s", path, strerror(errno));
@@ -998,11 +1184,67 @@ load_file(layer *l, const char *path, char *errbuf, size_t errlen)
 	}
 	fclose(f);
 	return true;
-nomem:
-	snprintf(errbuf, errlen, "out of memory");
 error:
 	fclose(f);
 	return false;
+}
+
+/* --source NAME.KEY=VALUE: KEY as in a [source NAME] section. */
+static bool
+cli_source(src_list *sl, const char *spec, char *errbuf, size_t errlen)
+{
+	const char *dot = strchr(spec, '.');
+	char why[200], *key = NULL;
+	const char *eq;
+	src_layers *src;
+	bool ok;
+
+	if (dot == NULL || dot == spec) {
+		snprintf(errbuf, errlen, "invalid value for --source: expected NAME.SETTING=VALUE");
+		return false;
+	}
+	if (!source_name_ok(spec, (size_t) (dot - spec), why, sizeof(why))) {
+		snprintf(errbuf, errlen, "invalid value for --source: %s", why);
+		return false;
+	}
+	eq = dot[1] == 't' && strncmp(dot + 1, "table.", 6) == 0 ? NULL : strchr(dot + 1, '=');
+	if (eq == NULL) {
+		/* table."a=b".c.key_column=v: the "=" outside quotes */
+		bool quoted = false;
+		for (const char *p = dot + 1; *p && eq == NULL; p++) {
+			if (*p == '"')
+				quoted = !quoted;
+			else if (*p == '=' && !quoted)
+				eq = p;
+		}
+	}
+	if (eq == NULL || eq == dot + 1) {
+		snprintf(errbuf, errlen, "invalid value for --source %.*s: expected %.*s.SETTING=VALUE",
+		         (int) (dot - spec), spec, (int) (dot - spec), spec);
+		return false;
+	}
+	if ((src = src_find(sl, spec, (size_t) (dot - spec), true)) == NULL ||
+	    (key = strndup(dot + 1, (size_t) (eq - dot - 1))) == NULL) {
+		free(key);
+		snprintf(errbuf, errlen, "out of memory");
+		return false;
+	}
+	{
+		char *val = strdup(eq + 1);
+		char msg[1024];
+
+		if (val == NULL) {
+			free(key);
+			snprintf(errbuf, errlen, "out of memory");
+			return false;
+		}
+		ok = apply_key(&src->cli, src->name, key, val, &on_cli, msg, sizeof(msg));
+		if (!ok)
+			snprintf(errbuf, errlen, "--source %s.%s: %s", src->name, key, msg);
+		free(val);
+	}
+	free(key);
+	return ok;
 }
 
 /* Keep p (malloc'ed, may be NULL) until config_free; NULL when p is NULL or out of memory. */
@@ -1046,24 +1288,28 @@ quote_table(const char *nsp, const char *rel)
 	return out;
 }
 
-/* One mapping: the global values with the overrides for (nsp, rel) applied
- * (nsp == NULL: the global mapping only, for logical messages, which take
- * their headers from the message).  Every value was checked when read. */
+/*
+ * One mapping: vals with the headers and the overrides for (nsp, rel) of
+ * layers[0..n) applied in order, later layers winning (nsp == NULL: the
+ * global mapping only, for logical messages, which take their headers from
+ * the message).  Every value was checked when read.
+ */
 static bool
-build_mapping(config *cfg, outbox_mapping *m, const char *const *vals, const layer *file,
-              const layer *cli, const char *nsp, const char *rel, char *errbuf, size_t errlen)
+build_mapping(config *cfg, outbox_mapping *m, const char *const *vals, const layer *const *layers,
+              int nlayers, const char *nsp, const char *rel, char *errbuf, size_t errlen)
 {
 	const char *v[S_COUNT];
 	outbox_header_map *h;
-	size_t nh = 0;
-	const layer *layers[2] = {file, cli};
+	size_t nh = 0, room = 1;
 	char shown[300];
 
 	memcpy(v, vals, sizeof(v));
-	/* At most every global header plus every override header. */
-	if ((h = own(cfg, calloc(file->nhdrs + cli->nhdrs + file->novr + cli->novr + 1, sizeof(*h)))) == NULL)
+	/* At most every header plus every override header. */
+	for (int li = 0; li < nlayers; li++)
+		room += layers[li]->nhdrs + layers[li]->novr;
+	if ((h = own(cfg, calloc(room, sizeof(*h)))) == NULL)
 		goto nomem;
-	for (int li = 0; li < 2; li++)
+	for (int li = 0; li < nlayers; li++)
 		for (size_t i = 0; i < layers[li]->nhdrs; i++) {
 			const hdr *g = &layers[li]->hdrs[i];
 			size_t j;
@@ -1073,7 +1319,7 @@ build_mapping(config *cfg, outbox_mapping *m, const char *const *vals, const lay
 			if (j == nh)
 				nh++;
 		}
-	for (int li = 0; nsp != NULL && li < 2; li++)
+	for (int li = 0; nsp != NULL && li < nlayers; li++)
 		for (size_t i = 0; i < layers[li]->novr; i++) {
 			const override *o = &layers[li]->ovr[i];
 			size_t j;
@@ -1111,6 +1357,7 @@ build_mapping(config *cfg, outbox_mapping *m, const char *const *vals, const lay
 	m->headers = nh ? h : NULL;
 	m->nheaders = nh;
 	m->format = (outbox_format) enum_parse(S_VALUE_FORMAT, v[S_VALUE_FORMAT]);
+	m->key_json = enum_parse(S_KEY_FORMAT, v[S_KEY_FORMAT]) == 1;
 #define COPY(field, idx) \
 	if (!(m->field = v[idx] ? own(cfg, strdup(v[idx])) : NULL) && v[idx]) goto nomem
 	COPY(topic_template, S_TOPIC_TEMPLATE);
@@ -1128,44 +1375,56 @@ nomem:
 	return false;
 }
 
-/* The `table` list and every table's mapping; overrides must name a listed table. */
+/*
+ * The `table` list of a source and every table's mapping.  Overrides of
+ * layers[check_from..n) must name a listed table; those of the layers below
+ * (the global ones, with several sources) need only name a table of some
+ * source: matched[] (one flag per override of those layers, in order) is
+ * set for each that names one of these tables.
+ */
 static bool
-build_tables(config *cfg, const char *const *vals, const layer *file, const layer *cli,
-             char *errbuf, size_t errlen)
+build_tables(config *cfg, config_source *cs, const char *const *vals, const layer *const *layers,
+             int nlayers, int check_from, bool *matched, char *errbuf, size_t errlen)
 {
-	const layer *layers[2] = {file, cli};
 	char *nsp[OUTBOX_MAX_TABLES], *rel[OUTBOX_MAX_TABLES];
-	size_t n = 0;
+	size_t n = 0, k = 0;
 	char why[512], shown[300];
 	bool ok = false;
 
 	if (!table_list_parse(vals[S_TABLE], nsp, rel, &n, why, sizeof(why))) {
-		snprintf(errbuf, errlen, "invalid value \"%s\" for table: %s", vals[S_TABLE], why);
+		snprintf(errbuf, errlen, "invalid value \"%s\" for table%s%s: %s", vals[S_TABLE],
+		         cs->name[0] ? " of source " : "", cs->name, why);
 		goto out;
 	}
-	for (int li = 0; li < 2; li++)
-		for (size_t i = 0; i < layers[li]->novr; i++) {
+	for (int li = 0; li < nlayers; li++)
+		for (size_t i = 0; i < layers[li]->novr; i++, k += li < check_from) {
 			const override *o = &layers[li]->ovr[i];
 			origin at = {layers[li]->path, o->line};
 			size_t j;
 
 			for (j = 0; j < n && !(strcmp(o->nsp, nsp[j]) == 0 && strcmp(o->rel, rel[j]) == 0); j++)
 				;
+			if (li < check_from) {
+				if (j < n)
+					matched[k] = true;
+				continue;
+			}
 			if (j == n) {
 				table_show(o->nsp, o->rel, shown, sizeof(shown));
 				say(errbuf, errlen, &at, "%s%s names table %s, which is not one of the outbox "
-				    "tables (table = %s)", at.path ? "table." : "--table-option ", o->key,
-				    shown, vals[S_TABLE]);
+				    "tables (table = %s%s%s)", at.path ? "table." : "--table-option ", o->key,
+				    shown, vals[S_TABLE], cs->name[0] ? " in source " : "", cs->name);
 				goto out;
 			}
 		}
-	if ((cfg->tables = calloc(n, sizeof(*cfg->tables))) == NULL)
+	if ((cs->tables = own(cfg, calloc(n, sizeof(*cs->tables)))) == NULL)
 		goto nomem;
 	for (size_t i = 0; i < n; i++) {
-		if ((cfg->tables[i].table = own(cfg, quote_table(nsp[i], rel[i]))) == NULL)
+		if ((cs->tables[i].table = own(cfg, quote_table(nsp[i], rel[i]))) == NULL)
 			goto nomem;
-		cfg->ntables++;
-		if (!build_mapping(cfg, &cfg->tables[i].map, vals, file, cli, nsp[i], rel[i], errbuf, errlen))
+		cs->ntables++;
+		if (!build_mapping(cfg, &cs->tables[i].map, vals, layers, nlayers, nsp[i], rel[i],
+		                   errbuf, errlen))
 			goto out;
 	}
 	ok = true;
@@ -1175,6 +1434,134 @@ nomem:
 out:
 	free_names(nsp, n);
 	free_names(rel, n);
+	return ok;
+}
+
+/*
+ * Build source cs from vals (its effective settings) and its layers
+ * (global file, global command line[, source file, source command line]).
+ */
+static bool
+build_source(config *cfg, config_source *cs, const char *name, const char *const *vals,
+             const layer *const *layers, int nlayers, int check_from, bool *matched,
+             char *errbuf, size_t errlen)
+{
+	outbox_config oc;
+	outbox *ob;
+
+	cs->name = own(cfg, strdup(name));
+	if (cs->name == NULL)
+		goto nomem;
+	if (vals[S_CONNINFO] == NULL) {
+		if (name[0])
+			snprintf(errbuf, errlen, "source %s has no PostgreSQL connection: set conninfo in "
+			         "its [source %s] section (or --source %s.conninfo=...)", name, name, name);
+		else
+			snprintf(errbuf, errlen, "no PostgreSQL connection given: use -d CONNINFO (or conninfo in the -c file)");
+		return false;
+	}
+	if (!(cs->values = own(cfg, calloc(S_COUNT, sizeof(*cs->values)))))
+		goto nomem;
+	for (int i = 0; i < S_COUNT; i++)
+		if (vals[i] != NULL && !(cs->values[i] = own(cfg, strdup(vals[i]))))
+			goto nomem;
+	cs->conninfo = cs->values[S_CONNINFO];
+	cs->slot = cs->values[S_SLOT];
+	cs->publication = cs->values[S_PUBLICATION];
+	cs->table = cs->values[S_TABLE];
+	cs->messages_prefix = cs->values[S_MESSAGES_PREFIX];
+	cs->dlq_topic = cs->values[S_DLQ_TOPIC];
+	cs->on_error_dlq = enum_parse(S_ON_ERROR, vals[S_ON_ERROR]) == 1;
+	cs->status_interval_ms = (int) strtol(vals[S_STATUS_INTERVAL], NULL, 10);
+	cs->replication_timeout_s = (int) strtol(vals[S_REPLICATION_TIMEOUT], NULL, 10);
+	if (vals[S_ENDPOS] != NULL)
+		parse_lsn(vals[S_ENDPOS], &cs->endpos);
+	if (!build_tables(cfg, cs, vals, layers, nlayers, check_from, matched, errbuf, errlen) ||
+	    !build_mapping(cfg, &cs->messages, vals, layers, nlayers, NULL, NULL, errbuf, errlen))
+		return false;
+	/* The same check the daemon makes when it starts, so that a mapping error
+	 * is a configuration error, also for a reload. */
+	oc = (outbox_config) {.tables = cs->tables, .ntables = cs->ntables,
+	                      .messages_prefix = cs->messages_prefix, .messages = cs->messages};
+	if ((ob = outbox_new(&oc, errbuf, errlen)) == NULL) {
+		if (name[0]) {
+			char msg[1024];
+			snprintf(msg, sizeof(msg), "source %s: %s", name, errbuf);
+			snprintf(errbuf, errlen, "%s", msg);
+		}
+		return false;
+	}
+	outbox_free(ob);
+	return true;
+nomem:
+	snprintf(errbuf, errlen, "out of memory");
+	return false;
+}
+
+/*
+ * The sources: one made of the global settings when there are no [source]
+ * sections or --source options, else one per name.  A source's setting is
+ * the most specific one given: its own command line, its own section, the
+ * global command line, the global file, the default.
+ */
+static bool
+build_sources(config *cfg, const char *const *vals, const layer *file, const layer *cli,
+              const src_list *sl, char *errbuf, size_t errlen)
+{
+	const layer *layers[4] = {file, cli, NULL, NULL};
+	size_t novr = file->novr + cli->novr, k = 0;
+	bool *matched = NULL, ok = false;
+
+	if (sl->n == 0) {
+		if ((cfg->sources = calloc(1, sizeof(*cfg->sources))) == NULL)
+			goto nomem;
+		cfg->nsources = 1;
+		return build_source(cfg, &cfg->sources[0], "", vals, layers, 2, 0, NULL, errbuf, errlen);
+	}
+	if ((cfg->sources = calloc(sl->n, sizeof(*cfg->sources))) == NULL ||
+	    (novr > 0 && (matched = calloc(novr, sizeof(*matched))) == NULL))
+		goto nomem;
+	for (size_t i = 0; i < sl->n; i++) {
+		const src_layers *src = &sl->v[i];
+		const char *sv[S_COUNT];
+
+		for (int j = 0; j < S_COUNT; j++)
+			sv[j] = !per_source(j) ? vals[j] : src->cli.vals[j] ? src->cli.vals[j] :
+			        src->file.vals[j] ? src->file.vals[j] : vals[j];
+		layers[2] = &src->file;
+		layers[3] = &src->cli;
+		cfg->nsources++;
+		if (!build_source(cfg, &cfg->sources[i], src->name, sv, layers, 4, 2, matched,
+		                  errbuf, errlen))
+			goto out;
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(cfg->sources[j].conninfo, cfg->sources[i].conninfo) == 0 &&
+			    strcmp(cfg->sources[j].slot, cfg->sources[i].slot) == 0) {
+				snprintf(errbuf, errlen, "sources %s and %s use the same connection and slot "
+				         "\"%s\": give each source its own slot", cfg->sources[j].name,
+				         cfg->sources[i].name, cfg->sources[i].slot);
+				goto out;
+			}
+	}
+	/* A global per-table setting must name a table of some source. */
+	for (int li = 0; li < 2; li++)
+		for (size_t i = 0; i < layers[li]->novr; i++, k++)
+			if (!matched[k]) {
+				const override *o = &layers[li]->ovr[i];
+				origin at = {layers[li]->path, o->line};
+				char shown[300];
+
+				table_show(o->nsp, o->rel, shown, sizeof(shown));
+				say(errbuf, errlen, &at, "%s%s names table %s, which is not an outbox table of "
+				    "any source", at.path ? "table." : "--table-option ", o->key, shown);
+				goto out;
+			}
+	ok = true;
+	goto out;
+nomem:
+	snprintf(errbuf, errlen, "out of memory");
+out:
+	free(matched);
 	return ok;
 }
 
@@ -1224,13 +1611,12 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	/* "+": stop at the first non-option; ":": report a missing argument as ':'. */
 	char shortopts[64] = "+:c:X:vVh";
 	layer cli = {0}, file = {0};
+	src_list sl = {0};
 	const char *config_path = NULL;
 	const char *vals[S_COUNT];
 	char name[64];
 	int n = 0, c, last = 0;
 	config_rc rc = CONFIG_ERROR;
-	outbox_config oc;
-	outbox *ob;
 
 	memset(cfg, 0, sizeof(*cfg));
 	for (int i = 0; i < S_COUNT; i++) {
@@ -1246,6 +1632,7 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	longopts[n++] = (struct option) {"kafka", required_argument, NULL, 'X'};
 	longopts[n++] = (struct option) {"header", required_argument, NULL, 'H'};
 	longopts[n++] = (struct option) {"table-option", required_argument, NULL, 'T'};
+	longopts[n++] = (struct option) {"source", required_argument, NULL, 'S'};
 	longopts[n++] = (struct option) {"verbose", no_argument, NULL, 'v'};
 	longopts[n++] = (struct option) {"version", no_argument, NULL, 'V'};
 	longopts[n++] = (struct option) {"help", no_argument, NULL, 'h'};
@@ -1318,6 +1705,10 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 			if (!layer_add_override(&cli, optarg, NULL, &on_cli, errbuf, errlen))
 				goto out;
 			break;
+		case 'S':
+			if (!cli_source(&sl, optarg, errbuf, errlen))
+				goto out;
+			break;
 		case 'v':
 			if (!layer_set(&cli, S_LOG_LEVEL, "debug"))
 				goto nomem;
@@ -1382,15 +1773,11 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 		rc = CONFIG_EXIT;
 		goto out;
 	}
-	if (config_path != NULL && !load_file(&file, config_path, errbuf, errlen))
+	if (config_path != NULL && !load_file(&file, &sl, config_path, errbuf, errlen))
 		goto out;
 
 	for (int i = 0; i < S_COUNT; i++)
 		vals[i] = cli.vals[i] ? cli.vals[i] : file.vals[i] ? file.vals[i] : settings[i].def;
-	if (vals[S_CONNINFO] == NULL) {
-		snprintf(errbuf, errlen, "no PostgreSQL connection given: use -d CONNINFO (or conninfo in the -c file)");
-		goto out;
-	}
 	if (vals[S_BROKERS] == NULL) {
 		snprintf(errbuf, errlen, "no Kafka brokers given: use -b BROKERS (or brokers in the -c file)");
 		goto out;
@@ -1398,12 +1785,14 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	/* Every value was checked where it was written: these conversions hold. */
 	cfg->log_level = enum_parse(S_LOG_LEVEL, vals[S_LOG_LEVEL]);
 	cfg->log_format = enum_parse(S_LOG_FORMAT, vals[S_LOG_FORMAT]);
-	cfg->on_error_dlq = enum_parse(S_ON_ERROR, vals[S_ON_ERROR]) == 1;
 	cfg->stats_interval_s = (int) strtol(vals[S_STATS_INTERVAL], NULL, 10);
 	cfg->shutdown_timeout_s = (int) strtol(vals[S_SHUTDOWN_TIMEOUT], NULL, 10);
-	cfg->status_interval_ms = (int) strtol(vals[S_STATUS_INTERVAL], NULL, 10);
-	cfg->replication_timeout_s = (int) strtol(vals[S_REPLICATION_TIMEOUT], NULL, 10);
 	cfg->kafka_stall_timeout_s = (int) strtol(vals[S_KAFKA_STALL_TIMEOUT], NULL, 10);
+	cfg->on_source_failure_stop_all = enum_parse(S_ON_SOURCE_FAILURE, vals[S_ON_SOURCE_FAILURE]) == 1;
+	if (!build_sources(cfg, vals, &file, &cli, &sl, errbuf, errlen))
+		goto out;
+	/* The effective text of every setting, to tell what a reload changes
+	 * (per-source settings: those of the sources). */
 	if (vals[S_ENDPOS] != NULL)
 		parse_lsn(vals[S_ENDPOS], &cfg->endpos);
 	cfg->backfill_batch = (int) strtol(vals[S_BACKFILL_BATCH], NULL, 10);
@@ -1425,24 +1814,38 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	for (int i = 0; i < S_COUNT; i++)
 		if (vals[i] != NULL && !(cfg->values[i] = strdup(vals[i])))
 			goto nomem;
-	if (!(cfg->conninfo = strdup(vals[S_CONNINFO])) ||
-	    !(cfg->brokers = strdup(vals[S_BROKERS])) ||
-	    !(cfg->slot = strdup(vals[S_SLOT])) ||
-	    !(cfg->publication = strdup(vals[S_PUBLICATION])) ||
-	    !(cfg->table = strdup(vals[S_TABLE])) ||
-	    !(cfg->topic_template = strdup(vals[S_TOPIC_TEMPLATE])) ||
-	    !(cfg->messages_prefix = own(cfg, strdup(vals[S_MESSAGES_PREFIX]))) ||
-	    !(cfg->dlq_topic = own(cfg, strdup(vals[S_DLQ_TOPIC]))))
-		goto nomem;
-	if (!build_tables(cfg, vals, &file, &cli, errbuf, errlen) ||
-	    !build_mapping(cfg, &cfg->messages, vals, &file, &cli, NULL, NULL, errbuf, errlen))
-		goto out;
+	{
+		/* The first source's, for --check and what reads one source. */
+		const config_source *s0 = &cfg->sources[0];
+
+		if (!(cfg->conninfo = strdup(s0->conninfo)) ||
+		    !(cfg->brokers = strdup(vals[S_BROKERS])) ||
+		    !(cfg->slot = strdup(s0->slot)) ||
+		    !(cfg->publication = strdup(s0->publication)) ||
+		    !(cfg->table = strdup(s0->table)) ||
+		    !(cfg->topic_template = strdup(s0->values[S_TOPIC_TEMPLATE])))
+			goto nomem;
+		cfg->tables = s0->tables;
+		cfg->ntables = s0->ntables;
+		cfg->messages = s0->messages;
+		cfg->messages_prefix = s0->messages_prefix;
+		cfg->on_error_dlq = s0->on_error_dlq;
+		cfg->dlq_topic = s0->dlq_topic;
+		cfg->status_interval_ms = s0->status_interval_ms;
+		cfg->replication_timeout_s = s0->replication_timeout_s;
+		cfg->endpos = s0->endpos;
+	}
 	if (!(cfg->backfill_since = own(cfg, strdup(vals[S_BACKFILL_SINCE]))) ||
 	    !(cfg->backfill_since_column = own(cfg, strdup(vals[S_BACKFILL_SINCE_COLUMN]))) ||
 	    !(cfg->backfill_order_column = own(cfg, strdup(vals[S_BACKFILL_ORDER_COLUMN]))) ||
 	    !(cfg->backfill_timestamp_column = own(cfg, strdup(vals[S_BACKFILL_TIMESTAMP_COLUMN]))) ||
 	    !(cfg->backfill_resume = own(cfg, strdup(vals[S_BACKFILL_RESUME]))))
 		goto nomem;
+	if ((cfg->backfill || cfg->replay) && cfg->nsources > 1) {
+		snprintf(errbuf, errlen, "--backfill and --replay work on one source: run them with a "
+		         "configuration without [source NAME] sections, for the source to backfill");
+		goto out;
+	}
 	if (cfg->backfill_resume[0] != '\0') {
 		char *end;
 		unsigned long t = strtoul(cfg->backfill_resume, &end, 10);
@@ -1455,13 +1858,6 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 			goto out;
 		}
 	}
-	/* The same check the daemon makes when it starts, so that a mapping error
-	 * is a configuration error, also for a reload. */
-	oc = (outbox_config) {.tables = cfg->tables, .ntables = cfg->ntables,
-	                      .messages_prefix = cfg->messages_prefix, .messages = cfg->messages};
-	if ((ob = outbox_new(&oc, errbuf, errlen)) == NULL)
-		goto out;
-	outbox_free(ob);
 	if (vals[S_METRICS] != NULL && vals[S_METRICS][0] != '\0' &&
 	    !(cfg->metrics = strdup(vals[S_METRICS])))
 		goto nomem;
@@ -1487,6 +1883,7 @@ nomem:
 out:
 	layer_free(&cli);
 	layer_free(&file);
+	src_list_free(&sl);
 	if (rc == CONFIG_ERROR)
 		config_free(cfg);
 	return rc;
@@ -1510,7 +1907,12 @@ config_free(config *cfg)
 		free((char *) cfg->kafka[i].value);
 	}
 	free(cfg->kafka);
-	free(cfg->tables);
+	for (size_t i = 0; i < cfg->nsources; i++)
+		if (cfg->sources[i].values != NULL && cfg->sources[i].values[S_CONNINFO] != NULL)
+			memset(cfg->sources[i].values[S_CONNINFO], 0, strlen(cfg->sources[i].values[S_CONNINFO]));
+	free(cfg->sources);
+	cfg->sources = NULL;
+	cfg->nsources = 0;
 	for (size_t i = 0; i < cfg->nowned; i++)
 		free(cfg->owned[i]);
 	free(cfg->owned);
@@ -1586,6 +1988,16 @@ take_value(config *cur, config *next, int idx)
 	}
 }
 
+/* The source of cfg called name, or NULL. */
+const config_source *
+config_find_source(const config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->nsources; i++)
+		if (strcmp(cfg->sources[i].name, name) == 0)
+			return &cfg->sources[i];
+	return NULL;
+}
+
 int
 config_reload(config *cur, config *next)
 {
@@ -1594,7 +2006,7 @@ config_reload(config *cur, config *next)
 	for (int i = 0; i < S_COUNT; i++) {
 		char *tmp;
 
-		if (same_text(cur->values[i], next->values[i]))
+		if (per_source(i) || same_text(cur->values[i], next->values[i]))
 			continue;
 		if (!reloadable[i]) {
 			/* Never the value: conninfo may hold a password. */
@@ -1609,6 +2021,20 @@ config_reload(config *cur, config *next)
 		cur->values[i] = next->values[i];
 		next->values[i] = tmp;
 		changed++;
+	}
+	/* A source in both keeps running as it is; new and removed sources are
+	 * the caller's (config_find_source). */
+	for (size_t k = 0; k < cur->nsources; k++) {
+		const config_source *a = &cur->sources[k];
+		const config_source *b = config_find_source(next, a->name);
+
+		if (b == NULL)
+			continue;
+		for (int i = 0; i < S_COUNT; i++)
+			if (per_source(i) && !same_text(a->values[i], b->values[i]))
+				log_msg(LOG_WARNING, "%s%s%ssetting \"%s\" cannot be changed without restarting; "
+				        "keeping the running value", a->name[0] ? "source " : "", a->name,
+				        a->name[0] ? ": " : "", settings[i].name);
 	}
 	if (!same_kafka(cur, next))
 		log_msg(LOG_WARNING, "Kafka properties cannot be changed without restarting; "

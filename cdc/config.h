@@ -18,7 +18,35 @@
 #include "outbox.h"
 #include "kafka.h"
 
+/*
+ * One source: a database's slot and its outbox tables.  A configuration
+ * without [source NAME] sections has one, named "" (metrics call it
+ * "default"), made of the global settings.  Strings are owned by the config.
+ */
+typedef struct config_source {
+	const char   *name;
+	const char   *conninfo;
+	const char   *slot;
+	const char   *publication;
+	const char   *table;             /* as given */
+	outbox_table *tables;
+	size_t        ntables;
+	outbox_mapping messages;
+	const char   *messages_prefix;   /* "" when off */
+	bool          on_error_dlq;
+	const char   *dlq_topic;
+	int           status_interval_ms;
+	int           replication_timeout_s;
+	uint64_t      endpos;            /* 0: none */
+	char        **values;            /* effective text of each setting (table order), for reloads */
+} config_source;
+
 typedef struct config {
+	/* The sources; the fields from conninfo to endpos below are those of
+	 * sources[0] (the only one without sections), kept for --check and tests. */
+	config_source *sources;
+	size_t      nsources;
+	bool        on_source_failure_stop_all;
 	char       *conninfo;
 	char       *brokers;
 	char       *slot;
@@ -85,6 +113,9 @@ void      config_list_settings(FILE *out);
  * whatever was not moved and is freed by the caller.
  */
 int       config_reload(config *cur, config *next);
+
+/* The source of cfg called name, or NULL (reload: sources added or removed). */
+const config_source *config_find_source(const config *cfg, const char *name);
 
 /* Parse "X/Y" (hex) as PostgreSQL prints LSNs. */
 bool      parse_lsn(const char *s, uint64_t *out);

@@ -8,6 +8,7 @@
  * metrics listener, and is the only place that blocks.  Signal handlers
  * only set a flag.
  */
+#define _GNU_SOURCE    /* ppoll */
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -35,7 +36,7 @@
 #define REBUILD_LIMIT        5       /* producer rebuilds allowed per window ... */
 #define REBUILD_WINDOW_MS    600000  /* ... before a fatal error exits 2 */
 #define PIPELINE_FDS         4       /* sockets one pipeline may watch */
-#define MAX_PIPELINES        1
+#define MAX_PIPELINES        SINK_MAX_CLIENTS
 
 static volatile sig_atomic_t stop_signals = 0;
 static volatile sig_atomic_t reload_requested = 0;
@@ -59,10 +60,15 @@ typedef struct app {
 	int          argc;             /* the command line, parsed again on SIGHUP */
 	char       **argv;
 	sink        *snk;
-	pipeline    *pipes[MAX_PIPELINES];
+	pipeline    *pipes[MAX_PIPELINES];    /* one per source */
+	bool         removing[MAX_PIPELINES]; /* dropped from the configuration: drains, then goes */
+	bool         failed_early[MAX_PIPELINES];   /* stopped by itself before a shutdown signal */
 	size_t       npipes;
+	metrics_source msrc[MAX_PIPELINES];   /* what /metrics shows of them */
+	uint64_t     test_fatal_after;
 	bool         sink_woke;        /* the sink's pipe was readable: serve its reports */
 	bool         stopping;
+	bool         by_signal;        /* the stop came from SIGTERM/SIGINT (or endpos) */
 	int          rebuilds;         /* producer rebuilds in the current window */
 	int64_t      rebuild_window_ms;
 
@@ -102,8 +108,7 @@ metrics_listen(app *a, const char *addr, char *errbuf, size_t errlen)
 			snprintf(errbuf, errlen, "out of memory");
 			return false;
 		}
-		if ((m = metrics_new(addr, PGOUTBOX_VERSION, pipeline_stats(a->pipes[0]),
-		                     errbuf, errlen)) == NULL) {
+		if ((m = metrics_new(addr, PGOUTBOX_VERSION, errbuf, errlen)) == NULL) {
 			free(copy);
 			return false;
 		}
@@ -113,7 +118,125 @@ metrics_listen(app *a, const char *addr, char *errbuf, size_t errlen)
 	free(a->mx_addr);
 	a->mx = m;
 	a->mx_addr = copy;
+	if (m != NULL)
+		metrics_set_sources(m, a->msrc, a->npipes);
 	return true;
+}
+
+/* What /metrics shows: the pipelines as they are now. */
+static void
+metrics_sources(app *a)
+{
+	for (size_t i = 0; i < a->npipes; i++)
+		a->msrc[i] = (metrics_source) {
+			.name = pipeline_name(a->pipes[i]), .slot = pipeline_slot(a->pipes[i]),
+			.database = pipeline_database(a->pipes[i]), .st = pipeline_stats(a->pipes[i]),
+		};
+	if (a->mx != NULL)
+		metrics_set_sources(a->mx, a->msrc, a->npipes);
+}
+
+/*
+ * --backfill / --replay: the reader of the pipeline's backfill phase.  A
+ * backfill creates the slot and reads in its snapshot; resumed, it reuses
+ * the slot the interrupted run created; a replay never touches a slot.
+ */
+static rows_reader *
+backfill_reader(const config *cfg, const config_source *cs, const char **nsp, const char **rel,
+                size_t ntables, pipeline_config *pc, char *errbuf, size_t errlen)
+{
+	bool resume = cfg->backfill_resume[0] != '\0';
+	rows_config rc = {
+		.conninfo = cs->conninfo, .ntables = ntables, .nsp = nsp, .rel = rel,
+		.create_slot = cfg->backfill && !resume ? cs->slot : NULL,
+		.need_slot = cfg->backfill && resume ? cs->slot : NULL,
+		.sel = {
+			.since = cfg->backfill_since, .since_column = cfg->backfill_since_column,
+			.order_column = cfg->backfill_order_column,
+			.timestamp_column = cfg->backfill_timestamp_column, .batch = cfg->backfill_batch,
+		},
+	};
+
+	if (resume) {
+		const char *colon = strchr(cfg->backfill_resume, ':');
+
+		rc.sel.resume_table = (size_t) strtoul(cfg->backfill_resume, NULL, 10) - 1;
+		rc.sel.resume_from = colon + 1;
+		pc->resume_table = rc.sel.resume_table;
+		pc->resume_key = colon + 1;
+	}
+	pc->replay = cfg->replay;
+	if (cs->messages_prefix[0] != '\0')
+		log_msg(LOG_INFO, "logical messages (messages_prefix) are not in any table: the %s "
+		        "publishes table rows only", cfg->replay ? "replay" : "backfill");
+	return rows_reader_new(&rc, errbuf, errlen);
+}
+
+/*
+ * A pipeline for source cs of cfg, attached to the sink; NULL with errbuf
+ * filled on a bad mapping or when out of memory.
+ */
+static pipeline *
+start_source(app *a, const config *cfg, const config_source *cs, char *errbuf, size_t errlen)
+{
+	outbox_config oc = {
+		.tables = cs->tables, .ntables = cs->ntables,
+		.messages_prefix = cs->messages_prefix, .messages = cs->messages,
+	};
+	source_config sc = {
+		.conninfo = cs->conninfo, .slot = cs->slot, .publication = cs->publication,
+		.proto_version = 0,
+	};
+	pipeline_config pc = {
+		.name = cs->name, .slot = cs->slot, .publication = cs->publication, .outbox = &oc,
+		.on_error_dlq = cs->on_error_dlq, .dlq_topic = cs->dlq_topic,
+		.status_interval_ms = cs->status_interval_ms,
+		.replication_timeout_s = cs->replication_timeout_s,
+		.kafka_stall_timeout_s = cfg->kafka_stall_timeout_s,
+		.shutdown_timeout_s = cfg->shutdown_timeout_s, .endpos = cs->endpos,
+		.test_fatal_after = a->test_fatal_after,
+	};
+	const char **nsp = NULL, **rel = NULL;
+	outbox *probe;
+	source *src = NULL;
+	pipeline *p = NULL;
+
+	/* The table names the source verifies, as the mapping parsed them. */
+	if ((probe = outbox_new(&oc, errbuf, errlen)) == NULL)
+		return NULL;
+	sc.ntables = outbox_tables(probe);
+	if ((nsp = calloc(sc.ntables, sizeof(*nsp))) == NULL ||
+	    (rel = calloc(sc.ntables, sizeof(*rel))) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < sc.ntables; i++)
+		outbox_table_ident(probe, i, &nsp[i], &rel[i]);
+	sc.table_nsp = nsp;
+	sc.table_rel = rel;
+	if ((cfg->backfill || cfg->replay) &&
+	    (pc.backfill = backfill_reader(cfg, cs, nsp, rel, sc.ntables, &pc, errbuf, errlen)) == NULL)
+		goto out;
+	if (cfg->cleanup_delete && !cfg->replay) {
+		if ((pc.cleaner = rows_cleaner_new(cs->conninfo, sc.ntables, nsp, rel, errbuf, errlen)) == NULL)
+			goto out;
+		pc.cleanup_batch = cfg->cleanup_batch;
+		pc.cleanup_interval_ms = cfg->cleanup_interval_ms;
+	}
+	if ((src = source_libpq_new(&sc, errbuf, errlen)) != NULL) {
+		p = pipeline_new(&pc, src, a->snk, errbuf, errlen);    /* owns src, reader, cleaner from here */
+		pc.backfill = NULL;
+		pc.cleaner = NULL;
+	}
+out:
+	if (pc.backfill != NULL)
+		pc.backfill->ops->destroy(pc.backfill);
+	if (pc.cleaner != NULL)
+		pc.cleaner->ops->destroy(pc.cleaner);
+	free(nsp);
+	free(rel);
+	outbox_free(probe);
+	return p;
 }
 
 /*
@@ -126,6 +249,7 @@ reload_config(app *a)
 {
 	config next;
 	char err[1024];
+	int n;
 
 	switch (config_load(&next, a->argc, a->argv, err, sizeof(err))) {
 	case CONFIG_OK:
@@ -138,7 +262,40 @@ reload_config(app *a)
 		           "could not reload the configuration: %s", err);
 		return;
 	}
-	if (config_reload(&a->cfg, &next) == 0)
+	n = config_reload(&a->cfg, &next);
+	/* Sources added start now; sources no longer configured drain and go. */
+	for (size_t i = 0; i < next.nsources; i++) {
+		const config_source *cs = &next.sources[i];
+		bool running = false;
+		pipeline *p;
+
+		for (size_t j = 0; j < a->npipes && !running; j++)
+			running = !a->removing[j] && strcmp(pipeline_name(a->pipes[j]), cs->name) == 0;
+		if (running)
+			continue;
+		if (a->npipes == MAX_PIPELINES) {
+			log_msg(LOG_ERROR, "cannot add source %s: at most %d sources", cs->name, MAX_PIPELINES);
+			continue;
+		}
+		if ((p = start_source(a, &next, cs, err, sizeof(err))) == NULL) {
+			log_msg(LOG_ERROR, "cannot add source %s: %s", cs->name, err);
+			continue;
+		}
+		log_msg(LOG_INFO, "source %s added", cs->name);
+		a->removing[a->npipes] = a->failed_early[a->npipes] = false;
+		a->pipes[a->npipes++] = p;
+		n++;
+	}
+	for (size_t j = 0; j < a->npipes; j++)
+		if (!a->removing[j] && config_find_source(&next, pipeline_name(a->pipes[j])) == NULL) {
+			log_msg(LOG_INFO, "source %s removed from the configuration: draining it",
+			        pipeline_name(a->pipes[j]));
+			a->removing[j] = true;
+			pipeline_stop(a->pipes[j], 0, now_ms());
+			n++;
+		}
+	metrics_sources(a);
+	if (n == 0)
 		log_msg(LOG_INFO, "configuration reloaded: no reloadable setting changed");
 	else
 		log_msg(LOG_INFO, "configuration reloaded");
@@ -174,16 +331,24 @@ notify_reloading(app *a)
 static void
 notify_state(app *a)
 {
-	const metrics_stats *st = pipeline_stats(a->pipes[0]);
 	char status[300];
+	size_t streaming = 0;
+	const metrics_stats *st = NULL;
 
 	if (a->nt == NULL)
 		return;
-	if (st->streaming && st->health[0] == '\0')
+	for (size_t i = 0; i < a->npipes; i++) {
+		st = pipeline_stats(a->pipes[i]);
+		streaming += st->streaming && st->health[0] == '\0';
+	}
+	if (a->npipes == 1 && streaming == 1)
 		snprintf(status, sizeof(status), "STATUS=streaming from slot \"%.200s\"", a->cfg.slot);
-	else
+	else if (a->npipes == 1)
 		snprintf(status, sizeof(status), "STATUS=%.250s", st->health);
-	if (st->streaming && !a->ready_sent) {
+	else
+		snprintf(status, sizeof(status), "STATUS=streaming from %zu of %zu sources", streaming,
+		         a->npipes);
+	if (streaming > 0 && !a->ready_sent) {
 		char msg[320];
 		snprintf(msg, sizeof(msg), "READY=1\n%s", status);
 		if (notify_send(a->nt, msg))
@@ -245,6 +410,46 @@ rebuild_producer(app *a, const char *cause)
 	a->sink_woke = true;
 }
 
+/* Pipeline i is gone from the configuration and done: free it. */
+static void
+drop_pipeline(app *a, size_t i)
+{
+	pipeline_finish(a->pipes[i]);
+	log_msg(LOG_INFO, "source %s stopped and removed", pipeline_name(a->pipes[i]));
+	pipeline_free(a->pipes[i]);
+	memmove(&a->pipes[i], &a->pipes[i + 1], (a->npipes - i - 1) * sizeof(a->pipes[0]));
+	memmove(&a->removing[i], &a->removing[i + 1], (a->npipes - i - 1) * sizeof(a->removing[0]));
+	memmove(&a->failed_early[i], &a->failed_early[i + 1],
+	        (a->npipes - i - 1) * sizeof(a->failed_early[0]));
+	a->npipes--;
+	metrics_sources(a);
+}
+
+/*
+ * A source stopped by itself (its slot is gone, a poison event, ...):
+ * with on_source_failure = stop-all everything stops; with continue the
+ * others stream on, and the process ends once no source runs.
+ */
+static void
+source_stopped(app *a, size_t i)
+{
+	int code = pipeline_exit_code(a->pipes[i]);
+
+	if (a->stopping || code == 0)
+		return;
+	a->failed_early[i] = true;
+	if (a->npipes > 1) {
+		if (a->cfg.on_source_failure_stop_all) {
+			log_msg(LOG_ERROR, "source %s failed: stopping every source (on_source_failure = stop-all)",
+			        pipeline_name(a->pipes[i]));
+			begin_stop(a, 2);
+		} else {
+			log_msg(LOG_WARNING, "source %s failed and is stopped; the other sources stream on "
+			        "(on_source_failure = continue)", pipeline_name(a->pipes[i]));
+		}
+	}
+}
+
 static int
 run(app *a)
 {
@@ -258,12 +463,13 @@ run(app *a)
 	for (;;) {
 		int64_t now = now_ms();
 		int64_t due;
-		int mx_idx = 0, mx_n = 0;
+		int mx_idx = 0, mx_n = 0, nready;
 		bool all_done = true;
 
 		if (stop_signals > 0 && !a->stopping) {
 			log_msg(LOG_INFO, "received shutdown signal: draining in-flight events (up to %d s)",
 			        a->cfg.shutdown_timeout_s);
+			a->by_signal = true;
 			begin_stop(a, 0);
 		}
 		if (reload_requested) {
@@ -273,6 +479,8 @@ run(app *a)
 			reload_config(a);
 			if (a->nt != NULL && a->ready_sent)
 				notify_send(a->nt, "READY=1");
+			/* The poll array no longer matches the pipelines: no revents this turn. */
+			memset(pipe_n, 0, sizeof(pipe_n));
 		}
 		if (stop_signals > 1) {
 			log_msg(LOG_WARNING, "second shutdown signal: exiting without waiting for Kafka");
@@ -292,16 +500,23 @@ run(app *a)
 		}
 		now = now_ms();
 		for (size_t i = 0; i < a->npipes; i++) {
+			bool was_done = pipeline_finished(a->pipes[i]);
+
 			pipeline_serve(a->pipes[i], pfd + pipe_at[i], pipe_n[i], now);
-			if (!pipeline_done(a->pipes[i], now))
+			if (!pipeline_done(a->pipes[i], now)) {
 				all_done = false;
-			else
-				pipeline_finish(a->pipes[i]);
+				continue;
+			}
+			pipeline_finish(a->pipes[i]);
+			if (!was_done)
+				source_stopped(a, i);
 		}
-		/* A pipeline that failed stops the process (one pipeline today). */
-		for (size_t i = 0; i < a->npipes && !a->stopping; i++)
-			if (pipeline_exit_code(a->pipes[i]) != 0 || pipeline_done(a->pipes[i], now))
-				begin_stop(a, pipeline_exit_code(a->pipes[i]));
+		for (size_t i = a->npipes; i-- > 0;)
+			if (a->removing[i] && pipeline_finished(a->pipes[i])) {
+				drop_pipeline(a, i);
+				memset(pipe_n, 0, sizeof(pipe_n));
+			}
+		/* Every source stopped: by a signal, at endpos, or failing. */
 		if (all_done)
 			break;
 		notify_state(a);
@@ -311,7 +526,8 @@ run(app *a)
 				a->next_stats_ms = now + (int64_t) a->cfg.stats_interval_s * 1000;
 			else if (now >= a->next_stats_ms) {
 				for (size_t i = 0; i < a->npipes; i++)
-					pipeline_log_stats(a->pipes[i]);
+					if (!pipeline_finished(a->pipes[i]))
+						pipeline_log_stats(a->pipes[i]);
 				a->next_stats_ms = now + (int64_t) a->cfg.stats_interval_s * 1000;
 			}
 		}
@@ -351,7 +567,21 @@ run(app *a)
 			mx_n = metrics_pollfds(a->mx, pfd + nfds, (int) (sizeof(pfd) / sizeof(pfd[0])) - nfds);
 			nfds += mx_n;
 		}
-		if (poll(pfd, (nfds_t) nfds, due > now ? (int) (due - now) : 0) < 0 && errno != EINTR) {
+		{
+			/* Microseconds: a nap while catching up is shorter than a ms. */
+			int64_t wait_us = due > now ? (due - now) * 1000 : 0;
+			struct timespec ts;
+
+			for (size_t i = 0; i < a->npipes; i++) {
+				int64_t nap = pipeline_nap_us(a->pipes[i]);
+				if (nap > 0 && nap < wait_us)
+					wait_us = nap;
+			}
+			ts.tv_sec = (time_t) (wait_us / 1000000);
+			ts.tv_nsec = (long) (wait_us % 1000000) * 1000;
+			nready = ppoll(pfd, (nfds_t) nfds, &ts, NULL);
+		}
+		if (nready < 0 && errno != EINTR) {
 			log_msg(LOG_ERROR, "poll failed: %s", strerror(errno));
 			begin_stop(a, 2);
 			code = 2;
@@ -366,8 +596,15 @@ run(app *a)
 	/* Confirm what Kafka acknowledged before leaving. */
 	if (a->snk != NULL)
 		sink_serve(a->snk);
+	/*
+	 * Exit 2 when a source failed, except that sources which had already
+	 * failed before a shutdown signal (on_source_failure = continue) were
+	 * reported then: a clean stop of the others is exit 0.
+	 */
 	for (size_t i = 0; i < a->npipes; i++) {
 		pipeline_finish(a->pipes[i]);
+		if (a->by_signal && a->failed_early[i])
+			continue;
 		if (pipeline_exit_code(a->pipes[i]) > code)
 			code = pipeline_exit_code(a->pipes[i]);
 	}
@@ -461,47 +698,43 @@ typedef struct check_table_cols {
  * --check: configuration errors exit 1, a failed check 2, all passed
  * (warnings allowed) 0.  Blocking is fine here: nothing streams.
  */
-static int
-run_check(const config *cfg)
+/*
+ * --check of one source: its PostgreSQL side, every outbox table against its
+ * own mapping.  *fixed_topic: the fixed topic every table so far routes to
+ * (NULL: none, or they differ; *any_table false before the first).  The
+ * source is kept in *srcp, so that its password stays known for redaction.
+ * Returns false on a configuration error (printed).
+ */
+static bool
+check_source(check_ctx *c, const config_source *cs, const char **fixed_topic, bool *any_table,
+             source **srcp)
 {
 	char err[1024];
-	check_ctx c = {.cfg = cfg};
-	source_config sc = {
-		.conninfo = cfg->conninfo, .slot = cfg->slot, .publication = cfg->publication,
-	};
+	source_config sc = {.conninfo = cs->conninfo, .slot = cs->slot, .publication = cs->publication};
 	const char **nsp = NULL, **rel = NULL;
 	outbox_config oc = {
-		.tables = cfg->tables, .ntables = cfg->ntables,
-		.messages_prefix = cfg->messages_prefix, .messages = cfg->messages,
+		.tables = cs->tables, .ntables = cs->ntables,
+		.messages_prefix = cs->messages_prefix, .messages = cs->messages,
 	};
 	check_table_cols *tc = NULL;
 	source_check_spec *specs = NULL;
-	const char *fixed_topic = NULL;
 	outbox *ob;
-	source *src;
-	int kafka;
+	bool ok = false, is_message;
 
-	/* The mapping and the producer's properties are validated as the daemon would. */
-	if ((ob = outbox_new(&oc, err, sizeof(err))) == NULL ||
-	    !kafka_config_valid(cfg->brokers, cfg->kafka, cfg->nkafka, err, sizeof(err))) {
-		fprintf(stderr, "pgoutbox: %s\n", err);
-		outbox_free(ob);
-		return 1;
+	if ((ob = outbox_new(&oc, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "pgoutbox: %s%s%s%s\n", cs->name[0] ? "source " : "", cs->name,
+		        cs->name[0] ? ": " : "", err);
+		return false;
 	}
-	/* Every outbox table against its own mapping. */
-	if ((tc = calloc(cfg->ntables, sizeof(*tc))) == NULL ||
-	    (specs = calloc(cfg->ntables, sizeof(*specs))) == NULL ||
-	    (nsp = calloc(cfg->ntables, sizeof(*nsp))) == NULL ||
-	    (rel = calloc(cfg->ntables, sizeof(*rel))) == NULL) {
+	if ((tc = calloc(cs->ntables, sizeof(*tc))) == NULL ||
+	    (specs = calloc(cs->ntables, sizeof(*specs))) == NULL ||
+	    (nsp = calloc(cs->ntables, sizeof(*nsp))) == NULL ||
+	    (rel = calloc(cs->ntables, sizeof(*rel))) == NULL) {
 		fprintf(stderr, "pgoutbox: out of memory\n");
-		free(tc);
-		free(specs);
-		free(nsp);
-		outbox_free(ob);
-		return 1;
+		goto out;
 	}
-	for (size_t i = 0; i < cfg->ntables; i++) {
-		const outbox_mapping *map = &cfg->tables[i].map;
+	for (size_t i = 0; i < cs->ntables; i++) {
+		const outbox_mapping *map = &cs->tables[i].map;
 		size_t n;
 
 		tc[i].cols[0] = map->col_id;
@@ -514,93 +747,98 @@ run_check(const config *cfg)
 		tc[i].notnull[0] = map->col_id;
 		tc[i].notnull[1] = map->col_key;
 		outbox_table_ident(ob, i, &nsp[i], &rel[i]);
-		specs[i] = (source_check_spec) {.table = cfg->tables[i].table, .nsp = nsp[i],
+		specs[i] = (source_check_spec) {.table = outbox_source_name(ob, (unsigned) i, &is_message),
+		                                .nsp = nsp[i],
 		                                .rel = rel[i], .columns = tc[i].cols,
 		                                .notnull = tc[i].notnull};
 		/* A fixed topic (no ${...}) shared by all tables can be looked up. */
-		if (i == 0 && strstr(map->topic_template, "${") == NULL)
-			fixed_topic = map->topic_template;
-		else if (fixed_topic != NULL && strcmp(fixed_topic, map->topic_template) != 0)
-			fixed_topic = NULL;
+		if (!*any_table && strstr(map->topic_template, "${") == NULL)
+			*fixed_topic = map->topic_template;
+		else if (*fixed_topic != NULL && strcmp(*fixed_topic, map->topic_template) != 0)
+			*fixed_topic = NULL;
+		*any_table = true;
 	}
-	sc.ntables = cfg->ntables;
+	sc.ntables = cs->ntables;
 	sc.table_nsp = nsp;
 	sc.table_rel = rel;
-	if ((src = source_libpq_new(&sc, err, sizeof(err))) == NULL) {
+	if ((*srcp = source_libpq_new(&sc, err, sizeof(err))) == NULL) {
 		fprintf(stderr, "pgoutbox: %s\n", err);
-		free(specs);
-		free(tc);
-		free(nsp);
-		free(rel);
-		outbox_free(ob);
-		return 1;
+		goto out;
 	}
-	c.pg_secret = source_libpq_secret(src);
-	source_check(src, specs, cfg->ntables, print_check, &c);
+	c->pg_secret = source_libpq_secret(*srcp);
+	if (cs->name[0]) {
+		printf("source %s:\n", cs->name);
+		fflush(stdout);
+	}
+	source_check(*srcp, specs, cs->ntables, print_check, c);
 	{
-		/* The table's size, oldest row and retention against the slot's loss window. */
-		rows_check_spec *rs = calloc(cfg->ntables, sizeof(*rs));
+		/* The tables' size, oldest row and retention against the slot's loss window. */
+		rows_check_spec *rs = calloc(cs->ntables, sizeof(*rs));
 
 		if (rs != NULL) {
-			for (size_t i = 0; i < cfg->ntables; i++)
-				rs[i] = (rows_check_spec) {.table = cfg->tables[i].table, .nsp = nsp[i], .rel = rel[i],
-				                           .time_column = cfg->backfill_since_column[0]
-				                                          ? cfg->backfill_since_column
-				                                          : cfg->backfill_timestamp_column};
-			rows_check(cfg->conninfo, rs, cfg->ntables, cfg->cleanup_delete, print_check, &c);
+			for (size_t i = 0; i < cs->ntables; i++)
+				rs[i] = (rows_check_spec) {.table = specs[i].table, .nsp = nsp[i], .rel = rel[i],
+				                           .time_column = c->cfg->backfill_since_column[0]
+				                                          ? c->cfg->backfill_since_column
+				                                          : c->cfg->backfill_timestamp_column};
+			rows_check(cs->conninfo, rs, cs->ntables, c->cfg->cleanup_delete, print_check, c);
 			free(rs);
 		}
 	}
-	/* src stays alive until the end: c.pg_secret points into it. */
-	kafka = kafka_check(cfg->brokers, cfg->kafka, cfg->nkafka, fixed_topic,
-	                   CHECK_KAFKA_TIMEOUT_MS, print_check, &c);
-	source_free(src);
+	ok = true;
+out:
 	free(specs);
 	free(tc);
 	free(nsp);
 	free(rel);
 	outbox_free(ob);
-	if (kafka < 0)
-		return 1;
-	printf("%s: %d failed, %d warning(s)\n", c.fails ? "check failed" : "all checks passed",
-	       c.fails, c.warns);
-	return c.fails ? 2 : 0;
+	return ok;
 }
 
 /*
- * --backfill / --replay: the reader of the pipeline's backfill phase.  A
- * backfill creates the slot and reads in its snapshot; resumed, it reuses
- * the slot the interrupted run created; a replay never touches a slot.
+ * --check: configuration errors exit 1, a failed check 2, all passed
+ * (warnings allowed) 0.  Blocking is fine here: nothing streams.  Every
+ * source is checked, then Kafka once.
  */
-static rows_reader *
-backfill_reader(const config *cfg, const char **nsp, const char **rel, size_t ntables,
-                pipeline_config *pc, char *errbuf, size_t errlen)
+static int
+run_check(const config *cfg)
 {
-	bool resume = cfg->backfill_resume[0] != '\0';
-	rows_config rc = {
-		.conninfo = cfg->conninfo, .ntables = ntables, .nsp = nsp, .rel = rel,
-		.create_slot = cfg->backfill && !resume ? cfg->slot : NULL,
-		.need_slot = cfg->backfill && resume ? cfg->slot : NULL,
-		.sel = {
-			.since = cfg->backfill_since, .since_column = cfg->backfill_since_column,
-			.order_column = cfg->backfill_order_column,
-			.timestamp_column = cfg->backfill_timestamp_column, .batch = cfg->backfill_batch,
-		},
-	};
+	char err[1024];
+	check_ctx c = {.cfg = cfg};
+	source **srcs = calloc(cfg->nsources ? cfg->nsources : 1, sizeof(*srcs));
+	const char *fixed_topic = NULL;
+	bool any_table = false;
+	int kafka = 0, code = 1;
 
-	if (resume) {
-		const char *colon = strchr(cfg->backfill_resume, ':');
-
-		rc.sel.resume_table = (size_t) strtoul(cfg->backfill_resume, NULL, 10) - 1;
-		rc.sel.resume_from = colon + 1;
-		pc->resume_table = rc.sel.resume_table;
-		pc->resume_key = colon + 1;
+	if (srcs == NULL) {
+		fprintf(stderr, "pgoutbox: out of memory\n");
+		return 1;
 	}
-	pc->replay = cfg->replay;
-	if (cfg->messages_prefix[0] != '\0')
-		log_msg(LOG_INFO, "logical messages (messages_prefix) are not in any table: the %s "
-		        "publishes table rows only", cfg->replay ? "replay" : "backfill");
-	return rows_reader_new(&rc, errbuf, errlen);
+	/* The producer's properties are validated as the daemon would. */
+	if (!kafka_config_valid(cfg->brokers, cfg->kafka, cfg->nkafka, err, sizeof(err))) {
+		fprintf(stderr, "pgoutbox: %s\n", err);
+		goto out;
+	}
+	for (size_t i = 0; i < cfg->nsources; i++)
+		if (!check_source(&c, &cfg->sources[i], &fixed_topic, &any_table, &srcs[i]))
+			goto out;
+	/* The last source's password is redacted here; Kafka's lines hold none of PostgreSQL's. */
+	if (cfg->nsources > 1) {
+		printf("kafka:\n");
+		fflush(stdout);
+	}
+	kafka = kafka_check(cfg->brokers, cfg->kafka, cfg->nkafka, fixed_topic,
+	                    CHECK_KAFKA_TIMEOUT_MS, print_check, &c);
+	if (kafka < 0)
+		goto out;
+	printf("%s: %d failed, %d warning(s)\n", c.fails ? "check failed" : "all checks passed",
+	       c.fails, c.warns);
+	code = c.fails ? 2 : 0;
+out:
+	for (size_t i = 0; i < cfg->nsources; i++)
+		source_free(srcs[i]);
+	free(srcs);
+	return code;
 }
 
 int
@@ -610,8 +848,6 @@ main(int argc, char **argv)
 	char err[1024];
 	struct sigaction sa;
 	int code;
-	const char **nsp = NULL, **rel = NULL;
-	outbox *probe = NULL;
 
 	memset(&a, 0, sizeof(a));
 	a.argc = argc;
@@ -650,74 +886,30 @@ main(int argc, char **argv)
 
 	code = 1;
 	{
-		outbox_config oc = {
-			.tables = a.cfg.tables, .ntables = a.cfg.ntables,
-			.messages_prefix = a.cfg.messages_prefix, .messages = a.cfg.messages,
-		};
-		source_config sc = {
-			.conninfo = a.cfg.conninfo, .slot = a.cfg.slot,
-			.publication = a.cfg.publication, .proto_version = 0,
-		};
-		pipeline_config pc = {
-			.name = "", .slot = a.cfg.slot, .publication = a.cfg.publication, .outbox = &oc,
-			.on_error_dlq = a.cfg.on_error_dlq, .dlq_topic = a.cfg.dlq_topic,
-			.status_interval_ms = a.cfg.status_interval_ms,
-			.replication_timeout_s = a.cfg.replication_timeout_s,
-			.kafka_stall_timeout_s = a.cfg.kafka_stall_timeout_s,
-			.shutdown_timeout_s = a.cfg.shutdown_timeout_s, .endpos = a.cfg.endpos,
-		};
-		source *src;
 		const char *v = getenv("PGOUTBOX_TEST_FATAL_AFTER");   /* test hook; not a setting */
 
 		if (v != NULL)
-			pc.test_fatal_after = strtoull(v, NULL, 10);
-		/* The table names the source verifies, as the mapping parsed them. */
-		if ((probe = outbox_new(&oc, err, sizeof(err))) == NULL) {
-			log_msg(LOG_ERROR, "%s", err);
-			goto out;
-		}
-		sc.ntables = outbox_tables(probe);
-		if ((nsp = calloc(sc.ntables, sizeof(*nsp))) == NULL ||
-		    (rel = calloc(sc.ntables, sizeof(*rel))) == NULL) {
-			log_msg(LOG_ERROR, "out of memory");
-			goto out;
-		}
-		for (size_t i = 0; i < sc.ntables; i++)
-			outbox_table_ident(probe, i, &nsp[i], &rel[i]);
-		sc.table_nsp = nsp;
-		sc.table_rel = rel;
-		if ((a.cfg.backfill || a.cfg.replay) && (pc.backfill = backfill_reader(&a.cfg, nsp, rel,
-		                                         sc.ntables, &pc, err, sizeof(err))) == NULL) {
-			log_msg(LOG_ERROR, "%s", err);
-			goto out;
-		}
-		if (a.cfg.cleanup_delete && !a.cfg.replay) {
-			if ((pc.cleaner = rows_cleaner_new(a.cfg.conninfo, sc.ntables, nsp, rel, err,
-			                                   sizeof(err))) == NULL) {
-				if (pc.backfill != NULL)
-					pc.backfill->ops->destroy(pc.backfill);
-				log_msg(LOG_ERROR, "%s", err);
-				goto out;
-			}
-			pc.cleanup_batch = a.cfg.cleanup_batch;
-			pc.cleanup_interval_ms = a.cfg.cleanup_interval_ms;
-		}
-		if ((a.snk = kafka_sink_new(a.cfg.brokers, a.cfg.kafka, a.cfg.nkafka, err,
-		                            sizeof(err))) == NULL ||
-		    (src = source_libpq_new(&sc, err, sizeof(err))) == NULL) {
-			if (pc.backfill != NULL)
-				pc.backfill->ops->destroy(pc.backfill);
-			if (pc.cleaner != NULL)
-				pc.cleaner->ops->destroy(pc.cleaner);
-			log_msg(LOG_ERROR, "%s", err);
-			goto out;
-		}
-		if ((a.pipes[0] = pipeline_new(&pc, src, a.snk, err, sizeof(err))) == NULL) {
-			log_msg(LOG_ERROR, "%s", err);
-			goto out;
-		}
-		a.npipes = 1;
+			a.test_fatal_after = strtoull(v, NULL, 10);
 	}
+	if ((a.snk = kafka_sink_new(a.cfg.brokers, a.cfg.kafka, a.cfg.nkafka, err, sizeof(err))) == NULL) {
+		log_msg(LOG_ERROR, "%s", err);
+		goto out;
+	}
+	if (a.cfg.nsources > MAX_PIPELINES) {
+		log_msg(LOG_ERROR, "%zu sources configured: at most %d", a.cfg.nsources, MAX_PIPELINES);
+		goto out;
+	}
+	for (size_t i = 0; i < a.cfg.nsources; i++) {
+		if ((a.pipes[i] = start_source(&a, &a.cfg, &a.cfg.sources[i], err, sizeof(err))) == NULL) {
+			if (a.cfg.sources[i].name[0])
+				log_msg(LOG_ERROR, "source %s: %s", a.cfg.sources[i].name, err);
+			else
+				log_msg(LOG_ERROR, "%s", err);
+			goto out;
+		}
+		a.npipes++;
+	}
+	metrics_sources(&a);
 	a.sink_woke = true;
 	log_msg(LOG_INFO, "pgoutbox %s starting (librdkafka %s)", PGOUTBOX_VERSION,
 	        kafka_library_version());
@@ -735,9 +927,6 @@ out:
 	for (size_t i = 0; i < a.npipes; i++)
 		pipeline_free(a.pipes[i]);
 	sink_free(a.snk);
-	free(nsp);
-	free(rel);
-	outbox_free(probe);
 	metrics_free(a.mx);
 	free(a.mx_addr);
 	notify_close(a.nt);

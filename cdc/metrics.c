@@ -65,7 +65,8 @@ typedef struct client {
 struct metrics {
 	int                  fd;               /* the listener */
 	char                *version;
-	const metrics_stats *st;
+	const metrics_source *src;
+	size_t               nsrc;
 	client               clients[METRICS_MAX_CLIENTS];
 	uint64_t             next_seq;
 	bool                 paused;           /* listener left out of the poll ... */
@@ -167,79 +168,162 @@ metric_head(strbuf *b, const char *name, const char *type, const char *help)
 	sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* Label values escaped as the text format wants (\\, \", \n). */
+static void
+label_value(char *out, size_t outlen, const char *v)
+{
+	size_t n = 0;
+
+	for (; v != NULL && *v && n + 3 < outlen; v++) {
+		if (*v == '\\' || *v == '"') {
+			out[n++] = '\\';
+			out[n++] = *v;
+		} else if (*v == '\n') {
+			out[n++] = '\\';
+			out[n++] = 'n';
+		} else {
+			out[n++] = *v;
+		}
+	}
+	out[n] = '\0';
+}
+
+/* source="..",slot="..",database=".." of one source. */
+static void
+labels_of(const metrics_source *src, char *out, size_t outlen)
+{
+	char name[160], slot[160], db[160];
+
+	label_value(name, sizeof(name), src->name && src->name[0] ? src->name : "default");
+	label_value(slot, sizeof(slot), src->slot);
+	label_value(db, sizeof(db), src->database);
+	snprintf(out, outlen, "source=\"%s\",slot=\"%s\",database=\"%s\"", name, slot, db);
+}
+
 char *
-metrics_render(const metrics_stats *st, const char *version, size_t *len)
+metrics_render(const metrics_source *src, size_t n, const char *version, size_t *len)
 {
 	strbuf b = {.ok = true};
-	uint64_t cum = 0;
-	uint64_t lag = st->server_wal_end > st->confirmed_lsn ? st->server_wal_end - st->confirmed_lsn : 0;
+	char (*lab)[520] = n ? calloc(n, sizeof(*lab)) : NULL;
+
+	if (n > 0 && lab == NULL)
+		return NULL;
+	for (size_t k = 0; k < n; k++)
+		labels_of(&src[k], lab[k], sizeof(lab[k]));
+#define EACH(name, type, help, fmt, expr) do { \
+	metric_head(&b, name, type, help); \
+	for (size_t k = 0; k < n; k++) { \
+		const metrics_stats *st = src[k].st; \
+		sb_printf(&b, name "{%s} " fmt "\n", lab[k], expr); \
+	} \
+} while (0)
 
 	metric_head(&b, "pgoutbox_build_info", "gauge", "Version of pgoutbox; always 1.");
 	sb_printf(&b, "pgoutbox_build_info{version=\"%s\"} 1\n", version);
-	metric_head(&b, "pgoutbox_events_published_total", "counter",
-	            "Outbox events acknowledged by Kafka.");
-	sb_printf(&b, "pgoutbox_events_published_total %" PRIu64 "\n", st->events);
-	metric_head(&b, "pgoutbox_bytes_published_total", "counter",
-	            "Key and value bytes of the events acknowledged by Kafka.");
-	sb_printf(&b, "pgoutbox_bytes_published_total %" PRIu64 "\n", st->bytes);
-	metric_head(&b, "pgoutbox_transactions_total", "counter",
-	            "Committed transactions received from the replication stream.");
-	sb_printf(&b, "pgoutbox_transactions_total %" PRIu64 "\n", st->txns);
-	metric_head(&b, "pgoutbox_in_flight_messages", "gauge",
-	            "Messages handed to Kafka and not acknowledged yet.");
-	sb_printf(&b, "pgoutbox_in_flight_messages %" PRIu64 "\n", st->in_flight);
-	metric_head(&b, "pgoutbox_received_lsn", "gauge", "Highest WAL position received.");
-	sb_printf(&b, "pgoutbox_received_lsn %" PRIu64 "\n", st->received_lsn);
-	metric_head(&b, "pgoutbox_confirmed_lsn", "gauge",
-	            "WAL position confirmed to PostgreSQL (everything before it is in Kafka).");
-	sb_printf(&b, "pgoutbox_confirmed_lsn %" PRIu64 "\n", st->confirmed_lsn);
-	metric_head(&b, "pgoutbox_server_wal_end_lsn", "gauge",
-	            "The server's WAL end as last reported by the walsender.");
-	sb_printf(&b, "pgoutbox_server_wal_end_lsn %" PRIu64 "\n", st->server_wal_end);
-	metric_head(&b, "pgoutbox_replication_lag_bytes", "gauge",
-	            "Server WAL end minus the confirmed position.");
-	sb_printf(&b, "pgoutbox_replication_lag_bytes %" PRIu64 "\n", lag);
+	EACH("pgoutbox_events_published_total", "counter", "Outbox events acknowledged by Kafka.",
+	     "%" PRIu64, st->events);
+	EACH("pgoutbox_bytes_published_total", "counter",
+	     "Key and value bytes of the events acknowledged by Kafka.", "%" PRIu64, st->bytes);
+	EACH("pgoutbox_transactions_total", "counter",
+	     "Committed transactions received from the replication stream.", "%" PRIu64, st->txns);
+	EACH("pgoutbox_in_flight_messages", "gauge",
+	     "Messages handed to Kafka and not acknowledged yet.", "%" PRIu64, st->in_flight);
+	EACH("pgoutbox_received_lsn", "gauge", "Highest WAL position received.", "%" PRIu64,
+	     st->received_lsn);
+	EACH("pgoutbox_confirmed_lsn", "gauge",
+	     "WAL position confirmed to PostgreSQL (everything before it is in Kafka).", "%" PRIu64,
+	     st->confirmed_lsn);
+	EACH("pgoutbox_server_wal_end_lsn", "gauge",
+	     "The server's WAL end as last reported by the walsender.", "%" PRIu64, st->server_wal_end);
+	EACH("pgoutbox_replication_lag_bytes", "gauge", "Server WAL end minus the confirmed position.",
+	     "%" PRIu64, st->server_wal_end > st->confirmed_lsn ? st->server_wal_end - st->confirmed_lsn : 0);
 	metric_head(&b, "pgoutbox_commit_to_ack_seconds", "histogram",
 	            "Time from a transaction's commit in PostgreSQL to Kafka's acknowledgement of each of its events.");
-	for (int i = 0; i < METRICS_NBUCKETS; i++) {
-		cum += st->latency_bucket[i];
-		sb_printf(&b, "pgoutbox_commit_to_ack_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
-		          metrics_buckets[i], cum);
+	for (size_t k = 0; k < n; k++) {
+		const metrics_stats *st = src[k].st;
+		uint64_t cum = 0;
+
+		for (int i = 0; i < METRICS_NBUCKETS; i++) {
+			cum += st->latency_bucket[i];
+			sb_printf(&b, "pgoutbox_commit_to_ack_seconds_bucket{%s,le=\"%g\"} %" PRIu64 "\n",
+			          lab[k], metrics_buckets[i], cum);
+		}
+		sb_printf(&b, "pgoutbox_commit_to_ack_seconds_bucket{%s,le=\"+Inf\"} %" PRIu64 "\n",
+		          lab[k], st->latency_count);
+		sb_printf(&b, "pgoutbox_commit_to_ack_seconds_sum{%s} %.6f\n", lab[k], st->latency_sum);
+		sb_printf(&b, "pgoutbox_commit_to_ack_seconds_count{%s} %" PRIu64 "\n", lab[k],
+		          st->latency_count);
 	}
-	sb_printf(&b, "pgoutbox_commit_to_ack_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n",
-	          st->latency_count);
-	sb_printf(&b, "pgoutbox_commit_to_ack_seconds_sum %.6f\n", st->latency_sum);
-	sb_printf(&b, "pgoutbox_commit_to_ack_seconds_count %" PRIu64 "\n", st->latency_count);
 	metric_head(&b, "pgoutbox_kafka_delivery_errors_total", "counter",
 	            "Messages Kafka did not accept, by librdkafka error name.");
-	for (size_t i = 0; i < st->nerrors; i++)
-		sb_printf(&b, "pgoutbox_kafka_delivery_errors_total{kind=\"%s\"} %" PRIu64 "\n",
-		          st->errors[i].name, st->errors[i].count);
-	metric_head(&b, "pgoutbox_reconnects_total", "counter",
-	            "Times the replication connection was lost and retried.");
-	sb_printf(&b, "pgoutbox_reconnects_total %" PRIu64 "\n", st->reconnects);
-	metric_head(&b, "pgoutbox_backpressure_seconds_total", "counter",
-	            "Time the replication stream was paused because Kafka's queue was full.");
-	sb_printf(&b, "pgoutbox_backpressure_seconds_total %.3f\n", st->backpressure_seconds);
-	metric_head(&b, "pgoutbox_backfill_active", "gauge",
-	            "1 while a backfill or replay publishes rows of the outbox table(s).");
-	sb_printf(&b, "pgoutbox_backfill_active %d\n", st->backfill_active ? 1 : 0);
+	for (size_t k = 0; k < n; k++)
+		for (size_t i = 0; i < src[k].st->nerrors; i++)
+			sb_printf(&b, "pgoutbox_kafka_delivery_errors_total{%s,kind=\"%s\"} %" PRIu64 "\n",
+			          lab[k], src[k].st->errors[i].name, src[k].st->errors[i].count);
+	EACH("pgoutbox_reconnects_total", "counter",
+	     "Times the replication connection was lost and retried.", "%" PRIu64, st->reconnects);
+	EACH("pgoutbox_backpressure_seconds_total", "counter",
+	     "Time the replication stream was paused because Kafka's queue was full.", "%.3f",
+	     st->backpressure_seconds);
+	EACH("pgoutbox_backfill_active", "gauge",
+	     "1 while a backfill or replay publishes rows of the outbox table(s).", "%d",
+	     st->backfill_active ? 1 : 0);
 	metric_head(&b, "pgoutbox_backfill_rows", "gauge",
 	            "Rows of the current or last backfill: selected, read from the table, acknowledged by Kafka.");
-	sb_printf(&b, "pgoutbox_backfill_rows{state=\"selected\"} %" PRIu64 "\n", st->backfill_expected);
-	sb_printf(&b, "pgoutbox_backfill_rows{state=\"read\"} %" PRIu64 "\n", st->backfill_read);
-	sb_printf(&b, "pgoutbox_backfill_rows{state=\"acknowledged\"} %" PRIu64 "\n", st->backfill_acked);
-	metric_head(&b, "pgoutbox_cleanup_deleted_rows_total", "counter",
-	            "Outbox rows deleted by cleanup = delete after their transactions were confirmed.");
-	sb_printf(&b, "pgoutbox_cleanup_deleted_rows_total %" PRIu64 "\n", st->cleanup_deleted);
-	metric_head(&b, "pgoutbox_up", "gauge", "1 while streaming from the slot.");
-	sb_printf(&b, "pgoutbox_up %d\n", st->streaming ? 1 : 0);
+	for (size_t k = 0; k < n; k++) {
+		const metrics_stats *st = src[k].st;
+		sb_printf(&b, "pgoutbox_backfill_rows{%s,state=\"selected\"} %" PRIu64 "\n", lab[k],
+		          st->backfill_expected);
+		sb_printf(&b, "pgoutbox_backfill_rows{%s,state=\"read\"} %" PRIu64 "\n", lab[k],
+		          st->backfill_read);
+		sb_printf(&b, "pgoutbox_backfill_rows{%s,state=\"acknowledged\"} %" PRIu64 "\n", lab[k],
+		          st->backfill_acked);
+	}
+	EACH("pgoutbox_cleanup_deleted_rows_total", "counter",
+	     "Outbox rows deleted by cleanup = delete after their transactions were confirmed.",
+	     "%" PRIu64, st->cleanup_deleted);
+	EACH("pgoutbox_up", "gauge", "1 while streaming from the slot.", "%d", st->streaming ? 1 : 0);
+#undef EACH
+	free(lab);
 	if (!b.ok) {
 		free(b.p);
 		return NULL;
 	}
 	*len = b.len;
 	return b.p;
+}
+
+bool
+metrics_health(const metrics_source *src, size_t n, char *buf, size_t buflen)
+{
+	size_t used = 0, bad = 0;
+
+	buf[0] = '\0';
+	for (size_t k = 0; k < n; k++) {
+		const metrics_stats *st = src[k].st;
+		const char *why = st->health[0] ? st->health : "not streaming";
+		int w;
+
+		if (st->streaming && !st->kafka_stalled)
+			continue;
+		bad++;
+		/* One source: its reason alone, as before sources existed. */
+		if (n == 1 && (src[k].name == NULL || src[k].name[0] == '\0'))
+			w = snprintf(buf + used, buflen - used, "%s", why);
+		else
+			w = snprintf(buf + used, buflen - used, "%ssource %s: %s", used ? "\n" : "",
+			             src[k].name && src[k].name[0] ? src[k].name : "default", why);
+		if (w < 0 || (size_t) w >= buflen - used)
+			break;
+		used += (size_t) w;
+	}
+	if (bad == 0)
+		snprintf(buf, buflen, n > 1 ? "streaming (%zu sources)" : "streaming", n);
+	if (n == 0) {
+		snprintf(buf, buflen, "no source");
+		return false;
+	}
+	return bad == 0;
 }
 
 /* The message prefix every address error starts with. */
@@ -377,9 +461,15 @@ set_nonblock(int fd)
 	       fcntl(fd, F_SETFD, FD_CLOEXEC) == 0;
 }
 
+void
+metrics_set_sources(metrics *m, const metrics_source *src, size_t n)
+{
+	m->src = src;
+	m->nsrc = n;
+}
+
 metrics *
-metrics_new(const char *addr, const char *version, const metrics_stats *st,
-            char *errbuf, size_t errlen)
+metrics_new(const char *addr, const char *version, char *errbuf, size_t errlen)
 {
 	char host[256], port[8];
 	struct addrinfo hints, *res = NULL;
@@ -395,7 +485,6 @@ metrics_new(const char *addr, const char *version, const metrics_stats *st,
 		return NULL;
 	}
 	m->fd = -1;
-	m->st = st;
 	m->pause_ms = PAUSE_MIN_MS;
 	for (int i = 0; i < METRICS_MAX_CLIENTS; i++)
 		m->clients[i].fd = -1;
@@ -645,19 +734,17 @@ echo(char *dst, size_t dlen, const char *src, size_t n)
 static void
 serve_healthz(metrics *m, client *c, int64_t now_ms)
 {
-	bool ok = m->st->streaming && !m->st->kafka_stalled;
+	char body[4096];
+	bool ok = metrics_health(m->src, m->nsrc, body, sizeof(body));
 
-	if (ok)
-		respond_text(c, now_ms, 200, "streaming");
-	else
-		respond_text(c, now_ms, 503, "%s", m->st->health[0] ? m->st->health : "not streaming");
+	respond_text(c, now_ms, ok ? 200 : 503, "%s", body);
 }
 
 static void
 serve_metrics(metrics *m, client *c, int64_t now_ms)
 {
 	size_t len = 0;
-	char *body = metrics_render(m->st, m->version, &len);
+	char *body = metrics_render(m->src, m->nsrc, m->version, &len);
 
 	if (body == NULL) {
 		respond_text(c, now_ms, 500, "out of memory");

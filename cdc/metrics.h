@@ -73,6 +73,18 @@ typedef struct metrics_stats {
 	char     health[256];            /* why not streaming (no secrets) */
 } metrics_stats;
 
+/*
+ * One source's metrics and what labels them: every sample of /metrics
+ * carries source, slot and database labels (the one source of a
+ * configuration without sections is called "default").
+ */
+typedef struct metrics_source {
+	const char          *name;       /* "" → "default" */
+	const char          *slot;
+	const char          *database;   /* "" until known */
+	const metrics_stats *st;
+} metrics_source;
+
 /* Upper bounds (seconds) of the latency buckets. */
 extern const double metrics_buckets[METRICS_NBUCKETS];
 
@@ -87,8 +99,13 @@ typedef struct metrics metrics;
  * be bound; the message names the address and what is wrong with it.
  * Resolving a host name may block (getaddrinfo); a numeric address does not.
  */
-metrics *metrics_new(const char *addr, const char *version, const metrics_stats *st,
-                     char *errbuf, size_t errlen);
+metrics *metrics_new(const char *addr, const char *version, char *errbuf, size_t errlen);
+/*
+ * What /metrics and /healthz report: src[0..n), owned by the caller, valid
+ * until the next call (or metrics_free).  /healthz answers 200 when every
+ * source streams and Kafka acknowledges, else 503 naming each that does not.
+ */
+void     metrics_set_sources(metrics *m, const metrics_source *src, size_t n);
 void     metrics_free(metrics *m);
 /* Parse an address without resolving or binding (configuration check). */
 bool     metrics_addr_valid(const char *addr, char *errbuf, size_t errlen);
@@ -113,7 +130,9 @@ void     metrics_serve(metrics *m, const struct pollfd *pfd, int n, int64_t now_
  */
 int64_t  metrics_next_deadline(const metrics *m);
 
-/* Render the text exposition into a malloc'd buffer (tests, /metrics). */
-char    *metrics_render(const metrics_stats *st, const char *version, size_t *len);
+/* Render the text exposition of src[0..n) into a malloc'd buffer (tests, /metrics). */
+char    *metrics_render(const metrics_source *src, size_t n, const char *version, size_t *len);
+/* The /healthz verdict and text of src[0..n) into buf; true when healthy. */
+bool     metrics_health(const metrics_source *src, size_t n, char *buf, size_t buflen);
 
 #endif /* PGOUTBOX_METRICS_H */

@@ -127,6 +127,7 @@ typedef struct ob_map {
 	char              *prefix;
 	char              *col_id, *col_key, *col_type, *col_payload, *col_aggtype;
 	outbox_format      format;
+	bool               key_json;        /* key_format = json-string */
 	char              *ce_source_cfg;   /* configured, or NULL */
 	char              *ce_source;       /* in effect (configured, or the default) */
 	outbox_header_map *headers;         /* owned strings */
@@ -167,6 +168,7 @@ struct outbox {
 	buf       topic;
 	buf       valid_topic;      /* the last topic that passed outbox_topic_valid */
 	buf       value;
+	buf       key;              /* a key in JSON string form (key_format = json-string) */
 	char      time_str[32];
 	char      lsn_str[24];
 	char      xid_str[16];
@@ -439,6 +441,7 @@ map_init(ob_map *m, const outbox_mapping *src, bool columns, const char *what,
 	                    errbuf, errlen))
 		return false;
 	m->format = src->format;
+	m->key_json = src->key_json;
 	m->prefix = dup_or(src->topic_prefix, "");
 	m->col_id = dup_or(src->col_id, "id");
 	m->col_key = dup_or(src->col_key, "aggregateid");
@@ -618,6 +621,7 @@ outbox_free(outbox *ob)
 	free(ob->topic.p);
 	free(ob->valid_topic.p);
 	free(ob->value.p);
+	free(ob->key.p);
 	json_decref(ob->msg);
 	free(ob);
 }
@@ -929,6 +933,75 @@ has_value(const pgo_datum *d)
 	return d != NULL && (d->kind == PGO_DATUM_TEXT || d->kind == PGO_DATUM_BINARY);
 }
 
+/*
+ * The key as a JSON string, byte for byte what Kafka Connect's JsonConverter
+ * (schemas off) writes for a string key, so that events keep the partition
+ * they had under Debezium with that converter: Jackson escapes " and \, \b
+ * \t \n \f \r, other control characters as \u00XX, characters above U+FFFF
+ * as a surrogate pair (\uD83D\uDE00); everything else, DEL and non-ASCII
+ * included, stays as it is (UTF-8).  ev->key points into ob->key.
+ */
+static bool
+key_to_json(outbox *ob, sink_event *ev)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	const unsigned char *k = ev->key;
+	size_t n = ev->key_len;
+
+	ob->key.len = 0;
+	if (!buf_reserve(&ob->key, 2 + 12 * n) || !buf_put(&ob->key, "\"", 1))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = k[i];
+		char e[16];
+		size_t el = 0;
+
+		switch (c) {
+		case '"':  e[el++] = '\\'; e[el++] = '"'; break;
+		case '\\': e[el++] = '\\'; e[el++] = '\\'; break;
+		case '\b': e[el++] = '\\'; e[el++] = 'b'; break;
+		case '\t': e[el++] = '\\'; e[el++] = 't'; break;
+		case '\n': e[el++] = '\\'; e[el++] = 'n'; break;
+		case '\f': e[el++] = '\\'; e[el++] = 'f'; break;
+		case '\r': e[el++] = '\\'; e[el++] = 'r'; break;
+		default:
+			if (c < 0x20) {
+				memcpy(e, "\\u00", 4);
+				e[4] = hex[c >> 4];
+				e[5] = hex[c & 15];
+				el = 6;
+			} else if (c >= 0xF0 && i + 3 < n && (k[i + 1] & 0xC0) == 0x80 &&
+			           (k[i + 2] & 0xC0) == 0x80 && (k[i + 3] & 0xC0) == 0x80) {
+				/* a four-byte sequence: a code point above U+FFFF */
+				uint32_t cp = ((uint32_t) (c & 0x07) << 18) | ((uint32_t) (k[i + 1] & 0x3F) << 12) |
+				              ((uint32_t) (k[i + 2] & 0x3F) << 6) | (uint32_t) (k[i + 3] & 0x3F);
+				uint32_t hi, lo;
+
+				cp -= 0x10000;
+				hi = 0xD800 + (cp >> 10);
+				lo = 0xDC00 + (cp & 0x3FF);
+				for (int h = 0; h < 2; h++) {
+					uint32_t u = h ? lo : hi;
+					e[el++] = '\\';
+					e[el++] = 'u';
+					for (int d = 12; d >= 0; d -= 4)
+						e[el++] = hex[(u >> d) & 15];
+				}
+				i += 3;
+			} else {
+				e[el++] = (char) c;
+			}
+		}
+		if (!buf_put(&ob->key, e, el))
+			return false;
+	}
+	if (!buf_put(&ob->key, "\"", 1))
+		return false;
+	ev->key = ob->key.p;
+	ev->key_len = ob->key.len;
+	return true;
+}
+
 outbox_rc
 outbox_map_insert(outbox *ob, const pgo_relation *rel, const pgo_tuple *tup,
                   const outbox_txn *txn, sink_event *ev, unsigned *source,
@@ -968,6 +1041,10 @@ outbox_map_insert(outbox *ob, const pgo_relation *rel, const pgo_tuple *tup,
 	if (has_value(key)) {
 		ev->key = key->value.len ? (const void *) key->value.ptr : (const void *) "";
 		ev->key_len = key->value.len;
+		if (m->key_json && !key_to_json(ob, ev)) {
+			snprintf(errbuf, errlen, "out of memory");
+			return OUTBOX_NOMEM;
+		}
 	}
 	if (has_value(payload)) {
 		/* An empty payload must stay a non-null empty value, not a tombstone. */
@@ -1129,6 +1206,10 @@ outbox_map_message(outbox *ob, uint8_t flags, pgo_bytes prefix, pgo_bytes conten
 	if ((f.aggid = json_str_field(ob->msg, "aggregateid", &f.aggid_len, &why_key)) != NULL) {
 		ev->key = f.aggid_len ? (const void *) f.aggid : (const void *) "";
 		ev->key_len = f.aggid_len;
+		if (ob->msg_map.key_json && !key_to_json(ob, ev)) {
+			snprintf(errbuf, errlen, "out of memory");
+			return OUTBOX_NOMEM;
+		}
 	}
 	if (f.id == NULL)
 		UNMAPPABLE("field \"id\" of the logical message is %s", why_id);

@@ -64,6 +64,7 @@ typedef struct outbox_mapping {
 	const char *col_payload;
 	const char *col_aggregatetype;  /* only for the envelope's "aggregatetype" */
 	outbox_format format;
+	bool        key_json;         /* key_format = json-string: the key as a JSON string (JsonConverter) */
 	const char *ce_source;        /* NULL: /pgoutbox/<database>/<schema.table> or .../message/<prefix> */
 	const outbox_header_map *headers;
 	size_t      nheaders;

@@ -17,7 +17,7 @@
  *   - no position past the last verification that the configured outbox is
  *     what PostgreSQL streams (every table exists and is published, the
  *     publication publishes inserts; checked on a side connection, at most
- *     about once a second while there is something new to confirm), and
+ *     about five times a second while there is something new to confirm), and
  *   - no position from another server or timeline than the one streaming
  *     now, nor past that server's WAL end: a new session starts from its
  *     slot's own confirmed position.
@@ -100,6 +100,12 @@ int       pipeline_pollfds(pipeline *p, struct pollfd *pfd, int max);
 void      pipeline_serve(pipeline *p, const struct pollfd *pfd, int n, int64_t now_ms);
 /* When pipeline_serve() should run next (monotonic ms); <= now: do not sleep. */
 int64_t   pipeline_deadline(pipeline *p, int64_t now_ms);
+/*
+ * A nap while catching up (microseconds, 0: none): its socket is left out of
+ * the poll for that long, so that the walsender's sends coalesce; the loop
+ * wakes for pipeline_serve() when it ends.
+ */
+int64_t   pipeline_nap_us(const pipeline *p);
 
 /* Stop reading; what is in flight drains (up to shutdown_timeout).  code: exit status asked for. */
 void      pipeline_stop(pipeline *p, int code, int64_t now_ms);
@@ -123,6 +129,12 @@ bool      pipeline_attach(pipeline *p, sink *snk);
 /* What /metrics and /healthz show (updated by pipeline_serve()). */
 const metrics_stats *pipeline_stats(const pipeline *p);
 bool      pipeline_streaming(const pipeline *p);
+/* The source's name ("" for the only one), slot, and database (of the last session; "" before). */
+const char *pipeline_name(const pipeline *p);
+const char *pipeline_slot(const pipeline *p);
+const char *pipeline_database(const pipeline *p);
+/* pipeline_finish() ran: the pipeline does nothing more. */
+bool      pipeline_finished(const pipeline *p);
 /* One stats line for the log. */
 void      pipeline_log_stats(pipeline *p);
 

@@ -793,8 +793,9 @@ check_slot_row(source_libpq *s, const PGresult *res, char *errbuf, size_t errlen
 	wal = PQgetvalue(res, 0, 3);
 	why = PQgetvalue(res, 0, 9);
 	if (strcmp(wal, "lost") == 0 || why[0] != '\0') {
-		snprintf(errbuf, errlen, "replication slot \"%s\" has been invalidated (%s%s%s)", s->slot,
-		         why[0] ? why : "", why[0] && wal[0] ? ", wal_status = " : "", wal);
+		snprintf(errbuf, errlen, "replication slot \"%s\" has been invalidated (%s%swal_status = %s); "
+		         "it was confirmed up to %s", s->slot, why, why[0] ? ", " : "", wal[0] ? wal : "?",
+		         PQgetvalue(res, 0, 4)[0] ? PQgetvalue(res, 0, 4) : "an unknown position");
 		return SOURCE_FATAL;
 	}
 	if (is_true(res, 0, 5)) {

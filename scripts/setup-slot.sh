@@ -27,6 +27,7 @@ usage: scripts/setup-slot.sh -d CONNINFO [--table public.outbox] [--publication 
                              [--slot pgoutbox] [--create-table] [--create-emit-function]
                              [--create-role NAME] [--failover [--standby CONNINFO]] [--drop]
                              [--recreate]
+                             [--all-databases | --databases A,B,...]
 
 Prepare a PostgreSQL database (13 or later) for pgoutbox: check wal_level, free
 replication slots and WAL senders, the role's REPLICATION attribute and its
@@ -62,6 +63,12 @@ SELECT privilege on the table, then create the publication (publish =
                           create nothing, then run pgoutbox --backfill [--since ...],
                           which creates the slot and publishes the outbox rows read in
                           its snapshot (the events the lost slot never delivered)
+  --all-databases         do all of the above in every database of the cluster that
+                          accepts connections (not templates, not "postgres") and has
+                          the table (or, with --create-table, in every one); each
+                          gets its own slot, SLOT_<database>; prints the [source]
+                          sections of a pgoutbox configuration for them
+  --databases A,B,...     the same for the databases listed
   -h, --help              show this help
 
 Exit status: 0 done (or nothing to do), 1 a check failed or bad usage.
@@ -82,6 +89,8 @@ usage_error() {
 
 conninfo='' table_arg=public.outbox publication=pgoutbox slot=pgoutbox
 create_table=0 drop=0 create_emit=0 create_role='' failover=0 standby='' recreate=0
+all_databases=0 databases=''
+orig_args=("$@")
 
 need_value() { # need_value OPTION ARGC
 	[[ $2 -ge 2 ]] || usage_error "option $1 needs a value"
@@ -131,6 +140,13 @@ while [[ $# -gt 0 ]]; do
 	--standby=*) standby=${1#*=} ;;
 	--drop) drop=1 ;;
 	--recreate) recreate=1 ;;
+	--all-databases) all_databases=1 ;;
+	--databases)
+		need_value "$1" $#
+		databases=$2
+		shift
+		;;
+	--databases=*) databases=${1#*=} ;;
 	-h | --help)
 		usage
 		exit 0
@@ -157,6 +173,69 @@ emit_sql=$(dirname "${BASH_SOURCE[0]}")/outbox_emit.sql
 	usage_error "invalid slot name '$slot': use 1 to 63 lower-case letters, digits and underscores"
 [[ -n $publication && ${#publication} -le 63 ]] ||
 	usage_error "invalid publication name '$publication': use 1 to 63 characters"
+
+[[ $all_databases == 0 || -z $databases ]] || usage_error "--all-databases and --databases cannot be combined"
+
+# --all-databases / --databases: this script once per database, each with
+# its own slot (slot names are cluster-wide), then the [source] sections
+# that make one pgoutbox stream all of them.
+if [[ $all_databases == 1 || -n $databases ]]; then
+	case $conninfo in
+	postgres://* | postgresql://*)
+		usage_error "--all-databases and --databases need a keyword/value connection string (host=... user=...), not a URI" ;;
+	esac
+	command -v "$PSQL" >/dev/null 2>&1 || { err "psql not found"; exit 1; }
+	if [[ -n $databases ]]; then
+		IFS=, read -r -a dbs <<<"$databases"
+	else
+		mapfile -t dbs < <("$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -d "$conninfo" -c \
+			"SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate AND datname <> 'postgres' ORDER BY 1") ||
+			{ err "could not list the cluster's databases"; exit 1; }
+	fi
+	[[ ${#dbs[@]} -gt 0 ]] || { err "no database to set up"; exit 1; }
+	# The arguments of each run: ours without the database selection and -d/--slot.
+	sub=()
+	set -- "${orig_args[@]}"
+	while [[ $# -gt 0 ]]; do
+		case $1 in
+		--all-databases) ;;
+		--databases | -d | --dbname | --slot) shift ;;
+		--databases=* | --dbname=* | -d?* | --slot=*) ;;
+		*) sub+=("$1") ;;
+		esac
+		shift
+	done
+	sections=() rc=0 done_n=0
+	for db in "${dbs[@]}"; do
+		[[ -n $db ]] || continue
+		dbslot=$(printf '%s_%s' "$slot" "$db" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9_\n' '_' | cut -c1-63)
+		dbq=${db//\\/\\\\}
+		dbq=${dbq//\'/\\\'}
+		dbconn="$conninfo dbname='$dbq'"
+		if [[ $create_table == 0 && $drop == 0 ]]; then
+			# (psql interpolates :'t' in its input, not in -c)
+			has=$("$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -d "$dbconn" -v "t=$table_arg" \
+				<<<"SELECT to_regclass(:'t') IS NOT NULL" 2>/dev/null) || has=f
+			if [[ $has != t ]]; then
+				msg "database $db: no table $table_arg, skipped (--create-table creates it)"
+				continue
+			fi
+		fi
+		msg "database $db: slot $dbslot"
+		if ! "$0" -d "$dbconn" --slot "$dbslot" "${sub[@]}"; then
+			rc=1
+			continue
+		fi
+		done_n=$((done_n + 1))
+		src=$(printf '%s' "$db" | tr -c 'A-Za-z0-9_\n-' '_')
+		sections+=("[source $src]" "conninfo = <your conninfo> dbname=$db" "slot = $dbslot" "")
+	done
+	if [[ $drop == 0 && $done_n -gt 0 ]]; then
+		msg "set up $done_n database(s); the sources for pgoutbox's configuration file:"
+		printf '%s\n' "${sections[@]}"
+	fi
+	exit "$rc"
+fi
 
 # How long to wait for the standby to show a new failover slot as synced.
 SYNC_TIMEOUT=${PGOUTBOX_SYNC_TIMEOUT:-60}

@@ -345,41 +345,75 @@ def _drop_slot(dsn, slot):
         conn.close()
 
 
-@pytest.fixture
-def outbox_db(request, stack, pgoutbox):
+def _create_outbox_db(request, stack, suffix=""):
     """A fresh UTF8 database with the default outbox table, publication
-    `pgoutbox` and a slot unique to the test, made by scripts/setup-slot.sh."""
+    `pgoutbox` and a slot unique to it, made by scripts/setup-slot.sh."""
     if not SETUP_SLOT_SH.exists():
         pytest.fail("%s does not exist" % SETUP_SLOT_SH)
     tag = uuid.uuid4().hex[:10]
-    base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:30].strip("_")
+    base = re.sub(r"[^a-z0-9]+", "_", (request.node.name + suffix).lower())[:30].strip("_")
     name = "e2e_%s_%s" % (base, tag)
     slot = "e2e_%s" % tag
     admin = util.connect(stack.dsn("postgres"), autocommit=True)
-    db = None
     try:
         with admin.cursor() as cur:
             cur.execute('CREATE DATABASE "%s" TEMPLATE template0 ENCODING \'UTF8\''
                         " LC_COLLATE 'C' LC_CTYPE 'C'" % name)
-        setup = subprocess.run([str(SETUP_SLOT_SH), "-d", stack.dsn(name), "--create-table",
-                                "--slot", slot], capture_output=True, text=True, timeout=120,
-                               env=dict(os.environ, **stack.env))
-        if setup.returncode != 0:
-            pytest.fail("scripts/setup-slot.sh failed (%d):\n%s\n%s"
-                        % (setup.returncode, setup.stdout[-2000:], setup.stderr[-2000:]),
-                        pytrace=False)
-        db = OutboxDB(stack, name, slot, tag)
-        assert util.slot_state(db.conn, slot) is not None, "setup-slot.sh made no slot %s" % slot
+    finally:
+        admin.close()
+    setup = subprocess.run([str(SETUP_SLOT_SH), "-d", stack.dsn(name), "--create-table",
+                            "--slot", slot], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, **stack.env))
+    if setup.returncode != 0:
+        _destroy_outbox_db(stack, name, slot, None)
+        pytest.fail("scripts/setup-slot.sh failed (%d):\n%s\n%s"
+                    % (setup.returncode, setup.stdout[-2000:], setup.stderr[-2000:]),
+                    pytrace=False)
+    db = OutboxDB(stack, name, slot, tag)
+    assert util.slot_state(db.conn, slot) is not None, "setup-slot.sh made no slot %s" % slot
+    return db
+
+
+def _destroy_outbox_db(stack, name, slot, db):
+    if db is not None:
+        db.close()
+    try:
+        _drop_slot(stack.dsn(name), slot)
+    except Exception as e:  # database may not exist if CREATE failed
+        if "does not exist" not in str(e):
+            raise
+    admin = util.connect(stack.dsn("postgres"), autocommit=True)
+    try:
+        with admin.cursor() as cur:
+            cur.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def outbox_db(request, stack, pgoutbox):
+    """A fresh UTF8 database with the default outbox table, publication
+    `pgoutbox` and a slot unique to the test, made by scripts/setup-slot.sh."""
+    db = _create_outbox_db(request, stack)
+    try:
         yield db
     finally:
         pgoutbox.stop_all()
-        if db is not None:
-            db.close()
-        try:
-            _drop_slot(stack.dsn(name), slot)
-        except Exception as e:  # database may not exist if CREATE failed
-            if "does not exist" not in str(e):
-                raise
-        with admin.cursor() as cur:
-            cur.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
-        admin.close()
+        _destroy_outbox_db(stack, db.name, db.slot, db)
+
+
+@pytest.fixture
+def outbox_dbs(request, stack, pgoutbox):
+    """make() → another fresh outbox database (as outbox_db), all dropped at the end."""
+    made = []
+
+    def make():
+        db = _create_outbox_db(request, stack, "_%d" % len(made))
+        made.append(db)
+        return db
+    try:
+        yield make
+    finally:
+        pgoutbox.stop_all()
+        for db in made:
+            _destroy_outbox_db(stack, db.name, db.slot, db)

@@ -53,7 +53,7 @@ def test_usage_error_goes_to_stderr_with_hint(pgoutbox_offline):
 SECRET = "S3cretPw"
 D = ["-d", "dbname=x", "-b", "127.0.0.1:1"]
 PER_TABLE = ("topic_template, topic_prefix, id_column, key_column, type_column, payload_column, "
-             "aggregatetype_column, value_format, cloudevents_source or header.NAME")
+             "aggregatetype_column, value_format, key_format, cloudevents_source or header.NAME")
 RESERVED = "pgoutbox sets id, type, content-type, ce_* and pgoutbox.* itself"
 OPTIONS_ONLY = "pgoutbox takes options only; quote a value that contains spaces"
 SECONDS = "use seconds from 0 to 86400"
@@ -73,7 +73,7 @@ CLI_ERRORS = [
     ("unknown-short-in-cluster", ["-vQ"], 'unknown option "-Q"'),
     ("ambiguous", ["--s", "x"],
      'option "--s" is ambiguous: it may be --slot, --shutdown-timeout, --status-interval, '
-     '--stats-interval'),
+     '--stats-interval, --source'),
     ("missing-argument-long", ["--slot"], 'option "--slot" requires an argument'),
     ("missing-argument-abbreviated", ["--conf"], 'option "--config" requires an argument'),
     ("missing-argument-short", ["-d"], 'option "-d" requires an argument'),
@@ -143,11 +143,12 @@ CLI_ERRORS = [
      'invalid value "" for key_column: the column name is empty'),
     # metrics
     ("metrics-word", D + ["--metrics", "nonsense"],
-     'invalid value "nonsense" for metrics: ' + METRICS),
+     'invalid value "nonsense" for metrics: not a port number; expected PORT, HOST:PORT or '
+     '[V6]:PORT'),
     ("metrics-port-range", D + ["--metrics", "127.0.0.1:99999"],
-     'invalid value "127.0.0.1:99999" for metrics: ' + METRICS),
+     'invalid value "127.0.0.1:99999" for metrics: port 99999 is out of range (1-65535)'),
     ("metrics-no-port", D + ["--metrics", "127.0.0.1:"],
-     'invalid value "127.0.0.1:" for metrics: ' + METRICS),
+     'invalid value "127.0.0.1:" for metrics: missing port after ":"'),
     # the table list
     ("table-empty", D + ["--table", ""],
      'invalid value "" for table: no table given; use [schema.]table[, ...]'),

@@ -168,7 +168,7 @@ def test_sighup_invalid_file_keeps_running(outbox_db, pgoutbox, tmp_path):
 SECRET = "S3cretPw"
 D = ["-d", "dbname=x", "-b", "127.0.0.1:1"]
 PER_TABLE = ("topic_template, topic_prefix, id_column, key_column, type_column, payload_column, "
-             "aggregatetype_column, value_format, cloudevents_source or header.NAME")
+             "aggregatetype_column, value_format, key_format, cloudevents_source or header.NAME")
 RESERVED = "pgoutbox sets id, type, content-type, ce_* and pgoutbox.* itself"
 
 # (id, file text, message with {path} for the file, extra command-line arguments)
@@ -252,8 +252,8 @@ FILE_ERRORS = [
      '{path}:1: invalid value "public.outbox.extra" for table: unexpected "." after table '
      'public.outbox; quote a name that contains "."', []),
     ("value-metrics", "metrics = :9187\n",
-     '{path}:1: invalid value ":9187" for metrics: use PORT, HOST:PORT or [IPV6]:PORT, the port '
-     'a number up to 65535 (a bare PORT binds 127.0.0.1)', []),
+     '{path}:1: invalid value ":9187" for metrics: empty host before ":"; write 0.0.0.0:9187 for '
+     'every IPv4 interface or a bare 9187 for 127.0.0.1', []),
     ("value-template", "topic_template = outbox.${\n",
      '{path}:1: invalid value "outbox.${" for topic_template: expected ${column}', []),
     ("value-column", "payload_column =\n",

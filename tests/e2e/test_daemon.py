@@ -350,8 +350,8 @@ def test_producer_idempotent_by_default_and_X_passes_through(outbox_db, pgoutbox
         "-X enable.idempotence=false did not reach the producer: %r" % override_batches)
 
 
-def write_config(tmp_path, lines):
-    path = tmp_path / "pgoutbox.conf"
+def write_config(tmp_path, lines, name="pgoutbox.conf"):
+    path = tmp_path / name
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -44,15 +44,29 @@ def try_get(port, path):
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$')
 
 
-def parse(text):
-    """{(name, labels): float}; every line a HELP/TYPE comment or a sample."""
+SOURCE_LABELS = re.compile(r'source="(?:[^"\\]|\\.)*",slot="(?:[^"\\]|\\.)*",'
+                           r'database="(?:[^"\\]|\\.)*",?')
+
+
+def parse(text, source="default"):
+    """{(name, labels): float} of one source's samples (and the unlabelled
+    build_info); every line a HELP/TYPE comment or a sample.  The source,
+    slot and database labels are checked on every other sample and dropped
+    from the key, so that {kind="X"} and {le="0.1"} remain."""
     out = {}
     for line in text.splitlines():
         if line.startswith("# HELP ") or line.startswith("# TYPE "):
             continue
         m = SAMPLE.match(line)
         assert m, "not a Prometheus sample line: %r" % line
-        out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+        name, labels = m.group(1), m.group(2) or ""
+        if name != "pgoutbox_build_info":
+            assert labels.startswith('{source="'), "sample without source labels: %r" % line
+            if not labels.startswith('{source="%s",' % source):
+                continue
+            labels = SOURCE_LABELS.sub("", labels, count=1)
+            labels = "" if labels == "{}" else labels
+        out[(name, labels)] = float(m.group(3))
     return out
 
 
@@ -254,7 +268,7 @@ def test_http_answers_and_errors(outbox_db, pgoutbox):
     status, headers, body = exchange(port, b"HEAD /metrics HTTP/1.0\n\n")   # bare LF
     assert status == 200 and int(headers["Content-Length"]) > 1000 and body == ""
     status, _, body = exchange(port, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n")
-    assert status == 200 and "pgoutbox_up 1\n" in body
+    assert status == 200 and parse(body)[("pgoutbox_up", "")] == 1
 
     for request, want_status, want_body in HTTP_ERRORS[:-1]:
         status, headers, body = exchange(port, request)
@@ -554,7 +568,7 @@ def test_healthz_503_with_reason(outbox_db, pgoutbox):
 
 
 BAD_ADDRESSES = [
-    # (--metrics value, the message after "invalid metrics address "VALUE": ")
+    # (--metrics value, the message after 'invalid value "VALUE" for metrics: ')
     ("nonsense", "not a port number; expected PORT, HOST:PORT or [V6]:PORT"),
     ("99999", "port 99999 is out of range (1-65535)"),
     ("127.0.0.1:", 'missing port after ":"'),
@@ -585,7 +599,7 @@ def test_metrics_bad_address(pgoutbox, addr, why):
     p = pgoutbox.run("-d", "host=127.0.0.1 port=%d dbname=x" % util.free_port(),
                      "-b", "127.0.0.1:%d" % util.free_port(), "--metrics", addr, timeout=10)
     assert p.returncode == util.EXIT_USAGE, p.describe()
-    assert p.stderr.startswith('pgoutbox: invalid metrics address "%s": %s\n' % (addr, why)), \
+    assert p.stderr.startswith('pgoutbox: invalid value "%s" for metrics: %s\n' % (addr, why)), \
         p.stderr
 
 

@@ -313,7 +313,7 @@ def test_empty_transactions_do_not_grow_memory(outbox_db, pgoutbox, stack):
 
         def received():
             for line in get(port, "/metrics")[1].splitlines():
-                if line.startswith("pgoutbox_received_lsn "):
+                if line.startswith("pgoutbox_received_lsn{"):
                     return float(line.split()[1]) >= end - 4096
             return False
         util.wait_for(received, 120, "pgoutbox to read the 200,000 transactions", interval=0.2)
@@ -417,3 +417,71 @@ def test_hangup_while_paused(outbox_db, pgoutbox, stack):
     p.terminate()
     p.expect_exit(util.EXIT_OK, 30)
     assert len({m.id for m in db.kafka_messages()}) == 50
+
+
+# ---------------------------------------------------------------------------
+# Recovery messages that are right
+# ---------------------------------------------------------------------------
+
+def test_slot_invalidated_while_kafka_down(outbox_db, pgoutbox, stack):
+    """The slot is invalidated while events wait for a frozen broker: exit 2,
+    and the messages say where the gap starts (the last confirmed position
+    and its commit time) and that the waiting events will NOT come again."""
+    db = outbox_db
+    p = streaming(db, pgoutbox)
+    confirmed0 = confirmed(db)
+    last_commit = util.query_one(db.conn, "SELECT max(pg_xact_commit_timestamp(xmin)) FROM"
+                                          " public.outbox")[0]
+    admin = util.connect(stack.dsn("postgres"), autocommit=True)
+    busy = "e2e_walfill_%s" % db.tag
+    try:
+        with fu.FrozenKafka(stack):
+            util.commit_events(db.conn, events_of(db, 20, ["waiting"]))
+            fu.execute(admin, "ALTER SYSTEM SET max_slot_wal_keep_size = '32MB'")
+            util.query_one(admin, "SELECT pg_reload_conf()")
+            with admin.cursor() as cur:
+                cur.execute("CREATE TABLE %s (id bigserial PRIMARY KEY, v text)" % busy)
+
+            def lost():
+                with admin.cursor() as cur:
+                    cur.execute("INSERT INTO %s (v) SELECT lpad('', 1800, md5(g::text))"
+                                " FROM generate_series(1, 40000) g" % busy)
+                fu.execute(admin, "CHECKPOINT")
+                return fu.slot_row(db.conn, db.slot)[3] == "lost"
+            util.wait_for(lost, 120, "wal_status = 'lost'", interval=0)
+            p.expect_exit(util.EXIT_RUNTIME, 90)
+    finally:
+        fu.execute(admin, "ALTER SYSTEM RESET max_slot_wal_keep_size")
+        util.query_one(admin, "SELECT pg_reload_conf()")
+        with admin.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS %s" % busy)
+        admin.close()
+    err = p.stderr
+    assert "invalidated" in err and db.slot in err, p.describe()
+    assert fu.lsn_text(confirmed0) in err, "the gap's start %s is not named:\n%s" % (
+        fu.lsn_text(confirmed0), p.describe())
+    assert last_commit.strftime("%Y-%m-%dT%H:%M:%S") in err, (
+        "the last confirmed commit time %s is not named:\n%s" % (last_commit, p.describe()))
+    assert "will NOT be sent again" in err, p.describe()
+    assert "will be sent again after restart" not in err, p.describe()
+    fu.report("slot invalidated while Kafka is down", 1, 10, 0, 0,
+              "- (exit 2; names the gap's start LSN and commit time; in-flight events said lost)")
+
+
+@pytest.mark.parametrize("via_root", [True, False], ids=["via-root", "partitions"])
+def test_check_partitioned_outbox(outbox_db, pgoutbox, via_root):
+    """--check names the partitions and how they stream."""
+    db = outbox_db
+    make_partitioned(db, via_root)
+    p = pgoutbox.run(*db.args("--check"), timeout=60)
+    out = p.stdout
+    assert 'ok    table: table "public.outbox" exists (partitioned)' in out, out
+    if via_root:
+        assert p.returncode == 0, p.describe() + out
+        assert ('ok    partitions: 2 partition(s); publication "pgoutbox" publishes them as '
+                '"public.outbox" (publish_via_partition_root)') in out, out
+    else:
+        assert p.returncode == 0, p.describe() + out    # a warning, not a failure
+        assert ('warn  partitions: 2 partition(s) stream under their own names (publication '
+                '"pgoutbox" has publish_via_partition_root = false); pgoutbox maps them to '
+                '"public.outbox" by OID') in out, out

@@ -96,6 +96,9 @@ free_port(void)
 	return port;
 }
 
+/* One source, unnamed, for the tests that are about the listener. */
+static metrics_source one_source;
+
 static metrics *
 listen_loopback(const metrics_stats *st, int *port)
 {
@@ -105,8 +108,11 @@ listen_loopback(const metrics_stats *st, int *port)
 	for (int attempt = 0; attempt < 5 && m == NULL; attempt++) {
 		*port = free_port();
 		snprintf(addr, sizeof(addr), "127.0.0.1:%d", *port);
-		m = metrics_new(addr, "9.9.9", st, err, sizeof(err));
+		m = metrics_new(addr, "9.9.9", err, sizeof(err));
 	}
+	one_source = (metrics_source) {.name = "", .slot = "s", .database = "d", .st = st};
+	if (m != NULL)
+		metrics_set_sources(m, &one_source, 1);
 	if (m == NULL) {
 		fprintf(stderr, "could not listen: %s\n", err);
 		exit(1);
@@ -273,7 +279,7 @@ test_answers(void)
 		CHECK(until_closed(m, 1000, fd, buf, sizeof(buf)));
 		CHECK(starts(buf, "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4") &&
 		      strstr(buf, "pgoutbox_build_info{version=\"9.9.9\"} 1\n") &&
-		      ends(buf, "pgoutbox_up 0\n"));
+		      ends(buf, "pgoutbox_up{source=\"default\",slot=\"s\",database=\"d\"} 0\n"));
 		close(fd);
 	}
 	metrics_free(m);
@@ -408,13 +414,15 @@ test_slow_reader(void)
 	for (int attempt = 0; attempt < 5 && m == NULL; attempt++) {
 		port = free_port();
 		snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
-		m = metrics_new(addr, version, &st, err, sizeof(err));
+		m = metrics_new(addr, version, err, sizeof(err));
 	}
 	CHECK(m != NULL);
 	if (m == NULL) {
 		free(version);
 		return;
 	}
+	one_source = (metrics_source) {.name = "", .slot = "s", .database = "d", .st = &st};
+	metrics_set_sources(m, &one_source, 1);
 	{
 		struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t) port),
 		                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -571,6 +579,65 @@ under_valgrind(void)
 	return p != NULL && strstr(p, "vgpreload") != NULL;
 }
 
+/* Several sources: every sample labelled, /healthz names the unhealthy ones. */
+static void
+test_sources(void)
+{
+	metrics_stats a, b;
+	metrics_source src[2] = {
+		{.name = "billing", .slot = "s_b", .database = "bill\"ing", .st = &a},
+		{.name = "shop", .slot = "s_s", .database = "shop", .st = &b},
+	};
+	char health[512], *text;
+	size_t len = 0;
+
+	memset(&a, 0, sizeof(a));
+	memset(&b, 0, sizeof(b));
+	a.events = 7;
+	b.events = 11;
+	a.streaming = b.streaming = true;
+	metrics_observe_latency(&b, 0.002);
+	metrics_count_error(&a, "MSG_SIZE_TOO_LARGE");
+	text = metrics_render(src, 2, "1.0", &len);
+	CHECK(text != NULL);
+	if (text == NULL)
+		return;
+	CHECK(strstr(text, "pgoutbox_events_published_total{source=\"billing\",slot=\"s_b\","
+	                   "database=\"bill\\\"ing\"} 7\n") != NULL);
+	CHECK(strstr(text, "pgoutbox_events_published_total{source=\"shop\",slot=\"s_s\","
+	                   "database=\"shop\"} 11\n") != NULL);
+	CHECK(strstr(text, "pgoutbox_commit_to_ack_seconds_bucket{source=\"shop\",slot=\"s_s\","
+	                   "database=\"shop\",le=\"0.005\"} 1\n") != NULL);
+	CHECK(strstr(text, "pgoutbox_kafka_delivery_errors_total{source=\"billing\",slot=\"s_b\","
+	                   "database=\"bill\\\"ing\",kind=\"MSG_SIZE_TOO_LARGE\"} 1\n") != NULL);
+	/* one HELP per family, not one per source */
+	{
+		int helps = 0;
+		for (const char *q = text; (q = strstr(q, "# HELP pgoutbox_up ")) != NULL; q++)
+			helps++;
+		CHECK(helps == 1);
+	}
+	free(text);
+	CHECK(metrics_health(src, 2, health, sizeof(health)));
+	CHECK(strcmp(health, "streaming (2 sources)") == 0);
+	b.streaming = false;
+	snprintf(b.health, sizeof(b.health), "stopping: replication slot \"s_s\" does not exist");
+	CHECK(!metrics_health(src, 2, health, sizeof(health)));
+	CHECK(strcmp(health, "source shop: stopping: replication slot \"s_s\" does not exist") == 0);
+	a.kafka_stalled = true;
+	snprintf(a.health, sizeof(a.health), "Kafka has acknowledged nothing for 60 s");
+	CHECK(!metrics_health(src, 2, health, sizeof(health)));
+	CHECK(strcmp(health, "source billing: Kafka has acknowledged nothing for 60 s\n"
+	                     "source shop: stopping: replication slot \"s_s\" does not exist") == 0);
+	/* The one source of a configuration without sections: the reason alone. */
+	src[1].name = "";
+	CHECK(!metrics_health(src + 1, 1, health, sizeof(health)));
+	CHECK(strcmp(health, "stopping: replication slot \"s_s\" does not exist") == 0);
+	text = metrics_render(src + 1, 1, "1.0", &len);
+	CHECK(text != NULL && strstr(text, "pgoutbox_up{source=\"default\",slot=\"s_s\",database=\"shop\"} 0\n"));
+	free(text);
+}
+
 int
 main(void)
 {
@@ -583,6 +650,7 @@ main(void)
 		printf("under valgrind: skipping the out-of-descriptors test (run by the ASan build)\n");
 	else
 		test_out_of_fds();
+	test_sources();
 	printf("%d checks passed, %d failed\n", passed, failed);
 	return failed ? 1 : 0;
 }

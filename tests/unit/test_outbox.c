@@ -598,6 +598,40 @@ test_partitions(void)
 	outbox_free(ob);
 }
 
+/* key_format = json-string: the key as Kafka Connect's JsonConverter writes it. */
+static void
+test_key_json(void)
+{
+	static const struct { const char *in, *out; } cases[] = {
+		{"42", "\"42\""},
+		{"", "\"\""},
+		{"a\"b\\c", "\"a\\\"b\\\\c\""},
+		{"\t\n\r\b\f\x01\x1f", "\"\\t\\n\\r\\b\\f\\u0001\\u001F\""},
+		{"m\xc3\xbcller \x7f \xe2\x80\xa8", "\"m\xc3\xbcller \x7f \xe2\x80\xa8\""},
+		{"\xf0\x9f\x98\x80!", "\"\\uD83D\\uDE00!\""},
+		{"/slash", "\"/slash\""},
+	};
+	outbox_table t = {.table = "public.outbox", .map = {.key_json = true}};
+	outbox *ob = new_outbox(&t, 1, NULL, (outbox_mapping) {0});
+	sink_event ev;
+	unsigned src;
+	char err[256];
+
+	CHECK(ob != NULL);
+	if (!ob)
+		return;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *v[] = {"id-1", "order", cases[i].in, "T", "{}"};
+		fixture f;
+
+		fixture_init(&f, 100, "public", "outbox", 5, default_cols, default_types, v);
+		CHECK(outbox_map_insert(ob, &f.rel, &f.tup, &txn, &ev, &src, err, sizeof(err)) ==
+		      OUTBOX_EVENT);
+		CHECK_EQ(ev.key, ev.key_len, cases[i].out);
+	}
+	outbox_free(ob);
+}
+
 /* The dead-letter copy of an event refused for its size always fits. */
 static void
 test_dead_letter_trim(void)
@@ -664,6 +698,7 @@ main(void)
 	test_message_formats();
 	test_time_and_names();
 	test_partitions();
+	test_key_json();
 	test_dead_letter_trim();
 	printf("%d checks passed, %d failed\n", passed, failed);
 	return failed ? 1 : 0;

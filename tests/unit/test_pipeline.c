@@ -708,6 +708,57 @@ test_refused_in_report(void)
 	rig_end(&g);
 }
 
+/*
+ * A dead-letter copy that found the queue full waits, and pgoutbox reads
+ * nothing meanwhile: that silence is not the server's, so the liveness
+ * timer (replication_timeout, 30 s here) must not reconnect.
+ */
+static void
+test_deferred_dead_letter_is_not_silence(void)
+{
+	rig g;
+
+	if (!rig_start(&g, "outbox_insert", true)) {
+		failed++;
+		return;
+	}
+	g.f->fail_id = "00000000-0000-0000-0000-000000000004";
+	g.f->fail_cls = SINK_CLASS_PERMANENT;
+	rig_turns(&g, 3, 10);
+	g.f->full_next = 1000000;                 /* no room for the copy */
+	for (size_t i = 0; i < 8; i++)
+		fk_report(g.f, i);
+	rig_turns(&g, 120, 1000);                 /* two minutes without reading */
+	CHECK(g.r.sessions == 1);
+	CHECK(pipeline_stats(g.p)->reconnects == 0);
+	CHECK(g.r.max_flush < 0x1925558);         /* its transaction is not confirmed */
+	g.f->full_next = 0;
+	rig_turns(&g, 3, 100);
+	CHECK(g.f->n == 9 && g.f->p[8].dlq && !g.f->p[8].trimmed);
+	fk_report(g.f, 8);
+	rig_turns(&g, 30, 200);
+	CHECK(g.r.max_flush == g.r.last_end);
+	rig_end(&g);
+}
+
+/* PostgreSQL 13 (protocol 1): the same delivery, from its own capture. */
+static void
+test_pg13(void)
+{
+	rig g;
+
+	if (!rig_start(&g, "pg13/outbox_insert", false)) {
+		failed++;
+		return;
+	}
+	rig_turns(&g, 3, 10);
+	CHECK(g.f->n == 8);
+	fk_report_all(g.f, true);
+	rig_turns(&g, 30, 200);
+	CHECK(g.r.max_flush == g.r.last_end);
+	rig_end(&g);
+}
+
 /* The catalog says the table left the publication: stop, confirm nothing past it. */
 static void
 test_verification_fails(void)
@@ -797,6 +848,8 @@ main(int argc, char **argv)
 	test_refused_at_produce(true, SINK_CLASS_TOO_LARGE);
 	test_refused_in_report();
 	test_verification_fails();
+	test_deferred_dead_letter_is_not_silence();
+	test_pg13();
 	test_mixed();
 	test_other_server();
 	printf("pipeline: %d passed, %d failed\n", passed, failed);
