@@ -269,23 +269,29 @@ def metric(port, name):
         body = c.getresponse().read().decode()
     finally:
         c.close()
-    m = re.search(r"^%s (\d+)" % re.escape(name), body, re.M)
-    return int(m.group(1)) if m else None
+    # name{labels} value; `name` may carry a label the sample must have, e.g. state="read"
+    base, _, want = name.partition("{")
+    want = want.rstrip("}")
+    for m in re.finditer(r"^%s\{([^}]*)\} (\d+)" % re.escape(base), body, re.M):
+        if want in m.group(1):
+            return int(m.group(2))
+    return None
 
 
 @pytest.mark.parametrize("order", ["physical", "column"])
 def test_backfill_interrupted_and_resumed(request, outbox_db, pgoutbox, order):
     db = outbox_db
     types = types_of(db, "res")
-    n = 30000
+    n = 60000
     drop_slot(db)
     extra = add_order_column(db) if order == "column" else []
     seqs = preload(db, types, n)
     writer = writer_after(db, types, seqs, 7)
     writer.start()
     port = util.free_port()
+    # A small producer queue slows the backfill down enough to interrupt it midway.
     p = pgoutbox.start(*db.args("--backfill", "--backfill-batch", "50", "--metrics", str(port),
-                                *extra), name="first")
+                                "-X", "queue.buffering.max.messages=200", *extra), name="first")
 
     def some_acked():
         if p.poll() is not None:
@@ -295,7 +301,7 @@ def test_backfill_interrupted_and_resumed(request, outbox_db, pgoutbox, order):
         except OSError:
             return False
         return v is not None and v >= 3000
-    util.wait_for(some_acked, 60, "3000 backfilled rows acknowledged")
+    util.wait_for(some_acked, 60, "3000 backfilled rows acknowledged", interval=0.02)
     p.terminate()
     p.expect_exit(util.EXIT_OK, 60)
     assert "backfill interrupted" in p.stderr, p.describe()
