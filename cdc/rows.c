@@ -1406,15 +1406,16 @@ rquery(rchecker *c, const char *name, const sqlbuf *b)
 static void
 span(double s, char *buf, size_t len)
 {
-	if (s >= 86400)
-		snprintf(buf, len, "%.0f d %.0f h", s / 86400, (s - 86400 * (int64_t) (s / 86400)) / 3600);
-	else if (s >= 3600)
-		snprintf(buf, len, "%.0f h %.0f min", s / 3600 - 0.5 < 0 ? 0 : (double) (int64_t) (s / 3600),
-		         (s - 3600 * (int64_t) (s / 3600)) / 60);
-	else if (s >= 60)
-		snprintf(buf, len, "%.0f min", s / 60);
+	int64_t t = s > 0 ? (int64_t) s : 0;
+
+	if (t >= 86400)
+		snprintf(buf, len, "%" PRId64 " d %" PRId64 " h", t / 86400, t % 86400 / 3600);
+	else if (t >= 3600)
+		snprintf(buf, len, "%" PRId64 " h %" PRId64 " min", t / 3600, t % 3600 / 60);
+	else if (t >= 60)
+		snprintf(buf, len, "%" PRId64 " min", t / 60);
 	else
-		snprintf(buf, len, "%.0f s", s);
+		snprintf(buf, len, "%" PRId64 " s", t);
 }
 
 /*
