@@ -472,6 +472,7 @@ on_report(void *ctx, uint64_t seq, const sink_report *rep)
 	backfill *b = ctx;
 	inflight *e = ring_get(b, seq);
 
+	b->hold_until = 0;   /* a report makes room: a held row is tried again on the next turn */
 	if (e == NULL || e->outstanding == 0)
 		return;    /* of a lost producer, or after a failure freed the ring */
 	if (b->messages_pending > 0)
