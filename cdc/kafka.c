@@ -104,6 +104,7 @@ dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 	rep.ok = m->err == RD_KAFKA_RESP_ERR_NO_ERROR;
 	rep.bytes = m->len + m->key_len;
 	rep.timestamp_ms = rd_kafka_message_timestamp(m, NULL);
+	rep.latency_us = rd_kafka_message_latency(m);
 	rep.topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "";
 	if (!rep.ok) {
 		set_error(&rep.err, m->err);

@@ -19,6 +19,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,7 +41,8 @@
 #define ECHO_MAX           64         /* bytes of a bad request quoted back */
 
 const double metrics_buckets[METRICS_NBUCKETS] = {
-	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+	0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+	5, 10,
 };
 
 typedef enum client_state {
@@ -78,17 +80,17 @@ struct metrics {
 };
 
 void
-metrics_observe_latency(metrics_stats *st, double seconds)
+metrics_observe(metrics_histogram *h, double seconds)
 {
 	if (seconds < 0)
 		seconds = 0;
 	for (int i = 0; i < METRICS_NBUCKETS; i++)
 		if (seconds <= metrics_buckets[i]) {
-			st->latency_bucket[i]++;
+			h->bucket[i]++;
 			break;
 		}
-	st->latency_count++;
-	st->latency_sum += seconds;
+	h->count++;
+	h->sum += seconds;
 }
 
 void
@@ -200,6 +202,28 @@ labels_of(const metrics_source *src, char *out, size_t outlen)
 	snprintf(out, outlen, "source=\"%s\",slot=\"%s\",database=\"%s\"", name, slot, db);
 }
 
+/* One histogram family, a series per source; off: where it sits in metrics_stats. */
+static void
+histogram(strbuf *b, const char *name, const char *help, const metrics_source *src, size_t n,
+          char (*lab)[520], size_t off)
+{
+	metric_head(b, name, "histogram", help);
+	for (size_t k = 0; k < n; k++) {
+		const metrics_histogram *h =
+			(const metrics_histogram *) ((const char *) src[k].st + off);
+		uint64_t cum = 0;
+
+		for (int i = 0; i < METRICS_NBUCKETS; i++) {
+			cum += h->bucket[i];
+			sb_printf(b, "%s_bucket{%s,le=\"%g\"} %" PRIu64 "\n", name, lab[k],
+			          metrics_buckets[i], cum);
+		}
+		sb_printf(b, "%s_bucket{%s,le=\"+Inf\"} %" PRIu64 "\n", name, lab[k], h->count);
+		sb_printf(b, "%s_sum{%s} %.6f\n", name, lab[k], h->sum);
+		sb_printf(b, "%s_count{%s} %" PRIu64 "\n", name, lab[k], h->count);
+	}
+}
+
 char *
 metrics_render(const metrics_source *src, size_t n, const char *version, size_t *len)
 {
@@ -237,23 +261,15 @@ metrics_render(const metrics_source *src, size_t n, const char *version, size_t 
 	     "The server's WAL end as last reported by the walsender.", "%" PRIu64, st->server_wal_end);
 	EACH("pgoutbox_replication_lag_bytes", "gauge", "Server WAL end minus the confirmed position.",
 	     "%" PRIu64, st->server_wal_end > st->confirmed_lsn ? st->server_wal_end - st->confirmed_lsn : 0);
-	metric_head(&b, "pgoutbox_commit_to_ack_seconds", "histogram",
-	            "Time from a transaction's commit in PostgreSQL to Kafka's acknowledgement of each of its events.");
-	for (size_t k = 0; k < n; k++) {
-		const metrics_stats *st = src[k].st;
-		uint64_t cum = 0;
-
-		for (int i = 0; i < METRICS_NBUCKETS; i++) {
-			cum += st->latency_bucket[i];
-			sb_printf(&b, "pgoutbox_commit_to_ack_seconds_bucket{%s,le=\"%g\"} %" PRIu64 "\n",
-			          lab[k], metrics_buckets[i], cum);
-		}
-		sb_printf(&b, "pgoutbox_commit_to_ack_seconds_bucket{%s,le=\"+Inf\"} %" PRIu64 "\n",
-		          lab[k], st->latency_count);
-		sb_printf(&b, "pgoutbox_commit_to_ack_seconds_sum{%s} %.6f\n", lab[k], st->latency_sum);
-		sb_printf(&b, "pgoutbox_commit_to_ack_seconds_count{%s} %" PRIu64 "\n", lab[k],
-		          st->latency_count);
-	}
+	histogram(&b, "pgoutbox_commit_to_ack_seconds",
+	          "Time from a transaction's commit in PostgreSQL to Kafka's acknowledgement of each of its events.",
+	          src, n, lab, offsetof(metrics_stats, commit_to_ack));
+	histogram(&b, "pgoutbox_commit_to_receive_seconds",
+	          "Time from a transaction's commit in PostgreSQL to pgoutbox receiving it (its Begin), per transaction with events.",
+	          src, n, lab, offsetof(metrics_stats, commit_to_receive));
+	histogram(&b, "pgoutbox_produce_to_ack_seconds",
+	          "Time from handing an event to the producer to Kafka's acknowledgement of it.",
+	          src, n, lab, offsetof(metrics_stats, produce_to_ack));
 	metric_head(&b, "pgoutbox_kafka_delivery_errors_total", "counter",
 	            "Messages Kafka did not accept, by librdkafka error name.");
 	for (size_t k = 0; k < n; k++)

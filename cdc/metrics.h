@@ -45,7 +45,7 @@
 #define METRICS_MAX_REQUEST   4096   /* request line and headers, bytes */
 #define METRICS_REQUEST_TIMEOUT_MS  2000   /* accept to the end of the headers */
 #define METRICS_RESPONSE_TIMEOUT_MS 5000   /* to send the whole response */
-#define METRICS_NBUCKETS      13     /* commit-to-ack latency, 1 ms .. 10 s */
+#define METRICS_NBUCKETS      16     /* latency histograms, 100 us .. 10 s */
 #define METRICS_MAX_ERROR_KINDS 16
 
 typedef struct metrics_error_kind {
@@ -53,13 +53,23 @@ typedef struct metrics_error_kind {
 	uint64_t count;
 } metrics_error_kind;
 
+/* A histogram over metrics_buckets (seconds). */
+typedef struct metrics_histogram {
+	uint64_t bucket[METRICS_NBUCKETS];   /* non-cumulative counts */
+	uint64_t count;
+	double   sum;                        /* seconds */
+} metrics_histogram;
+
 typedef struct metrics_stats {
 	uint64_t events, bytes, txns;    /* published: acknowledged by Kafka */
 	uint64_t in_flight;              /* produced, not yet reported */
 	uint64_t received_lsn, confirmed_lsn, server_wal_end;
-	uint64_t latency_bucket[METRICS_NBUCKETS];   /* non-cumulative counts */
-	uint64_t latency_count;
-	double   latency_sum;            /* seconds */
+	/* Where an event's time goes: its transaction's commit to pgoutbox
+	 * receiving the Begin, produce to Kafka's acknowledgement, and the whole
+	 * commit to acknowledgement. */
+	metrics_histogram commit_to_receive;
+	metrics_histogram produce_to_ack;
+	metrics_histogram commit_to_ack;
 	metrics_error_kind errors[METRICS_MAX_ERROR_KINDS];
 	size_t   nerrors;
 	uint64_t reconnects;
@@ -88,7 +98,7 @@ typedef struct metrics_source {
 /* Upper bounds (seconds) of the latency buckets. */
 extern const double metrics_buckets[METRICS_NBUCKETS];
 
-void metrics_observe_latency(metrics_stats *st, double seconds);
+void metrics_observe(metrics_histogram *h, double seconds);
 void metrics_count_error(metrics_stats *st, const char *kind);
 
 typedef struct metrics metrics;

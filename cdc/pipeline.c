@@ -123,6 +123,7 @@ struct pipeline {
 	bool         in_txn;
 	ledger_seq   txn_seq;
 	outbox_txn   txn;
+	int64_t      txn_received_us;  /* wall clock when its Begin was read; 0: observed */
 
 	deferred    *dlq_head, *dlq_tail;
 
@@ -186,6 +187,15 @@ wall_ms(void)
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t
+wall_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static int64_t
@@ -792,7 +802,9 @@ on_report(void *ctx, uint64_t opaque, const sink_report *rep)
 			p->st.events++;
 			p->st.bytes += rep->bytes;
 			if (rep->timestamp_ms >= 0)
-				metrics_observe_latency(&p->st, (double) (wall_ms() - rep->timestamp_ms) / 1000.0);
+				metrics_observe(&p->st.commit_to_ack, (double) (wall_ms() - rep->timestamp_ms) / 1000.0);
+			if (rep->latency_us >= 0)
+				metrics_observe(&p->st.produce_to_ack, (double) rep->latency_us / 1e6);
 		}
 		return;
 	}
@@ -951,6 +963,12 @@ produced:
 		if (p->test_fatal_after && p->events == p->test_fatal_after)
 			sink_test_fatal(p->snk);
 	}
+	/* Once per transaction with events: how long it took PostgreSQL to send it. */
+	if (p->txn_received_us != 0) {
+		metrics_observe(&p->st.commit_to_receive,
+		                (double) (p->txn_received_us - (p->txn.commit_time + PGO_EPOCH_OFFSET_USEC)) / 1e6);
+		p->txn_received_us = 0;
+	}
 	return STEP_OK;
 }
 
@@ -1080,6 +1098,7 @@ step(pipeline *p, const uint8_t *buf, size_t len, hold_reason *why, int64_t now)
 			return STEP_FAIL;
 		}
 		p->in_txn = true;
+		p->txn_received_us = wall_us();
 		p->txn.commit_lsn = m.u.begin.final_lsn;
 		p->txn.commit_time = m.u.begin.commit_time;
 		p->txn.xid = m.u.begin.xid;

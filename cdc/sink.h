@@ -85,6 +85,7 @@ typedef struct sink_report {
 	size_t      id_len;
 	size_t      bytes;         /* key + value length */
 	int64_t     timestamp_ms;  /* the message's timestamp (the commit time); -1 if none */
+	int64_t     latency_us;    /* from produce to this report; -1 if unknown */
 	const void *key;           /* !ok: the message's key (NULL: none) */
 	size_t      key_len;
 	const void *value;         /* !ok: its value (NULL: tombstone) */

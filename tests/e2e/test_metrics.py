@@ -134,6 +134,12 @@ def test_metrics_and_healthz_while_streaming(outbox_db, pgoutbox):
     assert m[("pgoutbox_commit_to_ack_seconds_bucket", '{le="+Inf"}')] == n
     assert m[("pgoutbox_commit_to_ack_seconds_bucket", '{le="10"}')] == n
     assert 0 < m[("pgoutbox_commit_to_ack_seconds_sum", "")] < 10 * n
+    # The breakdown: PostgreSQL's part once per transaction with events, Kafka's per event,
+    # each no longer than the whole.
+    assert m[("pgoutbox_produce_to_ack_seconds_count", "")] == n
+    assert 1 <= m[("pgoutbox_commit_to_receive_seconds_count", "")] <= n
+    assert m[("pgoutbox_produce_to_ack_seconds_sum", "")] <= m[("pgoutbox_commit_to_ack_seconds_sum", "")]
+    assert m[("pgoutbox_commit_to_ack_seconds_bucket", '{le="0.0001"}')] <= n
     assert m[("pgoutbox_in_flight_messages", "")] == 0
     hi, lo = lsn.split("/")
     assert m[("pgoutbox_received_lsn", "")] >= (int(hi, 16) << 32 | int(lo, 16))

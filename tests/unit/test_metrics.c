@@ -596,7 +596,7 @@ test_sources(void)
 	a.events = 7;
 	b.events = 11;
 	a.streaming = b.streaming = true;
-	metrics_observe_latency(&b, 0.002);
+	metrics_observe(&b.commit_to_ack, 0.002);
 	metrics_count_error(&a, "MSG_SIZE_TOO_LARGE");
 	text = metrics_render(src, 2, "1.0", &len);
 	CHECK(text != NULL);
