@@ -484,8 +484,11 @@ on_report(void *ctx, uint64_t seq, const sink_report *rep)
 		if (b->state == BACKFILL_FAILED)
 			return;
 	} else {
+		/* Kafka's part of the latency counts; commit-to-ack would count the rows' age. */
 		b->st->events++;
 		b->st->bytes += rep->bytes;
+		if (rep->latency_us >= 0)
+			metrics_observe(&b->st->produce_to_ack, (double) rep->latency_us / 1e6);
 	}
 	if (--e->outstanding == 0) {
 		b->acked++;
