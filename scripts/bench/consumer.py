@@ -18,7 +18,10 @@ Also kept, for the record: receive time minus the Kafka timestamp
 time, truncated to ms; Debezium sets it to its own processing time unless
 the router's table.field.event.timestamp says otherwise.
 
-    consumer.py --brokers B --topic T --expect-file F --out RESULT.json
+    consumer.py --brokers B --topic T --expect-file F --out RESULT.json [--raw FILE]
+
+--raw FILE also gets every latency, in microseconds, one a line (for
+quantiles over several topics: the sources scenario pools three).
 
 Prints "ready" on stdout once its fetchers are connected. Runs until the
 expect file exists and holds a count that has been received, or until
@@ -50,6 +53,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="seconds to wait for the expected count once known")
+    ap.add_argument("--raw", help="write every latency (µs, one a line) to this file")
     args = ap.parse_args()
 
     c = Consumer({
@@ -143,6 +147,10 @@ def main():
         "last_ts_ms": ts_max,
         "series_100ms": [[b * 100, v[0], round(v[1], 1)] for b, v in sorted(series.items())],
     }
+    if args.raw:
+        with open(args.raw + ".tmp", "w") as f:
+            f.writelines("%d\n" % round(v * 1000) for v in lat)
+        os.replace(args.raw + ".tmp", args.raw)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     return 0
