@@ -17,6 +17,10 @@ Scenarios:
             runs throughout, and floor_latency on its own slot measures the
             floor during the same load.
   polling   the same load and consumer against polling_relay.py.
+  sources   three databases, each with an outbox: one pgoutbox with three
+            [source] sections against three single-source pgoutbox
+            processes, draining the same backlog and under pgbench load on
+            all three at once.
   compat    peer/compat.py: the same workload through pgoutbox and Debezium
             (StringConverter and JsonConverter), compared per event.
   profile   callgrind of pgoutbox draining 20k single-event transactions.
@@ -150,8 +154,8 @@ def wait_measured(p, timeout=None):
 
 # ---------------------------------------------------------------- database
 
-def db():
-    c = psycopg2.connect(PG)
+def db(dsn=None):
+    c = psycopg2.connect(dsn or PG)
     c.autocommit = True
     return c
 
@@ -191,8 +195,15 @@ def drop_slot(conn, name):
             time.sleep(0.1)
 
 
-def setup_db(conn):
-    subprocess.run([os.path.join(REPO, "scripts", "setup-slot.sh"), "-d", PG, "--create-table",
+def dsn_of(dbname):
+    """The stack's conninfo for another database of the same cluster."""
+    return psycopg2.extensions.make_dsn(PG, dbname=dbname)
+
+
+def setup_db(conn, dsn=None):
+    """The outbox table and publication (scripts/setup-slot.sh), the payload
+    bodies and the polling relay's table in the database of conn (at dsn)."""
+    subprocess.run([os.path.join(REPO, "scripts", "setup-slot.sh"), "-d", dsn or PG, "--create-table",
                     "--slot", "bench_setup"], check=True, stdout=subprocess.DEVNULL)
     drop_slot(conn, "bench_setup")
     # The drain must measure decoding of the outbox inserts, not of an
@@ -402,10 +413,11 @@ def drain_floor(args, out, conn, slot, endpos, tag, mode):
             "copydata": r["copydata"]}
 
 
-def drain_pgoutbox(args, out, conn, slot, endpos, tag, kpid, topic):
-    """pgoutbox drains slot into Kafka until the slot is confirmed at endpos."""
+def drain_pgoutbox(args, out, conn, slot, endpos, tag, kpid, topic, xargs=()):
+    """pgoutbox (with the -X options xargs besides the run's) drains slot
+    into Kafka until the slot is confirmed at endpos."""
     cmd = [args.pgoutbox, "-d", PG, "-b", BROKERS, "--slot", slot, "--endpos", endpos,
-           "--log-level", "log"] + args.x
+           "--log-level", "log"] + args.x + list(xargs)
     k0 = proc_cpu(kpid)
     watch = KafkaWatch(topic, 1)  # start to first event in Kafka
     with open(os.path.join(out, "pgoutbox-drain-%s.log" % tag), "w") as lf:
@@ -472,6 +484,16 @@ def drain_debezium(args, out, conn, slot, n, topic, tag, config, kpid):
             "broker_cpu_s": at_done["broker_cpu"] - k0, "in_kafka": w["seen"], "exit": rc}
 
 
+def div(a, b):
+    return a / b if a is not None and b else None
+
+
+def reader_name(args, who):
+    if who in args.drain_variants:
+        return "pgoutbox " + args.drain_variants[who][0]
+    return READER_NAMES.get(who, "Debezium " + who[4:])
+
+
 def median(xs):
     xs = sorted(x for x in xs if x is not None)
     if not xs:
@@ -483,6 +505,29 @@ def median(xs):
 DBZ_PUBLICATION = "bench_dbz"
 READER_NAMES = {"recv": "pg_recvlogical", "eager": "floor (eager)", "nap": "floor (napping)",
                 "pgo": "pgoutbox"}
+MAX_SLOTS = 30  # of the stack's max_replication_slots = 32: room for a floor and a spare
+
+
+def parse_variants(spec):
+    """--variants 'linger.ms=5;linger.ms=0,batch.num.messages=100': property
+    sets separated by ';', the properties of a set by ',' (a comma not
+    followed by NAME= stays in the value); 'defaults' (or nothing) is the
+    set without extra properties. [(name, ["-X", prop, ...])], each name
+    once."""
+    res = []
+    for part in spec.split(";"):
+        part = part.strip()
+        if part in ("", "defaults"):
+            name, xargs = "defaults", []
+        else:
+            props = [x.strip() for x in re.split(r",(?=\s*[\w.-]+=)", part) if x.strip()]
+            for x in props:
+                if not re.match(r"^[\w.-]+=", x):
+                    raise ValueError("not a PROPERTY=VALUE: %r" % x)
+            name, xargs = ", ".join(props), sum((["-X", x] for x in props), [])
+        if name not in (v[0] for v in res):
+            res.append((name, xargs))
+    return res
 
 
 def scen_drain(args, out, res):
@@ -518,11 +563,14 @@ def scen_drain(args, out, res):
         tag = "%s_%s" % (wl, size.lower())
         if warm:
             tag = "warmup"
-        readers = ["recv", "eager", "nap", "pgo"]
+        readers = ["recv", "eager", "nap", "pgo"] + list(args.drain_variants)
         if warm:
             readers = ["pgo"]
         elif args.peer == "debezium" and "%s_%s" % (wl, size.lower()) in args.peer_workloads:
             readers += ["dbz-" + c for c in args.peer_configs]
+        if len(readers) * rounds > MAX_SLOTS:
+            raise RuntimeError("drain %s: %d readers x %d rounds need more than %d slots at once: "
+                               "fewer --drain-variants or --repeat" % (name, len(readers), rounds, MAX_SLOTS))
         agg = "drain_%s_%s" % (tag, RUN)
         topic = "outbox.event." + agg
         log("drain %s, %s: writing %d events (%d round(s); readers %s)"
@@ -543,10 +591,9 @@ def scen_drain(args, out, res):
             rtag = "%s-%d" % (tag, i + 1)
             k = i % len(readers)
             order = readers[k:] + readers[:k]
-            run = {"order": order, "debezium": {}}
+            run = {"order": order, "debezium": {}, "variants": {}}
             for who in order:
-                log("drain %s, %s, round %d: %s to %s" % (name, size, i + 1,
-                    READER_NAMES.get(who, "Debezium " + who[4:]), endpos))
+                log("drain %s, %s, round %d: %s to %s" % (name, size, i + 1, reader_name(args, who), endpos))
                 if who == "recv":
                     r = drain_recvlogical(args, out, conn, sl[who], endpos, rtag)
                     run.update({"recv_s": r["s"], "recv_cpu_s": r["cpu_s"],
@@ -568,6 +615,13 @@ def scen_drain(args, out, res):
                                 "broker_cpu_s": r["broker_cpu_s"], "confirmed": r["confirmed"],
                                 "in_kafka": topic_count(topic) - kafka0,
                                 "pgoutbox_start_to_first_s": r["start_to_first_s"]})
+                elif who in args.drain_variants:
+                    vname, xargs = args.drain_variants[who]
+                    kafka0 = topic_count(topic)
+                    r = drain_pgoutbox(args, out, conn, sl[who], endpos, "%s-%s" % (rtag, who), kpid,
+                                       topic, xargs)
+                    r["in_kafka"] = topic_count(topic) - kafka0
+                    run["variants"][vname] = r
                 else:
                     cfg = who[4:]
                     run["debezium"][cfg] = drain_debezium(args, out, conn, sl[who], n, topic,
@@ -576,11 +630,16 @@ def scen_drain(args, out, res):
                 run["ceiling_s"] = min(run["floor_eager_s"], run["floor_nap_s"])
                 run["ratio"] = run["recv_s"] / run["pgoutbox_s"]
                 run["ceiling_ratio"] = run["ceiling_s"] / run["pgoutbox_s"]
+                for vname, v in run["variants"].items():
+                    v["ceiling_ratio"] = run["ceiling_s"] / v["s"]
                 log("drain %s, %s, round %d: pg_recvlogical %.0f/s, floor eager %.0f/s, napping %.0f/s, "
                     "pgoutbox %.0f/s (%.2f of the ceiling, %.2f of pg_recvlogical), %d in Kafka%s"
                     % (name, size, i + 1, n / run["recv_s"], n / run["floor_eager_s"],
                        n / run["floor_nap_s"], n / run["pgoutbox_s"], run["ceiling_ratio"],
                        run["ratio"], run["in_kafka"],
+                       "".join("; pgoutbox %s %.0f/s (%.2f of the ceiling)"
+                               % (v, n / d["s"], d["ceiling_ratio"])
+                               for v, d in run["variants"].items()) +
                        "".join("; Debezium %s %.0f/s (first event after %.1f s)"
                                % (c, n / d["s"], d["start_to_first_s"] or -1)
                                for c, d in run["debezium"].items())))
@@ -619,6 +678,31 @@ def scen_drain(args, out, res):
             d["rounds"] = len(ds)
             dz[cfg] = d
         rec["debezium"] = dz
+        if args.drain_variants:
+            # Side by side: pgoutbox with its defaults and with each -X set,
+            # each in every round on a slot of its own.
+            vs = {"defaults": {"s": rec["pgoutbox_s"], "cpu_s": rec["pgoutbox_cpu_s"],
+                               "maxrss_kb": rec["pgoutbox_maxrss_kb"],
+                               "walsender_cpu_s": rec["walsender_cpu_s"],
+                               "ceiling_ratio": rec["ceiling_ratio"],
+                               "ceiling_ratio_min": rec["ceiling_ratio_min"],
+                               "ceiling_ratio_max": rec["ceiling_ratio_max"],
+                               "confirmed": rec["confirmed"], "in_kafka": rec["in_kafka"],
+                               "xprops": []}}
+            for who, (vname, xargs) in args.drain_variants.items():
+                ds = [x["variants"][vname] for x in runs if vname in x["variants"]]
+                vs[vname] = {k: median(y[k] for y in ds)
+                             for k in ("s", "cpu_s", "maxrss_kb", "walsender_cpu_s", "ceiling_ratio")}
+                vs[vname].update({"ceiling_ratio_min": min(y["ceiling_ratio"] for y in ds),
+                                  "ceiling_ratio_max": max(y["ceiling_ratio"] for y in ds),
+                                  "confirmed": all(y["confirmed"] for y in ds),
+                                  "in_kafka": min(y["in_kafka"] for y in ds),
+                                  "xprops": xargs[1::2]})
+            for v in vs.values():
+                v["eps"] = n / v["s"]
+                v["eps_vs_defaults"] = rec["pgoutbox_s"] / v["s"]
+                v["cpu_vs_defaults"] = div(v["cpu_s"], rec["pgoutbox_cpu_s"])
+            rec["variants"] = vs
         log("drain %s, %s: pgoutbox median %.2f of the ceiling (%.2f-%.2f), %.2f of pg_recvlogical, "
             "over %d rounds" % (name, size, rec["ceiling_ratio"], rec["ceiling_ratio_min"],
                                 rec["ceiling_ratio_max"], rec["ratio"], len(runs)))
@@ -642,9 +726,10 @@ PAYLOAD_200 = ("""('{"ts": ' || (extract(epoch FROM clock_timestamp()) * 1000000
                """', "seq": 0, "data": "%s"}')::jsonb""" % ("0123456789abcdef" * 11)[:172])
 
 
-def pgbench(out, name, table, agg, rate, secs):
-    """Run pgbench at rate inserts/s (one row per transaction, sync commit);
-    returns (processed, tps, pgbench's mean latency ms, schedule lag ms)."""
+def pgbench(out, name, table, agg, rate, secs, dsn=None):
+    """Run pgbench at rate inserts/s (one row per transaction, sync commit)
+    against the database of dsn (default: the stack's); returns (processed,
+    tps, pgbench's mean latency ms, schedule lag ms)."""
     script = os.path.join(out, "pgbench-%s.sql" % name)
     with open(script, "w") as f:
         f.write("\\set k random(1, 1000)\n")
@@ -653,7 +738,7 @@ def pgbench(out, name, table, agg, rate, secs):
     clients = 4 if rate <= 2000 else 8
     env = dict(os.environ, PGOPTIONS="-c synchronous_commit=on")
     cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-R", str(rate),
-           "-T", str(secs), "-f", script, PG]
+           "-T", str(secs), "-f", script, dsn or PG]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     with open(os.path.join(out, "pgbench-%s.log" % name), "w") as f:
         f.write(" ".join(cmd) + "\n" + r.stdout + r.stderr)
@@ -667,15 +752,20 @@ def pgbench(out, name, table, agg, rate, secs):
             float(lag.group(1)) if lag else None)
 
 
-def start_consumer(out, topic):
+def start_consumer(out, topic, raw=False):
+    """consumer.py on topic, once it is ready; with raw, it also writes every
+    latency (µs, one a line) to latency-TOPIC.raw: finish_consumer() returns
+    its path as "raw_file"."""
     ef = os.path.join(out, "expect-%s" % topic)
     rf = os.path.join(out, "latency-%s.json" % topic)
-    for f in (ef, rf):
+    for f in (ef, rf, rf[:-5] + ".raw"):
         if os.path.exists(f):
             os.unlink(f)
-    p = subprocess.Popen([PY, os.path.join(HERE, "consumer.py"), "--brokers", BROKERS,
-                          "--topic", topic, "--expect-file", ef, "--out", rf],
-                         stdout=subprocess.PIPE, text=True)
+    cmd = [PY, os.path.join(HERE, "consumer.py"), "--brokers", BROKERS,
+           "--topic", topic, "--expect-file", ef, "--out", rf]
+    if raw:
+        cmd += ["--raw", rf[:-5] + ".raw"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     if line.strip() != "ready":
         raise RuntimeError("consumer did not start")
@@ -690,6 +780,8 @@ def finish_consumer(p, ef, rf, count):
     with open(rf) as f:
         st = json.load(f)
     st["consumer_cpu_s"] = cpu  # the instrument's own share of the two cores
+    if os.path.exists(rf[:-5] + ".raw"):
+        st["raw_file"] = rf[:-5] + ".raw"
     return st
 
 
@@ -735,29 +827,67 @@ def free_port():
         return s.getsockname()[1]
 
 
-def scrape_ack_histogram(port):
-    """pgoutbox's pgoutbox_commit_to_ack_seconds buckets: {le: cumulative count}."""
+# pgoutbox's latency histograms on --metrics, by the prefix of their figures:
+# commit to Kafka's ack (per event), commit to reading the Begin (per
+# transaction with events: PostgreSQL's part), produce to ack (per event:
+# Kafka's part).
+HISTOGRAMS = (("ack", "pgoutbox_commit_to_ack_seconds"),
+              ("recv", "pgoutbox_commit_to_receive_seconds"),
+              ("pta", "pgoutbox_produce_to_ack_seconds"))
+_BUCKET = re.compile(r'^(pgoutbox_\w+_seconds)_bucket\{(.*)\} (\d+)$', re.M)
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape_histograms(port):
+    """pgoutbox's latency histograms: {prefix: {source: {le: cumulative
+    count}}} for the prefixes of HISTOGRAMS that /metrics has. Every sample
+    carries source, slot and database labels (a build that had none counts
+    as source "default"); a histogram missing from an older build is left
+    out, but commit-to-ack must be there."""
     body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read().decode()
+    names = {name: prefix for prefix, name in HISTOGRAMS}
     h = {}
-    for m in re.finditer(r'^pgoutbox_commit_to_ack_seconds_bucket\{le="([^"]+)"\} (\d+)$', body, re.M):
-        h[float("inf") if m.group(1) == "+Inf" else float(m.group(1))] = int(m.group(2))
-    if not h:
+    for m in _BUCKET.finditer(body):
+        prefix = names.get(m.group(1))
+        if prefix is None:
+            continue
+        labels = dict(_LABEL.findall(m.group(2)))
+        le = labels.get("le")
+        if le is None:
+            continue
+        src = h.setdefault(prefix, {}).setdefault(labels.get("source", "default"), {})
+        src[float("inf") if le == "+Inf" else float(le)] = int(m.group(3))
+    if "ack" not in h:
         raise RuntimeError("no pgoutbox_commit_to_ack_seconds in pgoutbox's /metrics")
     return h
 
 
-def histogram_quantiles(h0, h1, qs=(0.5, 0.99, 0.999)):
-    """Quantiles (ms) of the events counted between two scrapes, interpolated
-    linearly inside a bucket as Prometheus' histogram_quantile() does; also
-    the upper bound of the bucket each falls in."""
+def histogram_sum(hs, prefix, sources=None):
+    """One histogram ({le: count}) adding up prefix's series of several
+    scrapes (one per process) over sources (None: every source)."""
+    tot = {}
+    for h in hs:
+        for src, b in (h.get(prefix) or {}).items():
+            if sources is None or src in sources:
+                for le, c in b.items():
+                    tot[le] = tot.get(le, 0) + c
+    return tot
+
+
+def histogram_quantiles(h0, h1, prefix="ack", qs=(0.5, 0.99, 0.999)):
+    """Quantiles (ms) of the observations counted between two scrapes of one
+    histogram ({le: cumulative count}), interpolated linearly inside a
+    bucket as Prometheus' histogram_quantile() does; also the upper bound of
+    the bucket each falls in. Keys: PREFIX_events, PREFIX_p50_ms,
+    PREFIX_p50_le_ms, ..."""
     les = sorted(h1)
     cum = [h1[le] - h0.get(le, 0) for le in les]
-    total = cum[-1]
-    res = {"ack_events": total}
+    total = cum[-1] if cum else 0
+    res = {prefix + "_events": total}
     for qq in qs:
-        key = "ack_p%s" % ("%g" % (qq * 100)).replace(".", "")
+        key = "%s_p%s" % (prefix, ("%g" % (qq * 100)).replace(".", ""))
+        res[key + "_ms"] = res[key + "_le_ms"] = None
         if total == 0:
-            res[key + "_ms"] = res[key + "_le_ms"] = None
             continue
         rank = qq * total
         for i, le in enumerate(les):
@@ -772,6 +902,29 @@ def histogram_quantiles(h0, h1, qs=(0.5, 0.99, 0.999)):
                 res[key + "_le_ms"] = le * 1000 if le != float("inf") else None
                 break
     return res
+
+
+def breakdown(h0s, h1s, sources=None):
+    """Every histogram of HISTOGRAMS between two sets of scrapes (one scrape
+    per process), over sources: the ack_*, recv_* and pta_* figures."""
+    res = {}
+    for prefix, _ in HISTOGRAMS:
+        h1 = histogram_sum(h1s, prefix, sources)
+        if h1:
+            res.update(histogram_quantiles(histogram_sum(h0s, prefix, sources), h1, prefix))
+    return res
+
+
+def wait_breakdown(ports, h0s, n, sources=None, timeout=10):
+    """breakdown() once the processes on ports have counted n acknowledged
+    events since h0s (bounded: the consumer may see the last events before
+    pgoutbox has served their delivery reports)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = breakdown(h0s, [scrape_histograms(p) for p in ports], sources)
+        if r["ack_events"] >= n or time.monotonic() > deadline:
+            return r
+        time.sleep(0.05)
 
 
 def stamp_offset(conn, table, agg):
@@ -854,23 +1007,61 @@ def wait_in_kafka(topic, want, timeout):
         wm.close()
 
 
+def latency_systems(args):
+    """The processes of the latency scenario, in order: (system, variant,
+    -X arguments, rates, round, warm-up seconds, warm-up rate).
+
+    Without --variants each pgoutbox variant (then each Debezium
+    configuration) is one process streaming through all its rates, after
+    --warm-secs of unmeasured load. With --variants the pgoutbox variants
+    alternate rate by rate: each (variant, rate, round) is a process of its
+    own on a fresh slot, the order rotating from one rate and round to the
+    next so that a drift in the machine's load favours none of them; the
+    first process gets the --warm-secs warm-up (the broker's), every one
+    --variant-warm-secs at its own rate (its producer's)."""
+    systems = []
+    if args.interleave:
+        vs = args.variants
+        for rnd in range(args.variant_rounds):
+            for i, rate in enumerate(args.lat_rates):
+                k = (i + rnd) % len(vs)
+                for vname, xargs, _ in vs[k:] + vs[:k]:
+                    if not systems and args.warm_secs > args.variant_warm_secs:
+                        warm = (args.warm_secs, 2000)  # the first also warms the broker
+                    else:
+                        warm = (args.variant_warm_secs, rate)
+                    systems.append(("pgoutbox", vname, xargs, [rate], rnd + 1) + warm)
+    else:
+        systems = [("pgoutbox", vname, xargs, rates, 1, args.warm_secs, 2000)
+                   for vname, xargs, rates in args.variants]
+    if args.peer == "debezium":
+        systems += [("debezium", cfg, None, rates, 1, args.warm_secs, 2000)
+                    for cfg, rates in args.peer_latency]
+    return systems
+
+
 def scen_latency(args, out, res):
     """Per system (pgoutbox in each variant, then Debezium in each
-    configuration), one process streams through all its rates; per rate a
-    fresh topic, a warm-up event waited for in Kafka, then pgbench's load,
-    consumer.py on the topic and floor_latency on its own slot."""
+    configuration; see latency_systems() for the order and the processes),
+    per rate a fresh topic, a warm-up event waited for in Kafka, then
+    pgbench's load, consumer.py on the topic and floor_latency on its own
+    slot; pgoutbox's histograms (commit to receive, produce to ack, commit
+    to ack) scraped before and after."""
     conn = db()
     kpid = kafka_pid()
     rows = []
-    systems = [("pgoutbox", vname, xargs, rates) for vname, xargs, rates in args.variants]
+    systems = latency_systems(args)
     if args.peer == "debezium":
         create_publication(conn, DBZ_PUBLICATION)
-        systems += [("debezium", cfg, None, rates) for cfg, rates in args.peer_latency]
-    for system, vname, xargs, rates in systems:
+    for system, vname, xargs, rates, rnd, warm_secs, warm_rate in systems:
         slot = "bench_lat"
         create_slot(conn, slot)
         vtag = re.sub(r"\W+", "_", "%s_%s" % (system, vname))
+        if args.interleave and system == "pgoutbox":
+            vtag += "_%d_r%d" % (rates[0], rnd)
         label = vname if system == "pgoutbox" else "Debezium " + vname
+        if args.interleave and args.variant_rounds > 1 and system == "pgoutbox":
+            label += " (round %d)" % rnd
         # start to first event: one event written as the process starts
         agg0 = "lat_%s_start_%s" % (vtag, RUN)
         create_topic("outbox.event." + agg0)
@@ -904,14 +1095,14 @@ def scen_latency(args, out, res):
             if not wpid:
                 raise RuntimeError("%s did not start streaming" % label)
             log("latency %s: first event in Kafka %.2f s after the start" % (label, start_to_first))
-            if args.warm_secs:
+            if warm_secs:
                 # Not measured: a JVM compiles its hot paths during its first
                 # seconds of load; a peer in production has long done so.
                 # pgoutbox gets the same, for symmetry.
                 aggw = "lat_%s_warm_%s" % (vtag, RUN)
                 create_topic("outbox.event." + aggw)
-                log("latency %s: warm-up load, 2000/s for %d s (not measured)" % (label, args.warm_secs))
-                nw = pgbench(out, aggw, "outbox", aggw, 2000, args.warm_secs)[0]
+                log("latency %s: warm-up load, %d/s for %d s (not measured)" % (label, warm_rate, warm_secs))
+                nw = pgbench(out, aggw, "outbox", aggw, warm_rate, warm_secs)[0]
                 if wait_in_kafka("outbox.event." + aggw, nw, 120) is None:
                     raise RuntimeError("%s did not deliver the warm-up load" % label)
             for rate in rates:
@@ -927,26 +1118,18 @@ def scen_latency(args, out, res):
                 c, ef, rf = start_consumer(out, topic)
                 fl = LatencyFloor(args, out, conn, "%s_%d" % (vtag, rate)) if args.floor else None
                 cpu0, w0, k0 = proc_cpu(pid), proc_cpu(wpid), proc_cpu(kpid)
-                h0 = scrape_ack_histogram(mport) if mport else None
+                h0 = scrape_histograms(mport) if mport else None
                 log("latency %s: %d/s for %d s" % (label, rate, args.secs))
                 lags = LagSampler(slot)
                 n, tps, pglat, lag = pgbench(out, agg, "outbox", agg, rate, args.secs)
                 lagres = lags.finish()
                 st = finish_consumer(c, ef, rf, n)  # the consumer skips the warm-up event
                 flres = fl.finish() if fl else {}
-                ack = {}
-                if mport:
-                    # The consumer may see the last events before pgoutbox has
-                    # served their delivery reports: wait (bounded) until all are counted.
-                    deadline = time.monotonic() + 10
-                    while True:
-                        ack = histogram_quantiles(h0, scrape_ack_histogram(mport))
-                        if ack["ack_events"] >= n or time.monotonic() > deadline:
-                            break
-                        time.sleep(0.05)
+                ack = wait_breakdown([mport], [h0], n) if mport else {}
                 cpu1, w1, k1 = proc_cpu(pid), proc_cpu(wpid), proc_cpu(kpid)
                 rss, hwm = proc_mem(pid)
-                rec = {"system": system, "variant": label, "rate": rate, "secs": args.secs,
+                rec = {"system": system, "variant": vname if system == "pgoutbox" else label,
+                       "round": rnd, "xprops": (xargs or [])[1::2], "rate": rate, "secs": args.secs,
                        "events": n, "tps": tps,
                        "pgbench_latency_ms": pglat, "pgbench_lag_ms": lag,
                        "cpu_s": cpu1 - cpu0, "walsender_cpu_s": w1 - w0,
@@ -969,8 +1152,10 @@ def scen_latency(args, out, res):
                        rec.get("floor_p999_ms") or -1, rec.get("floor_count", "-"),
                        rec["stamp_offset_p50_ms"] or -1, st["received"], n, rss, system,
                        cpu1 - cpu0, w1 - w0, k1 - k0, st["consumer_cpu_s"],
-                       "; commit-to-ack p50 %.1f p99 %.1f ms" % (ack["ack_p50_ms"] or -1,
-                                                                 ack["ack_p99_ms"] or -1)
+                       "; pgoutbox's histograms p50/p99 ms: commit-to-receive %s, produce-to-ack %s, "
+                       "commit-to-ack %s" % tuple(
+                           "%.2f/%.2f" % (ack.get(k + "_p50_ms") or -1, ack.get(k + "_p99_ms") or -1)
+                           for k in ("recv", "pta", "ack"))
                        if ack else ""))
                 rows.append(rec)
                 res["latency"] = rows
@@ -986,7 +1171,8 @@ def scen_latency(args, out, res):
                 rc, cpu, _ = wait_measured(p, 60)
                 lf.close()
         res.setdefault("latency_runs", []).append(
-            {"system": system, "variant": label, "exit": rc, "cpu_s": cpu, "maxrss_kb": maxrss,
+            {"system": system, "variant": vname if system == "pgoutbox" else label, "round": rnd,
+             "rates": rates, "exit": rc, "cpu_s": cpu, "maxrss_kb": maxrss,
              "start_to_first_s": start_to_first})
         drop_slot(conn, slot)
         q(conn, "TRUNCATE outbox")
@@ -1057,6 +1243,312 @@ def scen_polling(args, out, res):
             rows.append(rec)
             res["polling"] = rows
             save(out, res)
+    conn.close()
+
+
+# ---------------------------------------------------------------- sources
+
+# Three databases of the stack's cluster, each with its own outbox,
+# publication and slots: one pgoutbox with a [source] section for each
+# ("one") against one single-source pgoutbox per database ("three").
+SRC_DBS = ("bench_src1", "bench_src2", "bench_src3")
+SRC_VARIANTS = ("one", "three")
+
+
+def setup_sources(conn):
+    """The databases of the sources scenario, each set up as the stack's
+    own (outbox table, publication pgoutbox, payload bodies)."""
+    for d in SRC_DBS:
+        if not q1(conn, "SELECT 1 FROM pg_database WHERE datname = %s", (d,)):
+            q(conn, "CREATE DATABASE %s" % d)
+        c = db(dsn_of(d))
+        setup_db(c, dsn_of(d))
+        c.close()
+
+
+def start_sources(args, out, variant, slots, tag, endpos=None, metrics=False):
+    """Start the variant on slots ({database: slot}): one pgoutbox whose -c
+    file has a [source sN] section per database, or one pgoutbox per
+    database, all at once. Returns [(Popen, log file, metrics port or None,
+    {source label: database})]."""
+    procs = []
+    if variant == "one":
+        conf = os.path.join(out, "sources-%s.conf" % tag)
+        port = free_port() if metrics else None
+        lines = ["brokers = %s" % BROKERS, "log_level = log"]
+        if port:
+            lines.append("metrics = 127.0.0.1:%d" % port)
+        for i, d in enumerate(SRC_DBS):
+            lines += ["", "[source s%d]" % (i + 1), "conninfo = %s" % dsn_of(d), "slot = %s" % slots[d]]
+            if endpos:
+                lines.append("endpos = %s" % endpos)
+        with open(conf, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        lf = open(os.path.join(out, "pgoutbox-sources-%s.log" % tag), "w")
+        p = subprocess.Popen([args.pgoutbox, "-c", conf] + args.x, stderr=lf)
+        procs.append((p, lf, port, {"s%d" % (i + 1): d for i, d in enumerate(SRC_DBS)}))
+        return procs
+    for i, d in enumerate(SRC_DBS):
+        port = free_port() if metrics else None
+        cmd = [args.pgoutbox, "-d", dsn_of(d), "-b", BROKERS, "--slot", slots[d], "--log-level", "log"]
+        if endpos:
+            cmd += ["--endpos", endpos]
+        if port:
+            cmd += ["--metrics", "127.0.0.1:%d" % port]
+        lf = open(os.path.join(out, "pgoutbox-sources-%s-%d.log" % (tag, i + 1)), "w")
+        procs.append((subprocess.Popen(cmd + args.x, stderr=lf), lf, port, {"default": d}))
+    return procs
+
+
+def stop_sources(procs):
+    """SIGTERM every process of a variant; [(exit code, CPU s)]."""
+    for p, _, _, _ in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    res = []
+    for p, lf, _, _ in procs:
+        rc, cpu, _ = wait_measured(p, 60)
+        lf.close()
+        res.append((rc, cpu))
+    return res
+
+
+def drain_sources(args, out, conn, variant, slots, endpos, tag, kpid):
+    """The variant drains the three slots to endpos (every slot confirmed
+    there): wall clock from the first start to the last exit, CPU (wait4)
+    and peak RSS (VmHWM, sampled) of each process, their walsenders' CPU."""
+    k0 = proc_cpu(kpid)
+    t0 = time.monotonic()
+    procs = start_sources(args, out, variant, slots, tag, endpos=endpos)
+    samplers = [Sampler(p.pid) for p, _, _, _ in procs]
+    wss = [Sampler(w) for w in (slot_pid(conn, s_) for s_ in slots.values()) if w]
+    done = [wait_measured(p) for p, _, _, _ in procs]
+    wall = time.monotonic() - t0
+    for _, lf, _, _ in procs:
+        lf.close()
+    ws_cpu = sum(w.finish()[0] for w in wss) if len(wss) == len(slots) else None
+    hwms = [sm.finish()[1] for sm in samplers]
+    k1 = proc_cpu(kpid)
+    bad = [(p_[1].name, rc) for p_, (rc, _, _) in zip(procs, done) if rc != 0]
+    if bad:
+        raise RuntimeError("sources %s: pgoutbox exited %s" % (variant, ", ".join("%d (%s)" % (rc, n_) for n_, rc in bad)))
+    confirmed = all(q1(conn, "SELECT confirmed_flush_lsn >= %s FROM pg_replication_slots WHERE slot_name = %s",
+                       (endpos, s_)) for s_ in slots.values())
+    return {"s": wall, "cpu_s": sum(x[1] for x in done), "cpu_each_s": [x[1] for x in done],
+            "maxrss_kb": sum(hwms), "maxrss_each_kb": hwms, "walsender_cpu_s": ws_cpu,
+            "broker_cpu_s": k1 - k0, "confirmed": bool(confirmed)}
+
+
+def run_threads(fns):
+    """Run the callables at once; their results in order (the first error raised)."""
+    res = [None] * len(fns)
+    err = []
+
+    def one(i, fn):
+        try:
+            res[i] = fn()
+        except Exception as e:  # re-raised below, in the caller's thread
+            err.append(e)
+    ts = [threading.Thread(target=one, args=(i, fn)) for i, fn in enumerate(fns)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if err:
+        raise err[0]
+    return res
+
+
+def sources_drain(args, out, conn, conns, kpid):
+    """(a) The same backlog of n single-event transactions in each database
+    (written at once, so the three are interleaved in the WAL), behind
+    fresh slots for every variant and round, all created before it; per
+    round both variants drain it, the order alternating."""
+    n, rounds = args.src_events, args.src_rounds
+    if rounds * len(SRC_VARIANTS) * len(SRC_DBS) > MAX_SLOTS:
+        raise RuntimeError("sources: %d rounds need more than %d slots at once" % (rounds, MAX_SLOTS))
+    aggs = {d: "srcdrain_%d_%s" % (i + 1, RUN) for i, d in enumerate(SRC_DBS)}
+    topics = {d: "outbox.event." + a for d, a in aggs.items()}
+    for t in topics.values():
+        create_topic(t)
+    slots = [{v: {d: "bench_src%s%d_%d" % (v, r + 1, i + 1) for i, d in enumerate(SRC_DBS)}
+              for v in SRC_VARIANTS} for r in range(rounds)]
+    for sl in slots:
+        for v in SRC_VARIANTS:
+            for d, s_ in sl[v].items():
+                create_slot(conns[d], s_)
+    log("sources drain: writing %d events into each of %s (%d round(s))" % (n, ", ".join(SRC_DBS), rounds))
+    t0 = time.monotonic()
+    lsn0 = q1(conn, "SELECT pg_current_wal_insert_lsn()")
+    run_threads([lambda d=d: write_events(conns[d], aggs[d], n, 1, "200B") for d in SRC_DBS])
+    t_write = time.monotonic() - t0
+    endpos = q1(conn, "SELECT pg_current_wal_insert_lsn()")
+    runs = []
+    for r, sl in enumerate(slots):
+        order = list(SRC_VARIANTS if r % 2 == 0 else SRC_VARIANTS[::-1])
+        run = {"order": order}
+        for v in order:
+            c0 = {d: topic_count(t) for d, t in topics.items()}
+            log("sources drain, round %d: %s to %s" % (r + 1, v, endpos))
+            x = drain_sources(args, out, conn, v, sl[v], endpos, "drain-%s-%d" % (v, r + 1), kpid)
+            x["in_kafka"] = {d: topic_count(t) - c0[d] for d, t in topics.items()}
+            x["eps"] = len(SRC_DBS) * n / x["s"]
+            run[v] = x
+            log("sources drain, round %d, %s: %.0f events/s, CPU %.2f s, peak RSS %.1f MB (%s), "
+                "walsenders %.2f s CPU, in Kafka %s" % (
+                    r + 1, v, x["eps"], x["cpu_s"], x["maxrss_kb"] / 1024,
+                    " + ".join("%.1f" % (k / 1024) for k in x["maxrss_each_kb"]),
+                    x["walsender_cpu_s"] or -1, "/".join(str(c) for c in x["in_kafka"].values())))
+            for d, s_ in sl[v].items():
+                drop_slot(conns[d], s_)
+        run["eps_ratio"] = run["one"]["eps"] / run["three"]["eps"]
+        runs.append(run)
+    rec = {"events_per_db": n, "databases": list(SRC_DBS), "write_s": t_write, "endpos": endpos,
+           "rounds": rounds, "runs": runs,
+           "wal_bytes": float(q1(conn, "SELECT pg_wal_lsn_diff(%s, %s)", (endpos, lsn0)))}
+    for v in SRC_VARIANTS:
+        xs = [x[v] for x in runs]
+        agg = {k: median(y[k] for y in xs) for k in ("s", "cpu_s", "maxrss_kb", "walsender_cpu_s", "broker_cpu_s")}
+        agg["eps"] = len(SRC_DBS) * n / agg["s"]
+        agg["eps_min"] = min(y["eps"] for y in xs)
+        agg["eps_max"] = max(y["eps"] for y in xs)
+        agg["maxrss_max_kb"] = max(y["maxrss_kb"] for y in xs)
+        agg["in_kafka"] = min(min(y["in_kafka"].values()) for y in xs)
+        agg["confirmed"] = all(y["confirmed"] for y in xs)
+        rec[v] = agg
+    rec["eps_ratio"] = median(x["eps_ratio"] for x in runs)
+    rec["eps_ratio_min"] = min(x["eps_ratio"] for x in runs)
+    rec["eps_ratio_max"] = max(x["eps_ratio"] for x in runs)
+    log("sources drain: one process %.0f events/s, three %.0f (ratio %.2f, %.2f-%.2f); CPU %.2f vs %.2f s; "
+        "peak RSS %.1f vs %.1f MB" % (rec["one"]["eps"], rec["three"]["eps"], rec["eps_ratio"],
+                                      rec["eps_ratio_min"], rec["eps_ratio_max"], rec["one"]["cpu_s"],
+                                      rec["three"]["cpu_s"], rec["one"]["maxrss_kb"] / 1024,
+                                      rec["three"]["maxrss_kb"] / 1024))
+    for d in SRC_DBS:
+        q(conns[d], "TRUNCATE outbox")
+    q(conn, "CHECKPOINT")
+    return rec
+
+
+def sources_latency(args, out, res, conn, conns, kpid):
+    """(b) pgbench at each rate on all three databases at once; per variant
+    (the order alternating over rounds) fresh slots and processes that run
+    through all the rates; a consumer per database's topic; pgoutbox's
+    histograms per source."""
+    rows, procs_rec = [], []
+    for rnd in range(args.src_lat_rounds):
+        for v in (SRC_VARIANTS if rnd % 2 == 0 else SRC_VARIANTS[::-1]):
+            vtag = "%s_r%d" % (v, rnd + 1)
+            slots = {d: "bench_srclat_%d" % (i + 1) for i, d in enumerate(SRC_DBS)}
+            for d, s_ in slots.items():
+                create_slot(conns[d], s_)
+            t0 = time.monotonic()
+            procs = start_sources(args, out, v, slots, "lat-" + vtag, metrics=True)
+            try:
+                aggs0 = {d: "srclat_%s_start_%d_%s" % (vtag, i + 1, RUN) for i, d in enumerate(SRC_DBS)}
+                for d, a in aggs0.items():
+                    create_topic("outbox.event." + a)
+                    q(conns[d], "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) "
+                                "VALUES (gen_random_uuid(), %s, 'warmup', 'Warmup', '{}')", (a,))
+                for d, a in aggs0.items():
+                    if wait_in_kafka("outbox.event." + a, 1, 180) is None:
+                        raise RuntimeError("sources %s: the first event of %s did not reach Kafka" % (v, d))
+                start_to_first = time.monotonic() - t0
+                samplers = [Sampler(p.pid) for p, _, _, _ in procs]
+                wpids = [slot_pid(conn, s_) for s_ in slots.values()]
+                if not all(wpids):
+                    raise RuntimeError("sources %s did not start streaming" % v)
+                ports = [pt for _, _, pt, _ in procs]
+                for rate in args.src_rates:
+                    aggs = {d: "srclat_%s_%d_%d_%s" % (vtag, rate, i + 1, RUN) for i, d in enumerate(SRC_DBS)}
+                    for d, a in aggs.items():
+                        create_topic("outbox.event." + a)
+                        q(conns[d], "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) "
+                                    "VALUES (gen_random_uuid(), %s, 'warmup', 'Warmup', '{}')", (a,))
+                    for d, a in aggs.items():
+                        if wait_in_kafka("outbox.event." + a, 1, 60) is None:
+                            raise RuntimeError("sources %s: the warm-up event of %s did not reach Kafka" % (v, d))
+                    time.sleep(0.5)
+                    cons = {d: start_consumer(out, "outbox.event." + a, raw=True) for d, a in aggs.items()}
+                    h0s = [scrape_histograms(pt) for pt in ports]
+                    cpu0 = [proc_cpu(p.pid) for p, _, _, _ in procs]
+                    w0 = [proc_cpu(w) for w in wpids]
+                    k0 = proc_cpu(kpid)
+                    log("sources latency %s: %d/s on each of %d databases for %d s"
+                        % (vtag, rate, len(SRC_DBS), args.secs))
+                    loads = run_threads([lambda d=d, a=a: pgbench(out, a, "outbox", a, rate, args.secs, dsn_of(d))
+                                         for d, a in aggs.items()])
+                    sts = {d: finish_consumer(*cons[d], loads[i][0]) for i, d in enumerate(SRC_DBS)}
+                    total = sum(x[0] for x in loads)
+                    wait_breakdown(ports, h0s, total)
+                    h1s = [scrape_histograms(pt) for pt in ports]
+                    cpu1 = [proc_cpu(p.pid) for p, _, _, _ in procs]
+                    w1 = [proc_cpu(w) for w in wpids]
+                    k1 = proc_cpu(kpid)
+                    mems = [proc_mem(p.pid) for p, _, _, _ in procs]
+                    per_db = []
+                    for i, d in enumerate(SRC_DBS):
+                        # the process and source label that carried database d
+                        k, src = next((k, s_) for k, (_, _, _, m) in enumerate(procs) for s_, dd in m.items() if dd == d)
+                        x = {"database": d, "events": loads[i][0], "tps": loads[i][1],
+                             "pgbench_latency_ms": loads[i][2], "pgbench_lag_ms": loads[i][3]}
+                        x.update({kk: sts[d][kk] for kk in ("received", "p50_ms", "p90_ms", "p99_ms",
+                                                              "p999_ms", "max_ms", "mean_ms", "consumer_cpu_s")})
+                        x.update(breakdown([h0s[k]], [h1s[k]], {src}))
+                        x.update(stamp_offset(conns[d], "outbox", aggs[d]))
+                        per_db.append(x)
+                    lat = []
+                    for d in SRC_DBS:
+                        with open(sts[d]["raw_file"]) as fh:
+                            lat.extend(int(line) for line in fh if line.strip())
+                    allq = quantiles_ms(lat)
+                    rec = {"variant": v, "round": rnd + 1, "rate": rate, "secs": args.secs,
+                           "events": total, "tps": sum(x[1] for x in loads), "received": allq["count"],
+                           "p50_ms": allq["p50_ms"], "p99_ms": allq["p99_ms"], "p999_ms": allq["p999_ms"],
+                           "max_ms": allq["max_ms"], "per_db": per_db,
+                           "cpu_s": sum(b - a for a, b in zip(cpu0, cpu1)),
+                           "walsender_cpu_s": sum(b - a for a, b in zip(w0, w1)), "broker_cpu_s": k1 - k0,
+                           "consumer_cpu_s": sum(x["consumer_cpu_s"] for x in per_db),
+                           "rss_kb": sum(m[0] or 0 for m in mems), "hwm_kb": sum(m[1] or 0 for m in mems)}
+                    rec.update(breakdown(h0s, h1s))
+                    rows.append(rec)
+                    log("sources latency %s @%d/s each: achieved %.0f/s in all, p50 %.1f p99 %.1f p99.9 %.1f ms "
+                        "(p99 per database %s), %d/%d received; commit-to-receive p99 %.2f, produce-to-ack "
+                        "p99 %.2f ms; CPU %.2f s, RSS %.1f MB" % (
+                            vtag, rate, rec["tps"], rec["p50_ms"], rec["p99_ms"], rec["p999_ms"],
+                            "/".join("%.1f" % x["p99_ms"] for x in per_db), rec["received"], total,
+                            rec.get("recv_p99_ms") or -1, rec.get("pta_p99_ms") or -1, rec["cpu_s"],
+                            rec["rss_kb"] / 1024))
+                    res["sources"]["latency"] = rows
+                    save(out, res)
+                hwms = [max(proc_mem(p.pid)[1] or 0, sm.hwm) for (p, _, _, _), sm in zip(procs, samplers)]
+                for sm in samplers:
+                    sm.finish()
+            finally:
+                stopped = stop_sources(procs)
+            procs_rec.append({"variant": v, "round": rnd + 1, "exit": [x[0] for x in stopped],
+                              "cpu_s": sum(x[1] for x in stopped), "maxrss_kb": sum(hwms),
+                              "maxrss_each_kb": hwms, "start_to_first_s": start_to_first})
+            res["sources"]["latency_runs"] = procs_rec
+            for d, s_ in slots.items():
+                drop_slot(conns[d], s_)
+                q(conns[d], "TRUNCATE outbox")
+            save(out, res)
+
+
+def scen_sources(args, out, res):
+    """One pgoutbox with three sources against three single-source ones:
+    sources_drain() and sources_latency()."""
+    conn = db()
+    setup_sources(conn)
+    conns = {d: db(dsn_of(d)) for d in SRC_DBS}
+    kpid = kafka_pid()
+    res["sources"] = {"databases": list(SRC_DBS)}
+    res["sources"]["drain"] = sources_drain(args, out, conn, conns, kpid)
+    save(out, res)
+    sources_latency(args, out, res, conn, conns, kpid)
+    for c in conns.values():
+        c.close()
     conn.close()
 
 
@@ -1140,7 +1632,7 @@ def main():
                     help="build directory of scripts/bench/floor (floor_drain, floor_latency)")
     ap.add_argument("--prof-bin")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--scenarios", default="drain,latency,polling,compat")
+    ap.add_argument("--scenarios", default="drain,latency,sources,polling,compat")
     ap.add_argument("-X", dest="xprops", action="append", default=[],
                     help="librdkafka property for pgoutbox in every scenario")
     ap.add_argument("--meta", help="JSON with machine/versions from run.sh")
@@ -1160,6 +1652,22 @@ def main():
     ap.add_argument("--workloads", default="t1,t10,big")
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--repeat", type=int, help="drain rounds per workload (default 3, --quick 1)")
+    ap.add_argument("--variants", dest="o_variants", help="pgoutbox -X property sets for the latency scenario (and the "
+                    "drain, unless --drain-variants), alternating: 'linger.ms=5;linger.ms=0,PROP=V'; "
+                    "'defaults' is the set without extra properties")
+    ap.add_argument("--drain-variants", help="-X property sets for the drain (as --variants; "
+                    "'defaults': only pgoutbox's defaults)")
+    ap.add_argument("--variant-rounds", type=int, help="rounds of the alternating variants (default 1, "
+                    "2 in a full run)")
+    ap.add_argument("--variant-warm-secs", type=int, help="seconds of unmeasured load at its own rate "
+                    "before each variant's run (default 2, --quick 1)")
+    ap.add_argument("--sources-events", type=int, help="sources scenario: events per database in the "
+                    "drain (default 100000, --quick 10000)")
+    ap.add_argument("--sources-rounds", type=int, help="sources scenario: drain rounds (default 4, --quick 2)")
+    ap.add_argument("--sources-rates", help="sources scenario: rates per database (default 500,2000, "
+                    "--quick 500)")
+    ap.add_argument("--sources-latency-rounds", type=int, help="sources scenario: latency rounds "
+                    "(default 2, --quick 1)")
     args = ap.parse_args()
     args.x = sum((["-X", x] for x in args.xprops), [])
     args.proto = 3
@@ -1172,12 +1680,16 @@ def main():
         ap.error("--peer debezium needs --debezium-libs")
     if args.quick:
         args.drain_events, args.drain_big, args.secs, args.warm_secs = 20000, 20000, 5, 3
+        args.lat_rates = [500, 2000, 10000]
         args.variants = [("defaults", [], [500, 2000, 10000])]
+        args.src_events, args.src_rounds, args.src_rates, args.src_lat_rounds = 10000, 2, [500], 1
         args.peer_latency = [("tuned", [500, 2000, 10000]), ("defaults", [2000])]
         args.poll_intervals, args.poll_rates = [0.1, 1.0], [2000]
         peer_workloads = "t1_200b"
     else:
         args.drain_events, args.drain_big, args.secs, args.warm_secs = 200000, 1000000, 30, 10
+        args.lat_rates = [500, 1000, 2000, 5000, 10000]
+        args.src_events, args.src_rounds, args.src_rates, args.src_lat_rounds = 100000, 4, [500, 2000], 2
         args.variants = [("defaults", [], [500, 1000, 2000, 5000, 10000]),
                          ("linger.ms=1", ["-X", "linger.ms=1"], [2000, 10000])]
         args.peer_latency = [("tuned", [500, 2000, 10000]), ("defaults", [500, 2000, 10000])]
@@ -1193,9 +1705,32 @@ def main():
             setattr(args, k, getattr(args, "o_" + k))
     if args.o_rates:
         rates = [int(x) for x in args.o_rates.split(",")]
+        args.lat_rates = rates
         args.variants = [(v[0], v[1], [r for r in rates if r in v[2]] or rates) for v in args.variants[:1]]
         args.peer_latency = [(v[0], [r for r in rates if r in v[1]] or rates) for v in args.peer_latency]
         args.poll_rates = rates
+    try:
+        variants = parse_variants(args.o_variants) if args.o_variants else None
+        drain_variants = parse_variants(args.drain_variants) if args.drain_variants else variants
+    except ValueError as e:
+        ap.error("--variants: %s" % e)
+    args.interleave = False
+    if variants:
+        args.variants = [(name, xargs, args.lat_rates) for name, xargs in variants]
+        args.interleave = len(variants) > 1
+    # the drain's pgoutbox reader has the defaults; each other set is a reader of its own
+    args.drain_variants = {"pgo%d" % (i + 1): v for i, v in
+                           enumerate(v for v in drain_variants or [] if v[0] != "defaults")}
+    if args.variant_rounds is None:
+        args.variant_rounds = 1 if args.quick else 2
+    if args.variant_warm_secs is None:
+        args.variant_warm_secs = 1 if args.quick else 2
+    for k, o in (("src_events", "sources_events"), ("src_rounds", "sources_rounds"),
+                 ("src_lat_rounds", "sources_latency_rounds")):
+        if getattr(args, o) is not None:
+            setattr(args, k, getattr(args, o))
+    if args.sources_rates:
+        args.src_rates = [int(x) for x in args.sources_rates.split(",")]
     os.makedirs(args.out, exist_ok=True)
     res = {}
     if args.meta:
@@ -1207,6 +1742,14 @@ def main():
                         "drain_rounds": args.repeat,
                         "secs": args.secs, "warm_secs": args.warm_secs,
                         "pgoutbox_x": args.xprops, "proto": args.proto,
+                        "variants": [{"name": v[0], "xprops": v[1][1::2], "rates": v[2]} for v in args.variants],
+                        "variants_interleaved": args.interleave, "variant_rounds": args.variant_rounds,
+                        "variant_warm_secs": args.variant_warm_secs,
+                        "drain_variants": [{"name": v[0], "xprops": v[1][1::2]}
+                                           for v in args.drain_variants.values()],
+                        "sources": {"databases": list(SRC_DBS), "events_per_db": args.src_events,
+                                    "drain_rounds": args.src_rounds, "rates": args.src_rates,
+                                    "latency_rounds": args.src_lat_rounds},
                         "peer": args.peer, "floor": args.floor})
     if args.peer == "debezium":
         res["meta"]["debezium"] = debezium.jar_version(args.debezium_libs, "debezium-connector-postgres")
@@ -1222,8 +1765,8 @@ def main():
     save(args.out, res)
     for s in args.scenarios.split(","):
         t0 = time.monotonic()
-        {"drain": scen_drain, "latency": scen_latency, "polling": scen_polling,
-         "compat": scen_compat, "profile": scen_profile}[s](args, args.out, res)
+        {"drain": scen_drain, "latency": scen_latency, "sources": scen_sources,
+         "polling": scen_polling, "compat": scen_compat, "profile": scen_profile}[s](args, args.out, res)
         res["meta"]["%s_s" % s] = time.monotonic() - t0
         save(args.out, res)
     res["meta"]["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -69,12 +69,55 @@ def is_default(x):
         x["variant"] == "defaults" or x["variant"].endswith("(default)"))
 
 
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+def lat_agg(rows):
+    """One row per (system, variant, rate): with --variant-rounds > 1 the
+    numbers are medians over the rounds (p99_ms_min/_max their range);
+    rounds says how many."""
+    groups, order = {}, []
+    for x in rows or []:
+        k = (x.get("system", "pgoutbox"), x["variant"], x["rate"])
+        if k not in groups:
+            groups[k] = []
+            order.append(k)
+        groups[k].append(x)
+    res = []
+    for k in order:
+        xs = groups[k]
+        y = dict(xs[0])
+        y["rounds"] = len(xs)
+        if len(xs) > 1:
+            for key, v in xs[0].items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and key not in ("rate", "round", "secs"):
+                    y[key] = median(z.get(key) for z in xs)
+            y["p99_ms_min"] = min(z["p99_ms"] for z in xs)
+            y["p99_ms_max"] = max(z["p99_ms"] for z in xs)
+        res.append(y)
+    return res
+
+
 def lat_row(r, variant, rate):
-    return next((x for x in r.get("latency") or [] if x["variant"] == variant and x["rate"] == rate), None)
+    return next((x for x in lat_agg(r.get("latency")) if x["variant"] == variant and x["rate"] == rate), None)
+
+
+def pgo_variants(r):
+    """The pgoutbox variants of the latency scenario, in their order."""
+    vs = []
+    for x in r.get("latency") or []:
+        if x.get("system", "pgoutbox") == "pgoutbox" and x["variant"] not in vs:
+            vs.append(x["variant"])
+    return vs
 
 
 def plot(r, img_dir):
-    allat = r.get("latency") or []
+    allat = lat_agg(r.get("latency"))
     lat = [x for x in allat if is_default(x)]
     poll = r.get("polling") or []
     if not lat and not poll:
@@ -159,6 +202,273 @@ def compat_lines(c):
     return compat.table(c)
 
 
+def pq(x, key):
+    """'p50 / p99' of figure key (ack, recv, pta, floor, or '' for the consumer's)."""
+    if key == "":
+        a, b = x.get("p50_ms"), x.get("p99_ms")
+    elif key == "floor":
+        a, b = x.get("floor_p50_ms"), x.get("floor_p99_ms")
+    else:
+        a, b = x.get(key + "_p50_ms"), x.get(key + "_p99_ms")
+    if a is None and b is None:
+        return "–"
+    return "%s / %s" % (f(a, 2), f(b, 2))
+
+
+def breakdown_lines(lagg, m):
+    """Where an event's time goes, per pgoutbox row: the floor, pgoutbox's
+    three histograms and the consumer's figure side by side."""
+    rows = [x for x in lagg if x.get("system", "pgoutbox") == "pgoutbox" and x.get("ack_p50_ms") is not None]
+    if not rows:
+        return []
+    L = ["### Where the time goes", ""]
+    L.append("From the commit to the consumer, per rate: the **floor** (a bare libpq client's commit to "
+             "Begin on a slot of its own, same load: what PostgreSQL itself takes), pgoutbox's "
+             "`pgoutbox_commit_to_receive_seconds` (commit to reading the transaction's Begin, per "
+             "transaction: PostgreSQL's part as pgoutbox sees it), "
+             "`pgoutbox_produce_to_ack_seconds` (handing an event to librdkafka to its "
+             "acknowledgement: Kafka's part — the producer's queue and linger, the request's round "
+             "trip, the broker's append with acks=all), `pgoutbox_commit_to_ack_seconds` (both and "
+             "what lies between: decoding and mapping, microseconds), and the consumer's "
+             "commit-to-consumer (adds the consumer's fetch: fetch.wait.max.ms=10, a Python client). "
+             "pgoutbox's figures are interpolated inside its histogram's buckets (100 µs … 10 s; "
+             "commit-to-ack counts in whole milliseconds at both ends, so ±1 ms); quantiles of "
+             "different parts do not add up (nor do their p99s subtract), so the last column, the "
+             "consumer's median minus commit-to-ack's, is only a hint of the fetch's share.%s" % (
+                 " With several rounds: medians." if any(x.get("rounds", 1) > 1 for x in rows) else ""))
+    L.append("")
+    L.append("| pgoutbox | offered (events/s) | floor p50 / p99 ms | commit → receive p50 / p99 ms "
+             "| produce → ack p50 / p99 ms | commit → ack p50 / p99 ms | commit → consumer p50 / p99 ms "
+             "| consumer − commit-to-ack p50 ms |")
+    L.append("|---|---:|---|---|---|---|---|---|")
+    for x in rows:
+        d50 = None if x.get("p50_ms") is None else x["p50_ms"] - x["ack_p50_ms"]
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            x["variant"], fi(x["rate"]), pq(x, "floor"), pq(x, "recv"), pq(x, "pta"), pq(x, "ack"),
+            pq(x, ""), f(d50, 2)))
+    L.append("")
+    return L
+
+
+def variant_targets(x, tgt):
+    """(met, text) of one latency target for one row, or None."""
+    if x is None:
+        return None
+    if tgt == "floor":
+        if x.get("floor_p99_ms") is None:
+            return None
+        lim = x["floor_p99_ms"] + TARGET_FLOOR_PLUS_MS
+        return x["p99_ms"] <= lim, "%s ms (limit %s)" % (f(x["p99_ms"]), f(lim, 2))
+    return x["p99_ms"] <= TARGET_P99_10K, "%s ms" % f(x["p99_ms"])
+
+
+def variant_lines(r, lagg, m):
+    """pgoutbox's -X variants side by side: latency per rate, the issue's
+    targets per variant, and their drain beside."""
+    vs = pgo_variants(r)
+    rows = {(x["variant"], x["rate"]): x for x in lagg if x.get("system", "pgoutbox") == "pgoutbox"}
+    rates = sorted({k[1] for k in rows})
+    L = ["### pgoutbox variants side by side", ""]
+    if m.get("variants_interleaved"):
+        L.append("`--variants`: pgoutbox with each set of -X properties; each (variant, rate, round) "
+                 "is a process of its own on a fresh slot, and the variants alternate rate by rate, "
+                 "their order rotating from one rate and round to the next, so that a drift in the "
+                 "machine's load favours none. Each process gets %d s of unmeasured load at its "
+                 "rate first. %d round(s): medians, the p99 range in brackets. Each row's floor is "
+                 "measured during that variant's own run." % (m.get("variant_warm_secs", 0),
+                                                              m.get("variant_rounds", 1)))
+    else:
+        L.append("Each variant one process through its rates, one after the other.")
+    L.append("")
+    L.append("| offered (events/s) | %s |" % " | ".join(
+        "%s p50 / p99 / p99.9 ms | p99 − floor p99 ms" % v for v in vs))
+    L.append("|---:|%s" % ("---|---:|" * len(vs)))
+    for rate in rates:
+        cells = []
+        for v in vs:
+            x = rows.get((v, rate))
+            if not x:
+                cells.append("– | –")
+                continue
+            rng = ""
+            if x.get("rounds", 1) > 1:
+                rng = " (%s–%s)" % (f(x["p99_ms_min"]), f(x["p99_ms_max"]))
+            cells.append("%s / %s%s / %s | %s" % (
+                f(x["p50_ms"]), f(x["p99_ms"]), rng, f(x["p999_ms"]),
+                f(x["p99_ms"] - x["floor_p99_ms"], 2) if x.get("floor_p99_ms") is not None else "–"))
+        L.append("| %s | %s |" % (fi(rate), " | ".join(cells)))
+    L.append("")
+    dr = r.get("drain") or []
+    head = ["variant"] + ["p99 ≤ floor p99 + %g ms at %s/s" % (TARGET_FLOOR_PLUS_MS, fi(x))
+                          for x in TARGET_FLOOR_RATES] + ["p99 ≤ %g ms at 10,000/s" % TARGET_P99_10K]
+    with_drain = any(x.get("variants") for x in dr)
+    if with_drain:
+        head += ["drain ÷ ceiling, worst round (workload)", "drain CPU ÷ defaults, highest"]
+    L.append("| %s |" % " | ".join(head))
+    L.append("|%s" % ("---|" * len(head)))
+    for v in vs:
+        cells = [v]
+        for rate, tgt in [(x, "floor") for x in TARGET_FLOOR_RATES] + [(10000, "10k")]:
+            t = variant_targets(rows.get((v, rate)), tgt)
+            cells.append("–" if t is None else "%s %s" % (t[1], yes(t[0])))
+        if with_drain:
+            ds = [(x, x["variants"][v]) for x in dr if v in (x.get("variants") or {})]
+            if ds:
+                w = min(ds, key=lambda t: t[1]["ceiling_ratio_min"])
+                cpu = max((t[1]["cpu_vs_defaults"] for t in ds if t[1].get("cpu_vs_defaults")), default=None)
+                cells.append("%.2f (%s, %s) %s" % (w[1]["ceiling_ratio_min"], w[0]["workload"], w[0]["size"],
+                                                   yes(w[1]["ceiling_ratio_min"] >= TARGET_DRAIN)))
+                cells.append("–" if cpu is None else "%.2f %s" % (cpu, yes(cpu <= 1.10)))
+            else:
+                cells += ["not drained", "–"]
+        L.append("| %s |" % " | ".join(cells))
+    L.append("")
+    L.append("Targets of issue 15 per variant: p99 at %s events/s within %g ms of the floor's p99 of the "
+             "same run, at 10,000/s at most %g ms; draining at ≥ %.1f × the ceiling in every round with "
+             "at most 10 %% more CPU per event than the defaults." % (
+                 " and ".join(fi(x) for x in TARGET_FLOOR_RATES), TARGET_FLOOR_PLUS_MS, TARGET_P99_10K,
+                 TARGET_DRAIN))
+    L.append("")
+    return L
+
+
+def drain_variant_lines(dr):
+    """The drain of each -X variant beside the defaults'."""
+    rows = [(x, v, d) for x in dr for v, d in (x.get("variants") or {}).items()]
+    if not rows:
+        return []
+    L = ["### pgoutbox variants over the same backlog", ""]
+    L.append("Each -X set of `--drain-variants` (or `--variants`) is a reader of its own in every "
+             "round, on its own slot of the same backlog, in the rotating order with the others; "
+             "medians over the rounds.")
+    L.append("")
+    L.append("| workload | payload | pgoutbox | events/s | ÷ ceiling (range) | ÷ defaults | CPU s/M "
+             "| CPU ÷ defaults | peak RSS MB | in Kafka |")
+    L.append("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
+    for x, v, d in rows:
+        L.append("| %s | %s | %s | %s | %.2f (%.2f–%.2f) | %.2f | %s | %s | %s | %s |" % (
+            x["workload"], x["size"], v, fi(d["eps"]), d["ceiling_ratio"], d["ceiling_ratio_min"],
+            d["ceiling_ratio_max"], d["eps_vs_defaults"], f(per_m(d["cpu_s"], x["events"])),
+            f(d.get("cpu_vs_defaults"), 2), f(mb(d["maxrss_kb"])),
+            fi(d["in_kafka"]) + ("" if d["in_kafka"] >= x["events"] else " (!)")))
+    L.append("")
+    return L
+
+
+SRC_LABEL = {"one": "one pgoutbox, 3 sources", "three": "3 pgoutbox, 1 source each"}
+
+
+def sources_lines(s, m):
+    """The sources scenario: one process with three sources against three."""
+    if not s or not s.get("drain") and not s.get("latency"):
+        return []
+    L = ["## Several databases: one process or three", ""]
+    L.append("Three databases of the same cluster (%s), each with its own outbox table, publication "
+             "and slots. *One*: one pgoutbox whose `-c` file has a `[source sN]` section per database "
+             "(one Kafka producer for all); *three*: one single-source pgoutbox per database, started "
+             "together. Same binary, same defaults." % ", ".join(s.get("databases") or []))
+    L.append("")
+    d = s.get("drain")
+    if d:
+        n = d["events_per_db"] * len(d["databases"])
+        L.append("**Drain.** The same backlog in each database — %s single-event transactions of ~200 B "
+                 "(%s MB of WAL in all), written by three sessions at once so that the databases "
+                 "interleave in the WAL — behind fresh slots for every variant and round, all created "
+                 "before it. Each variant drains its three slots to the end (`endpos`: every slot "
+                 "confirmed there); time from the first start to the last exit. CPU: all its processes "
+                 "(wait4); peak RSS: VmHWM (sampled every 50 ms) of the one process against the sum of "
+                 "the three's. %d round(s), the order alternating; medians." % (
+                     fi(d["events_per_db"]), fi(d["wal_bytes"] / 1e6), d["rounds"]))
+        L.append("")
+        L.append("| variant | events/s (3 × %s) | range | CPU s | CPU s/M | peak RSS MB | walsenders CPU s "
+                 "| broker CPU s | in Kafka (per database, fewest) | confirmed |" % fi(d["events_per_db"]))
+        L.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
+        for v in ("one", "three"):
+            x = d[v]
+            each = ""
+            if v == "three":
+                last = [rr[v]["maxrss_each_kb"] for rr in d["runs"]]
+                each = " (round 1: %s)" % " + ".join("%.1f" % (k / 1024) for k in last[0])
+            L.append("| %s | %s | %s–%s | %s | %s | %s%s | %s | %s | %s | %s |" % (
+                SRC_LABEL[v], fi(x["eps"]), fi(x["eps_min"]), fi(x["eps_max"]), f(x["cpu_s"], 2),
+                f(per_m(x["cpu_s"], n)), f(mb(x["maxrss_kb"])), each, f(x.get("walsender_cpu_s"), 2),
+                f(x.get("broker_cpu_s"), 2), fi(x["in_kafka"]) + ("" if x["in_kafka"] >= d["events_per_db"] else " (!)"),
+                "yes" if x["confirmed"] else "**no**"))
+        L.append("")
+        L.append("One ÷ three, events/s: %.2f (rounds %.2f–%.2f)." % (d["eps_ratio"], d["eps_ratio_min"],
+                                                                     d["eps_ratio_max"]))
+        L.append("")
+    lat = s.get("latency")
+    if lat:
+        L.append("**Latency.** pgbench at the same rate on each of the three databases at once (three "
+                 "pgbench, each as in *Latency*: one ~200 B event per transaction, synchronous_commit=on, "
+                 "%d s per rate), streamed by each variant in turn (fresh slots, the processes running "
+                 "through all rates; the order alternating over rounds); a consumer per database's "
+                 "topic, commit-to-consumer from the stamp in the payload. *All*: nearest-rank over the "
+                 "three databases' messages together. No floor client here (it would be a fourth "
+                 "walsender decoding the same load)." % m.get("secs", 0))
+        L.append("")
+        L.append("| variant | round | offered per database (events/s) | achieved in all | messages "
+                 "| all: p50 / p99 / p99.9 ms | p99 per database ms | commit → receive p50 / p99 ms "
+                 "| produce → ack p50 / p99 ms | CPU s/M | RSS MB |")
+        L.append("|---|---:|---:|---:|---:|---|---|---|---|---:|---:|")
+        for x in lat:
+            L.append("| %s | %d | %s | %s | %s | %s / %s / %s | %s | %s | %s | %s | %s |" % (
+                SRC_LABEL[x["variant"]], x["round"], fi(x["rate"]), fi(x["tps"]), fi(x["received"]),
+                f(x["p50_ms"]), f(x["p99_ms"]), f(x["p999_ms"]),
+                " / ".join(f(y["p99_ms"]) for y in x["per_db"]), pq(x, "recv"), pq(x, "pta"),
+                f(per_m(x["cpu_s"], x["events"])), f(mb(x["rss_kb"]))))
+        L.append("")
+        runs = s.get("latency_runs") or []
+        if runs:
+            L.append("Peak RSS over the steady load (VmHWM): %s." % "; ".join(
+                "%s, round %d: %s MB%s" % (SRC_LABEL[x["variant"]], x["round"], f(mb(x["maxrss_kb"])),
+                                          "" if len(x["maxrss_each_kb"]) == 1 else " (%s)" % " + ".join(
+                                              "%.1f" % (k / 1024) for k in x["maxrss_each_kb"]))
+                for x in runs))
+            L.append("")
+    return L
+
+
+def sources_targets(s):
+    """Rows of the targets table for issue 14's benchmark."""
+    if not s:
+        return []
+    L = []
+    d = s.get("drain")
+    if d:
+        one, three = d["one"], d["three"]
+        L.append("| 3 sources in one process: drain events/s at least as good as 3 processes | %s vs %s "
+                 "events/s (one ÷ three %.2f, rounds %.2f–%.2f) | %s |" % (
+                     fi(one["eps"]), fi(three["eps"]), d["eps_ratio"], d["eps_ratio_min"],
+                     d["eps_ratio_max"], yes(one["eps"] >= three["eps"])))
+    lat = s.get("latency") or []
+    if lat:
+        parts, ok = [], True
+        for rate in sorted({x["rate"] for x in lat}):
+            p1 = median(x["p99_ms"] for x in lat if x["rate"] == rate and x["variant"] == "one")
+            p3 = median(x["p99_ms"] for x in lat if x["rate"] == rate and x["variant"] == "three")
+            if p1 is None or p3 is None:
+                continue
+            ok = ok and p1 <= p3
+            parts.append("%s/s per database: %s vs %s ms" % (fi(rate), f(p1), f(p3)))
+        if parts:
+            L.append("| 3 sources in one process: p99 at least as good as 3 processes | %s | %s |"
+                     % ("; ".join(parts), yes(ok)))
+    rss = []
+    if d:
+        rss.append(("drain", d["one"]["maxrss_max_kb"], min(x["three"]["maxrss_kb"] for x in d["runs"])))
+    runs = s.get("latency_runs") or []
+    if any(x["variant"] == "one" for x in runs) and any(x["variant"] == "three" for x in runs):
+        rss.append(("steady load", max(x["maxrss_kb"] for x in runs if x["variant"] == "one"),
+                    min(x["maxrss_kb"] for x in runs if x["variant"] == "three")))
+    if rss:
+        L.append("| 3 sources in one process: peak RSS below the 3 processes' sum | %s | %s |" % (
+            "; ".join("%s: %s MB (highest) vs %s MB (lowest)" % (k, f(mb(a)), f(mb(b))) for k, a, b in rss),
+            yes(all(a < b for _, a, b in rss))))
+    return L
+
+
 def render(r, img_rel, note):
     m = r["meta"]
     L = []
@@ -240,6 +550,7 @@ def render(r, img_rel, note):
             "pattern alone makes of the same walsender: a reader that keeps up message by message "
             "pays a system call per message on both sides.")
         add("")
+        L.extend(drain_variant_lines(dr))
         dzr = [(x, c, d) for x in dr for c, d in sorted((x.get("debezium") or {}).items())]
         if dzr:
             add("### Debezium over the same backlog")
@@ -300,7 +611,9 @@ def render(r, img_rel, note):
             rat = "%s / %s / %s" % (fx(x.get("floor_ratio_p50")), fx(x.get("floor_ratio_p99")),
                                     fx(x.get("floor_ratio_p999"))) if x.get("floor_p99_ms") is not None else "–"
             add("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                x["variant"] if x.get("system", "pgoutbox") != "pgoutbox" else "pgoutbox " + x["variant"],
+                (x["variant"] if x.get("system", "pgoutbox") != "pgoutbox" else "pgoutbox " + x["variant"])
+                + (" (round %d)" % x["round"] if m.get("variant_rounds", 1) > 1 and m.get("variants_interleaved")
+                   and x.get("system", "pgoutbox") == "pgoutbox" else ""),
                 fi(x["rate"]), fi(x["tps"]), fi(x["received"]), f(x["p50_ms"]),
                 f(x["p99_ms"]), f(x["p999_ms"]), f(x["max_ms"]), fl, rat,
                 f(x["p99_ms"] - x["floor_p99_ms"]) if x.get("floor_p99_ms") is not None else "–",
@@ -309,10 +622,14 @@ def render(r, img_rel, note):
         add("Commit-to-ack is pgoutbox's own view (`pgoutbox_commit_to_ack_seconds` on "
             "`--metrics`, scraped before and after each rate): from the commit time (ms) to "
             "Kafka's acknowledgement, so it leaves out the consumer's fetch; quantiles "
-            "interpolated inside its buckets (1, 2.5, 5, 10, 25 ms ...) as Prometheus' "
-            "histogram_quantile() does.%s" % (
+            "interpolated inside its buckets (100 µs, 250 µs, 500 µs, 1, 2.5, 5, 10, 25 ms ...) as "
+            "Prometheus' histogram_quantile() does.%s" % (
                 "" if has_floor else " No floor in this run (--no-floor)."))
         add("")
+        lagg = lat_agg(lat)
+        L.extend(breakdown_lines(lagg, m))
+        if len(pgo_variants(r)) > 1:
+            L.extend(variant_lines(r, lagg, m))
         dz = [x for x in lat if x.get("system") == "debezium"]
         if dz:
             rates = sorted({x["rate"] for x in dz})
@@ -326,7 +643,7 @@ def render(r, img_rel, note):
                 % " | ".join("%s p50 / p99 / p99.9 ms | pgoutbox p99 ÷ its p99" % c for c in cfgs))
             add("|---:|---|%s---:|" % ("---|---:|" * len(cfgs)))
             for rate in rates:
-                pg = next((x for x in lat if is_default(x) and x["rate"] == rate), None)
+                pg = next((x for x in lat_agg(lat) if is_default(x) and x["rate"] == rate), None)
                 cells = []
                 for c in cfgs:
                     d = lat_row(r, c, rate)
@@ -337,16 +654,22 @@ def render(r, img_rel, note):
                     fi(rate), "%s / %s / %s" % (f(pg["p50_ms"]), f(pg["p99_ms"]), f(pg["p999_ms"]))
                     if pg else "–", " | ".join(cells), f(pg.get("floor_p99_ms"), 2) if pg else "–"))
             add("")
-            runs = r.get("latency_runs") or []
+            runs, seen = [], set()
+            for x in r.get("latency_runs") or []:  # the first process of each variant
+                if (x.get("system"), x["variant"]) not in seen and x.get("start_to_first_s") is not None:
+                    seen.add((x.get("system"), x["variant"]))
+                    runs.append(x)
             add("Start to first event (process start to the first event in Kafka, on a slot "
                 "without backlog): %s." % "; ".join("%s %s s" % (
                     ("pgoutbox " + x["variant"]) if x.get("system", "pgoutbox") == "pgoutbox" else x["variant"],
-                    f(x.get("start_to_first_s"), 2)) for x in runs if x.get("start_to_first_s") is not None))
+                    f(x.get("start_to_first_s"), 2)) for x in runs))
             add("")
         if img_rel:
             add("![latency percentiles per offered rate: pgoutbox, its floor, Debezium, polling relay "
                 "(log scale)](%s)" % img_rel)
             add("")
+
+    L.extend(sources_lines(r.get("sources"), m))
 
     poll = r.get("polling")
     if poll:
@@ -462,7 +785,7 @@ def render(r, img_rel, note):
                     TARGET_DRAIN, lo["ceiling_ratio_min"], lo["workload"], lo["size"],
                     ", ".join("%.2f" % x["ceiling_ratio"] for x in cr),
                     yes(lo["ceiling_ratio_min"] >= TARGET_DRAIN)))
-    defaults = [x for x in (lat or []) if is_default(x)]
+    defaults = [x for x in lat_agg(lat) if is_default(x)]
     for rate in TARGET_FLOOR_RATES:
         d = next((x for x in defaults if x["rate"] == rate), None)
         if d and d.get("floor_p99_ms") is not None:
@@ -475,7 +798,7 @@ def render(r, img_rel, note):
         add("| p99 ≤ %g ms at 10,000 events/s | %s ms (achieved %s/s; floor %s ms) | %s |" % (
             TARGET_P99_10K, f(d["p99_ms"]), fi(d["tps"]), f(d.get("floor_p99_ms"), 2),
             yes(d["p99_ms"] <= TARGET_P99_10K)))
-    tuned = next((x for x in (lat or []) if x.get("system") == "debezium" and x["rate"] == 2000
+    tuned = next((x for x in lat_agg(lat) if x.get("system") == "debezium" and x["rate"] == 2000
                   and x["variant"].endswith("tuned")), None)
     d = next((x for x in defaults if x["rate"] == 2000), None)
     if tuned and d:
@@ -521,6 +844,7 @@ def render(r, img_rel, note):
         rss = max(x.get("maxrss_kb", x.get("pgoutbox_maxrss_kb")) for x in pr)
         add("| peak RSS ≤ 16 MB in steady state | %.1f MB VmHWM over the steady-load runs | %s |"
             % (rss / 1024, yes(rss <= TARGET_RSS_KB)))
+    L.extend(sources_targets(r.get("sources")))
     if comp:
         add("| output identical to Debezium's but for the expected differences | %s | %s |" % (
             "%d unexpected difference(s)" % len(comp["unexpected"]) if comp["unexpected"]

@@ -8,7 +8,8 @@
 #
 #   scripts/bench/run.sh [--quick] [--profile] [--scenarios LIST] [--out DIR]
 #                        [--docs FILE | --no-docs] [--peer debezium|none]
-#                        [--no-floor] [-X PROP=VAL ...]
+#                        [--no-floor] [-X PROP=VAL ...] [--variants SETS]
+#                        [--drain-variants SETS] [--variant-rounds N]
 #
 #   --quick          smoke run of every scenario (20k events per drain, 5 s per
 #                    rate, fewer rates and Debezium configurations): a few
@@ -16,9 +17,9 @@
 #   --profile        also run pgoutbox under valgrind --tool=callgrind for a
 #                    20k-event drain (a release build with debug info); the
 #                    annotated output lands in OUT/callgrind/
-#   --scenarios L    comma list of drain,latency,polling,compat,profile
-#                    (default drain,latency,polling,compat; --profile appends
-#                    profile)
+#   --scenarios L    comma list of drain,latency,sources,polling,compat,profile
+#                    (default drain,latency,sources,polling,compat; --profile
+#                    appends profile)
 #   --out DIR        results, logs and raw files (default
 #                    ${TMPDIR:-/tmp}/pgoutbox-bench/results-<date>)
 #   --docs FILE      update FILE's benchmark sections (default for a full run:
@@ -30,6 +31,16 @@
 #   --no-floor       no floor_latency on its own slot during the latency runs
 #                    (the floor's walsender decodes the same load a second time)
 #   -X PROP=VAL      librdkafka property for pgoutbox in every scenario
+#   --variants SETS  pgoutbox -X property sets to compare, ';' between sets,
+#                    ',' between the properties of a set, 'defaults' for none:
+#                    e.g. 'linger.ms=5;linger.ms=1;linger.ms=0'. The latency
+#                    scenario runs each set at every rate, alternating rate by
+#                    rate (a process per set, rate and round, the order
+#                    rotating); the drain gets a pgoutbox reader per set
+#                    beside the defaults' (unless --drain-variants); the
+#                    report puts them side by side with the targets
+#   --drain-variants SETS  the drain's sets instead ('defaults': none extra)
+#   --variant-rounds N  rounds of the alternating variants (default 2; --quick 1)
 #   --rev REV        build pgoutbox from git revision REV (exported with git
 #                    archive into ${TMPDIR:-/tmp}/pgoutbox-bench/src-REV)
 #                    instead of the working tree
@@ -53,6 +64,14 @@
 #   polling  the same load and consumer against scripts/bench/polling_relay.py
 #            (SELECT ... FOR UPDATE SKIP LOCKED / produce / flush / UPDATE) at
 #            100 ms and 1 s intervals; relay and backend CPU, rows touched.
+#   sources  3 databases, each with an outbox: one pgoutbox with three
+#            [source] sections against three single-source pgoutbox
+#            processes. Drain: the same backlog in each (100k events per
+#            database, --quick 10k), fresh slots for every variant and
+#            round, the order alternating: events/s, CPU, peak RSS (one
+#            process vs the sum of three). Latency: pgbench on all three
+#            at once (500 and 2,000/s each, --quick 500): p50/p99 per
+#            database and overall.
 #   compat   scripts/bench/peer/compat.py: one workload through pgoutbox and
 #            Debezium (StringConverter, JsonConverter), compared per event;
 #            run.sh exits 3 (after the report) on an unexpected difference.
@@ -78,7 +97,7 @@ die() {
 }
 
 quick=0 profile=0 scenarios='' out='' docs='' nodocs=0 note='' rev_arg='' peer=debezium floor=1
-xprops=()
+xprops=() variant_args=()
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--quick) quick=1 ;;
@@ -121,6 +140,11 @@ while [[ $# -gt 0 ]]; do
 		xprops+=(-X "$2")
 		shift
 		;;
+	--variants | --drain-variants | --variant-rounds)
+		[[ $# -ge 2 ]] || die "$1 needs a value"
+		variant_args+=("$1" "$2")
+		shift
+		;;
 	-h | --help)
 		sed -n '3,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 		exit 0
@@ -130,7 +154,7 @@ while [[ $# -gt 0 ]]; do
 	shift
 done
 if [[ -z $scenarios ]]; then
-	scenarios=drain,latency,polling
+	scenarios=drain,latency,sources,polling
 	[[ $peer == none ]] || scenarios+=,compat
 fi
 ((profile)) && [[ ,$scenarios, != *,profile,* ]] && scenarios+=,profile
@@ -236,14 +260,18 @@ kafka_version=${kafka_version#kafka_2.13-}
 cmdline="scripts/bench/run.sh"
 ((quick)) && cmdline+=" --quick"
 ((profile)) && cmdline+=" --profile"
-[[ $scenarios != drain,latency,polling,compat && $scenarios != drain,latency,polling,compat,profile &&
-	! ($peer == none && ($scenarios == drain,latency,polling || $scenarios == drain,latency,polling,profile)) ]] &&
+default_scenarios=drain,latency,sources,polling
+[[ $peer == none ]] || default_scenarios+=,compat
+[[ $scenarios != "$default_scenarios" && $scenarios != "$default_scenarios,profile" ]] &&
 	cmdline+=" --scenarios $scenarios"
 [[ $peer == none ]] && cmdline+=" --peer none"
 ((floor)) || cmdline+=" --no-floor"
 [[ -n $rev_arg ]] && cmdline+=" --rev $rev_arg"
 for x in "${xprops[@]}"; do [[ $x == -X ]] || cmdline+=" -X $x"; done
-"$PY" - "$out/meta.json" <<EOF
+for ((i = 0; i < ${#variant_args[@]}; i += 2)); do
+	cmdline+=" ${variant_args[i]} '${variant_args[i + 1]}'"
+done
+BENCH_CMDLINE=$cmdline "$PY" - "$out/meta.json" <<EOF
 import json, os, subprocess, sys
 def sh(c):
     try:
@@ -262,7 +290,7 @@ json.dump({
     "pgoutbox_version": sh("'$bin' --version"),
     "pgoutbox_rev": "$rev",
     "pgbench": sh("pgbench --version"),
-    "command": "$cmdline",
+    "command": os.environ["BENCH_CMDLINE"],
     "load_before": sh("cat /proc/loadavg"),
     "top_before": sh("top -b -n 1 -w 200 | sed -n '7,12p'"),
 }, open(sys.argv[1], "w"), indent=1)
@@ -277,7 +305,7 @@ t_bench=$SECONDS
 rc=0
 "$PY" scripts/bench/bench.py --out "$out" --pgoutbox "$bin" --scenarios "$scenarios" \
 	--floor-dir "$floor_build/scripts/bench/floor" "${peer_args[@]}" \
-	--meta "$out/meta.json" "${qa[@]}" "${prof_args[@]}" "${xb[@]}" || rc=$?
+	--meta "$out/meta.json" "${qa[@]}" "${prof_args[@]}" "${xb[@]}" "${variant_args[@]}" || rc=$?
 # 3: the compat scenario found an unexpected difference; report it all the same
 [[ $rc -eq 0 || $rc -eq 3 ]] || die "bench.py failed (exit $rc; logs in $out)"
 info "scenarios took $((SECONDS - t_bench)) s"
