@@ -274,9 +274,10 @@ def variant_lines(r, lagg, m):
                  "is a process of its own on a fresh slot, and the variants alternate rate by rate, "
                  "their order rotating from one rate and round to the next, so that a drift in the "
                  "machine's load favours none. Each process gets %d s of unmeasured load at its "
-                 "rate first. %d round(s): medians, the p99 range in brackets. Each row's floor is "
-                 "measured during that variant's own run." % (m.get("variant_warm_secs", 0),
-                                                              m.get("variant_rounds", 1)))
+                 "rate first. %s Each row's floor is measured during that variant's own run." % (
+                     m.get("variant_warm_secs", 0),
+                     "%d rounds: medians, the p99 range in brackets." % m["variant_rounds"]
+                     if m.get("variant_rounds", 1) > 1 else "One round."))
     else:
         L.append("Each variant one process through its rates, one after the other.")
     L.append("")
@@ -325,7 +326,8 @@ def variant_lines(r, lagg, m):
     L.append("")
     L.append("Targets of issue 15 per variant: p99 at %s events/s within %g ms of the floor's p99 of the "
              "same run, at 10,000/s at most %g ms; draining at ≥ %.1f × the ceiling in every round with "
-             "at most 10 %% more CPU per event than the defaults." % (
+             "at most 10 %% more CPU per event than the defaults (latency judged on the medians over the "
+             "rounds, the drain on its worst round)." % (
                  " and ".join(fi(x) for x in TARGET_FLOOR_RATES), TARGET_FLOOR_PLUS_MS, TARGET_P99_10K,
                  TARGET_DRAIN))
     L.append("")
