@@ -171,12 +171,26 @@ def q1(conn, sql, args=None):
     return r[0][0] if r else None
 
 
-def slot_pid(conn, slot, timeout=30):
+def exited(pid):
+    """Whether the child pid has exited, without reaping it (wait_measured()
+    still gets its rusage)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def slot_pid(conn, slot, timeout=30, clients=()):
+    """The walsender streaming slot, once there is one; None after timeout,
+    or as soon as every child pid of clients has exited (a drain shorter
+    than the first look must not be timed as lasting the whole timeout)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pid = q1(conn, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
         if pid:
             return pid
+        if clients and all(exited(c) for c in clients):
+            return None
         time.sleep(0.01)
     return None
 
@@ -381,7 +395,7 @@ def drain_recvlogical(args, out, conn, slot, endpos, tag):
     with open(os.path.join(out, "recvlogical-%s.log" % tag), "w") as lf:
         p = subprocess.Popen(cmd, stderr=lf)
         t0 = time.monotonic()
-        wpid = slot_pid(conn, slot)
+        wpid = slot_pid(conn, slot, clients=[p.pid])
         ws = Sampler(wpid) if wpid else None
         rc, cpu, _ = wait_measured(p)
         wall = time.monotonic() - t0
@@ -399,7 +413,7 @@ def drain_floor(args, out, conn, slot, endpos, tag, mode):
     with open(os.path.join(out, "floor-drain-%s-%s.log" % (mode, tag)), "w") as lf:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=lf, text=True)
         t0 = time.monotonic()
-        wpid = slot_pid(conn, slot)
+        wpid = slot_pid(conn, slot, clients=[p.pid])
         ws = Sampler(wpid) if wpid else None
         report = p.stdout.read()
         rc, cpu, _ = wait_measured(p)
@@ -425,7 +439,7 @@ def drain_pgoutbox(args, out, conn, slot, endpos, tag, kpid, topic, xargs=()):
         p = subprocess.Popen(cmd, stderr=lf)
         t0 = time.monotonic()
         ps = Sampler(p.pid)
-        wpid = slot_pid(conn, slot)
+        wpid = slot_pid(conn, slot, clients=[p.pid])
         ws = Sampler(wpid) if wpid else None
         rc, cpu, _ = wait_measured(p)
         wall = time.monotonic() - t0
@@ -1321,7 +1335,8 @@ def drain_sources(args, out, conn, variant, slots, endpos, tag, kpid):
     t0 = time.monotonic()
     procs = start_sources(args, out, variant, slots, tag, endpos=endpos)
     samplers = [Sampler(p.pid) for p, _, _, _ in procs]
-    wss = [Sampler(w) for w in (slot_pid(conn, s_) for s_ in slots.values()) if w]
+    pids = [p.pid for p, _, _, _ in procs]
+    wss = [Sampler(w) for w in (slot_pid(conn, s_, clients=pids) for s_ in slots.values()) if w]
     done = [wait_measured(p) for p, _, _, _ in procs]
     wall = time.monotonic() - t0
     for _, lf, _, _ in procs:
