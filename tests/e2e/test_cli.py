@@ -73,7 +73,7 @@ CLI_ERRORS = [
     ("unknown-short-in-cluster", ["-vQ"], 'unknown option "-Q"'),
     ("ambiguous", ["--s", "x"],
      'option "--s" is ambiguous: it may be --slot, --shutdown-timeout, --status-interval, '
-     '--stats-interval, --source'),
+     '--stats-interval, --since, --since-column, --source'),
     ("missing-argument-long", ["--slot"], 'option "--slot" requires an argument'),
     ("missing-argument-abbreviated", ["--conf"], 'option "--config" requires an argument'),
     ("missing-argument-short", ["-d"], 'option "-d" requires an argument'),
