@@ -4,6 +4,7 @@
  */
 #include "config.h"
 #include "log.h"
+#include "lsn.h"
 #include "metrics.h"
 
 #include <errno.h>
@@ -281,19 +282,7 @@ config_usage(FILE *out)
 bool
 parse_lsn(const char *s, uint64_t *out)
 {
-	char *end;
-	unsigned long long hi, lo;
-
-	errno = 0;
-	hi = strtoull(s, &end, 16);
-	if (end == s || *end != '/' || errno || hi > UINT32_MAX)
-		return false;
-	s = end + 1;
-	lo = strtoull(s, &end, 16);
-	if (end == s || *end != '\0' || errno || lo > UINT32_MAX)
-		return false;
-	*out = ((uint64_t) hi << 32) | (uint64_t) lo;
-	return true;
+	return lsn_parse(s, out);
 }
 
 /* ---------------------------------------------------------------------------

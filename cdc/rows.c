@@ -8,6 +8,7 @@
  */
 #include "rows.h"
 #include "log.h"
+#include "lsn.h"
 
 #include <inttypes.h>
 #include <libpq-fe.h>
@@ -748,17 +749,6 @@ make_batch(libpq_reader *r, rows_batch *b)
 	return true;
 }
 
-static bool
-parse_lsn_text(const char *s, uint64_t *out)
-{
-	unsigned hi, lo;
-	char tail;
-
-	if (s == NULL || sscanf(s, "%X/%X%c", &hi, &lo, &tail) != 2)
-		return false;
-	*out = ((uint64_t) hi << 32) | lo;
-	return true;
-}
 
 /* A query completed: check it and send the next one. */
 static rows_rc
@@ -781,7 +771,7 @@ reader_step(libpq_reader *r, char *errbuf, size_t errlen)
 			return ROWS_FAIL;
 		res = r->c.res[0];
 		if (PQntuples(res) != 1 || PQnfields(res) < 2 ||
-		    !parse_lsn_text(PQgetvalue(res, 0, 1), &r->info.position)) {
+		    !lsn_parse(PQgetvalue(res, 0, 1), &r->info.position)) {
 			snprintf(errbuf, errlen, "CREATE_REPLICATION_SLOT returned an unexpected result");
 			return ROWS_FAIL;
 		}
@@ -797,7 +787,7 @@ reader_step(libpq_reader *r, char *errbuf, size_t errlen)
 		}
 		r->info.commit_times = strcmp(PQgetvalue(res, 0, 0), "on") == 0;
 		r->info.snapshot_time = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
-		if (r->create_slot == NULL && !parse_lsn_text(PQgetvalue(res, 0, 2), &r->info.position))
+		if (r->create_slot == NULL && !lsn_parse(PQgetvalue(res, 0, 2), &r->info.position))
 			r->info.position = 0;
 		snprintf(r->database, sizeof(r->database), "%s", PQgetvalue(res, 0, 3));
 		r->info.database = r->database;
@@ -1249,7 +1239,7 @@ cleaner_pick(rows_cleaner *base, size_t t, size_t max, size_t *n, uint64_t *upto
 	*upto = 0;
 	for (size_t i = 0; i < *n; i++) {
 		uint64_t pos;
-		if (!parse_lsn_text(PQgetvalue(k->picked, (int) i, 0), &pos)) {
+		if (!lsn_parse(PQgetvalue(k->picked, (int) i, 0), &pos)) {
 			snprintf(errbuf, errlen, "pg_current_wal_insert_lsn() gave no LSN");
 			return ROWS_FAIL;
 		}

@@ -20,6 +20,7 @@
 #define _GNU_SOURCE    /* POLLRDHUP */
 #include "source.h"
 #include "log.h"
+#include "lsn.h"
 
 #include <libpq-fe.h>
 #include <poll.h>
@@ -452,17 +453,6 @@ parse_timeout_ms(const char *v)
 	return 0;
 }
 
-static bool
-parse_lsn_text(const char *s, uint64_t *out)
-{
-	unsigned hi, lo;
-	char tail;
-
-	if (s == NULL || sscanf(s, "%X/%X%c", &hi, &lo, &tail) != 2)
-		return false;
-	*out = ((uint64_t) hi << 32) | lo;
-	return true;
-}
 
 /* Start connecting to the next host of the list. */
 static source_rc
@@ -803,7 +793,7 @@ check_slot_row(source_libpq *s, const PGresult *res, char *errbuf, size_t errlen
 		         s->slot, PQgetvalue(res, 0, 6));
 		return SOURCE_BUSY;
 	}
-	if (!parse_lsn_text(PQgetvalue(res, 0, 4), &s->sess.slot_confirmed))
+	if (!lsn_parse(PQgetvalue(res, 0, 4), &s->sess.slot_confirmed))
 		s->sess.slot_confirmed = 0;
 	s->sess.sender_timeout_ms = parse_timeout_ms(PQgetvalue(res, 0, 7));
 	s->sess.in_recovery = is_true(res, 0, 8);
@@ -892,7 +882,7 @@ advance(source_libpq *s, char *errbuf, size_t errlen)
 		                    errlen)) == NULL)
 			return rc;
 		if (PQntuples(r) != 1 || PQnfields(r) < 3 ||
-		    !parse_lsn_text(PQgetvalue(r, 0, 2), &s->sess.wal_end)) {
+		    !lsn_parse(PQgetvalue(r, 0, 2), &s->sess.wal_end)) {
 			snprintf(errbuf, errlen, "IDENTIFY_SYSTEM returned an unexpected result");
 			PQclear(r);
 			return SOURCE_LOST;
@@ -1335,17 +1325,13 @@ libpq_verify(source *src, uint32_t asked, source_catalog *out, char *errbuf, siz
 		          bad ? PQresultErrorMessage(bad) : "unexpected results");
 		rc = SOURCE_LOST;
 	} else if (PQntuples(s->side_res[0]) != 1 ||
-	           !parse_lsn_text(PQgetvalue(s->side_res[0], 0, 0), &s->side_cat.valid_from) ||
-	           !catalog_parse(s->side_res[1], s->ntables, s->side_asked, &s->side_cat)) {
+	           !catalog_parse(s->side_res[1], s->ntables, s->side_asked, &s->side_cat) ||
+	           !lsn_parse(PQgetvalue(s->side_res[0], 0, 0), &s->side_cat.valid_from)) {
 		snprintf(errbuf, errlen, "verification query gave an unexpected result (or out of memory)");
 		rc = SOURCE_LOST;
 	}
-	if (rc == SOURCE_OK) {
-		uint64_t from;
-		parse_lsn_text(PQgetvalue(s->side_res[0], 0, 0), &from);
-		s->side_cat.valid_from = from;
+	if (rc == SOURCE_OK)
 		*out = s->side_cat;
-	}
 	for (int i = 0; i < s->side_nres; i++)
 		PQclear(s->side_res[i]);
 	s->side_nres = 0;
