@@ -1,8 +1,8 @@
 """Helpers of the fault tests (test_faults.py): a writer thread that keeps
 committing small outbox transactions (and rolling some back) across
 connection losses, a TCP proxy that can black-hole either direction, the
-stack's processes (Kafka's pid, scripts/stack.sh kafka-stop / kafka-start,
-pg_ctl restart), and the delivery checks every fault test ends with.
+stack's processes (Kafka's pid, scripts/stack.sh kafka-stop / kafka-start /
+restart-pg), and the delivery checks every fault test ends with.
 
 As in util.py, waiting is polling a condition against a deadline; sleeps only
 pace the load or hold an outage for its duration.
@@ -382,22 +382,11 @@ class StoppedKafka:
         return False
 
 
-PGBIN = os.environ.get("PGOUTBOX_PGBIN", "/usr/lib/postgresql/15/bin")
-
-
 def pg_restart(stack, mode):
-    """pg_ctl restart -m MODE (fast | immediate), as the postgres user when
-    root; returns once PostgreSQL answers queries again."""
-    state = state_dir(stack)
-    data, log = state / "pg" / "data", state / "pg" / "postgresql.log"
-    cmd = [PGBIN + "/pg_ctl", "restart", "-m", mode, "-D", str(data), "-l", str(log), "-w",
-           "-t", "60"]
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--"] + cmd
-    r = subprocess.run(cmd, cwd=str(state / "pg"), capture_output=True, text=True, timeout=120,
-                       stdin=subprocess.DEVNULL)
-    assert r.returncode == 0, "pg_ctl restart -m %s failed (%d): %s%s" % (
-        mode, r.returncode, r.stdout, r.stderr)
+    """scripts/stack.sh restart-pg --mode MODE (fast | immediate): pg_ctl
+    restart of the stack's own server (whatever its major), on the same
+    port; returns once PostgreSQL answers queries again."""
+    stack_sh(stack, "restart-pg", "--mode", mode)
 
     def ready():
         try:
