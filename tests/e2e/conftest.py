@@ -12,7 +12,11 @@ PGOUTBOX_PG_VERSION=N set, of PostgreSQL N (`--pg N`, after
 
 The server's major is `stack.pg_version` (from the env file's
 PGOUTBOX_PG_VERSION, checked against the server); `@pytest.mark.pg_min(N)`
-skips a test on older servers, `@pytest.mark.standby` without a standby.
+skips a test on older servers, `@pytest.mark.pg_max(N)` on newer ones,
+`@pytest.mark.standby` without a standby.  `@pytest.mark.core` marks the
+subset scripts/test.sh runs on every major, `@pytest.mark.server` the tests
+of what the server does that it runs on the newest major too (the whole
+suite runs on Debian's 15).
 """
 
 import os
@@ -170,19 +174,29 @@ def _stack_for_session(request):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "pg_min(N): needs PostgreSQL N or later (skipped before)")
+    config.addinivalue_line("markers", "pg_max(N): about PostgreSQL N or older (skipped after)")
     config.addinivalue_line("markers", "standby: needs the stack's standby (stack.sh --standby)")
+    config.addinivalue_line("markers", "core: of the subset scripts/test.sh runs on every "
+                                       "PostgreSQL major (-m core), not only on 15")
+    config.addinivalue_line("markers", "server: exercises what the server does (decoding, "
+                                       "catalogs, slots); scripts/test.sh runs it on the newest "
+                                       "major too")
 
 
 @pytest.fixture(autouse=True)
 def _server_requirements(request):
-    """Skip tests marked pg_min(N) on older servers, standby without one."""
+    """Skip tests marked pg_min(N) on older servers, pg_max(N) on newer ones,
+    standby without one."""
     mark = request.node.get_closest_marker("pg_min")
+    upto = request.node.get_closest_marker("pg_max")
     needs_standby = request.node.get_closest_marker("standby") is not None
-    if mark is None and not needs_standby:
+    if mark is None and upto is None and not needs_standby:
         return
     st = request.getfixturevalue("stack")
     if mark is not None and st.pg_version < mark.args[0]:
         pytest.skip("needs PostgreSQL %d or later; the server is %d" % (mark.args[0], st.pg_version))
+    if upto is not None and st.pg_version > upto.args[0]:
+        pytest.skip("about PostgreSQL %d and older; the server is %d" % (upto.args[0], st.pg_version))
     if needs_standby and not st.standby:
         pytest.skip("needs a standby (scripts/stack.sh start --standby, or PGOUTBOX_STANDBY=1)")
 
