@@ -1274,6 +1274,14 @@ try_connect(pipeline *p, int64_t now)
 		p->next_connect_ms = now + SLOT_BUSY_RETRY_MS;
 		return;
 	}
+	if (p->src->ops->next_host != NULL && p->src->ops->next_host(p->src)) {
+		/* Another host of the list (a promoted standby?) is asked at
+		 * once; the back-off grows only after a whole round failed. */
+		log_msg(LOG_WARNING, "%s%s; trying the next host", p->name, err);
+		set_health(p, "not streaming: %s", err);
+		p->next_connect_ms = now;
+		return;
+	}
 	stream_lost(p, err, now);
 }
 

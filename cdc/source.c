@@ -71,6 +71,7 @@ typedef struct source_libpq {
 	size_t   nhosts, nhostnames, nhostaddrs, nports;
 	size_t   next_host;     /* host of the next attempt */
 	size_t   cur_host;      /* host of the current one */
+	size_t   round_tried;   /* hosts tried since the last session or round began */
 	int      connect_timeout_ms;
 
 	PGconn  *conn;
@@ -462,6 +463,7 @@ connect_start(source_libpq *s, char *errbuf, size_t errlen)
 
 	s->cur_host = h;
 	s->next_host = h + 1;
+	s->round_tried++;
 	if (s->key_host >= 0 && s->hosts != NULL) {
 		free(s->vals[s->key_host]);
 		s->vals[s->key_host] = strdup(s->hosts[s->nhostnames > 1 ? h : 0]);
@@ -969,6 +971,7 @@ libpq_start(source *src, source_session *session, char *errbuf, size_t errlen)
 		*session = s->sess;
 		/* Reconnect to the host that worked first. */
 		s->next_host = s->cur_host;
+		s->round_tried = 0;
 	} else if (rc != SOURCE_AGAIN) {
 		libpq_close(src);
 	}
@@ -1433,6 +1436,17 @@ libpq_streaming(const source *src)
 	return ((const source_libpq *) src)->ph == PH_STREAMING;
 }
 
+static bool
+libpq_next_host(source *src)
+{
+	source_libpq *s = (source_libpq *) src;
+
+	if (s->round_tried < s->nhosts)
+		return true;
+	s->round_tried = 0;
+	return false;
+}
+
 static const source_ops libpq_ops = {
 	.start = libpq_start,
 	.read = libpq_read,
@@ -1445,6 +1459,7 @@ static const source_ops libpq_ops = {
 	.events = libpq_events,
 	.deadline = libpq_deadline,
 	.streaming = libpq_streaming,
+	.next_host = libpq_next_host,
 	.destroy = libpq_destroy,
 };
 /* --check ---------------------------------------------------------------- */

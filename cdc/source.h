@@ -122,6 +122,15 @@ typedef struct source_ops {
 	/* The earliest time (ms, monotonic) a timer of the source runs out; -1: none. */
 	int64_t   (*deadline)(const source *s);
 	bool      (*streaming)(const source *s);
+	/*
+	 * After start() failed (SOURCE_LOST): true when the conninfo lists a
+	 * host this round of attempts has not tried yet, which the caller may
+	 * try at once (one host being down, or a standby refusing
+	 * target_session_attrs=read-write, is no reason to wait before asking
+	 * the next); false once every host was tried, which begins a new round
+	 * (back off, then start over).  NULL: one host.
+	 */
+	bool      (*next_host)(source *s);
 	void      (*destroy)(source *s);
 } source_ops;
 
