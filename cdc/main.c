@@ -185,7 +185,7 @@ start_source(app *a, const config *cfg, const config_source *cs, char *errbuf, s
 	};
 	source_config sc = {
 		.conninfo = cs->conninfo, .slot = cs->slot, .publication = cs->publication,
-		.proto_version = 0,
+		.proto_version = 0, .messages_prefix = cs->messages_prefix,
 	};
 	pipeline_config pc = {
 		.name = cs->name, .slot = cs->slot, .publication = cs->publication, .outbox = &oc,
@@ -710,7 +710,8 @@ check_source(check_ctx *c, const config_source *cs, const char **fixed_topic, bo
              source **srcp)
 {
 	char err[1024];
-	source_config sc = {.conninfo = cs->conninfo, .slot = cs->slot, .publication = cs->publication};
+	source_config sc = {.conninfo = cs->conninfo, .slot = cs->slot, .publication = cs->publication,
+	                    .messages_prefix = cs->messages_prefix};
 	const char **nsp = NULL, **rel = NULL;
 	outbox_config oc = {
 		.tables = cs->tables, .ntables = cs->ntables,

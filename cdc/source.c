@@ -60,6 +60,7 @@ typedef struct source_libpq {
 	char    *publication;
 	char    *secret;        /* password from the conninfo, for redaction */
 	int      proto_version; /* asked for; 0: negotiate */
+	char    *messages_prefix; /* NULL: logical messages are not events */
 	size_t   ntables;
 	char   **nsp, **rel;
 
@@ -296,6 +297,9 @@ source_libpq_new(const source_config *cfg, char *errbuf, size_t errlen)
 		goto nomem;
 	s->base.ops = &libpq_ops;
 	s->proto_version = cfg->proto_version;
+	if (cfg->messages_prefix != NULL && cfg->messages_prefix[0] != '\0' &&
+	    (s->messages_prefix = strdup(cfg->messages_prefix)) == NULL)
+		goto nomem;
 	s->conninfo = strdup(cfg->conninfo);
 	s->slot = strdup(cfg->slot);
 	s->publication = strdup(cfg->publication);
@@ -363,6 +367,7 @@ libpq_destroy(source *src)
 	free(s->conninfo);
 	free(s->slot);
 	free(s->publication);
+	free(s->messages_prefix);
 	if (s->secret) {
 		memset(s->secret, 0, strlen(s->secret));
 		free(s->secret);
@@ -815,6 +820,12 @@ ask_start(source_libpq *s, char *errbuf, size_t errlen)
 	char *ident, *pubident = NULL, *publit = NULL;
 	source_rc rc;
 
+	if (s->messages_prefix != NULL && s->server_version < 140000) {
+		snprintf(errbuf, errlen, "messages_prefix = \"%s\" needs PostgreSQL 14 or later: "
+		         "PostgreSQL %d does not send logical decoding messages to pgoutput, so none "
+		         "would ever become an event", s->messages_prefix, s->server_version / 10000);
+		return SOURCE_FATAL;
+	}
 	ident = PQescapeIdentifier(s->conn, s->slot, strlen(s->slot));
 	if (ident)
 		pubident = PQescapeIdentifier(s->conn, s->publication, strlen(s->publication));
@@ -1797,6 +1808,13 @@ source_check(source *src, const source_check_spec *specs, size_t nspecs,
 	}
 	check_slot(&c, slotlit);
 	(void) check_publication(&c, publit);
+	if (s->messages_prefix != NULL && v < 140000)
+		check_line(&c, CHECK_FAIL, "messages", "messages_prefix = \"%s\" needs PostgreSQL 14 or "
+		           "later: PostgreSQL %d does not send logical decoding messages to pgoutput",
+		           s->messages_prefix, v / 10000);
+	else if (s->messages_prefix != NULL)
+		check_line(&c, CHECK_OK, "messages", "transactional logical decoding messages with "
+		           "prefix \"%s\" become events", s->messages_prefix);
 	if (nspecs != s->ntables) {
 		check_line(&c, CHECK_FAIL, "table", "internal error: %zu tables to check, %zu configured",
 		           nspecs, s->ntables);

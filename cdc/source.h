@@ -143,6 +143,7 @@ typedef struct source_config {
 	const char *slot;
 	const char *publication;
 	int         proto_version; /* 0: the highest the server speaks */
+	const char *messages_prefix; /* logical messages become events (NULL or "": no); needs 14+ */
 	size_t      ntables;       /* the configured outbox tables, for verification */
 	const char *const *table_nsp;
 	const char *const *table_rel;

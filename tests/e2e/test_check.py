@@ -6,6 +6,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import psycopg2.extensions
@@ -238,13 +240,15 @@ def test_check_role_privileges_and_no_password(outbox_db, pgoutbox, stack):
 
 
 @pytest.fixture(scope="module")
-def replica_cluster():
-    """A PostgreSQL with wal_level = replica (no Kafka), for this module only."""
+def replica_cluster(stack):
+    """A PostgreSQL (of the stack's major) with wal_level = replica (no
+    Kafka), for this module only."""
     state = Path(tempfile.mkdtemp(prefix="pgoutbox-e2e-replica-"))
     state.chmod(0o755)
     try:
         start = subprocess.run([str(STACK_SH), "start", "--pg-only", "--wal-level", "replica",
-                                "--state", str(state)], capture_output=True, text=True,
+                                "--pg", str(stack.pg_version), "--state", str(state)],
+                               capture_output=True, text=True,
                                timeout=120, stdin=subprocess.DEVNULL)
         assert start.returncode == 0, start.stderr[-2000:]
         yield _read_env_file(state / "env")["PGOUTBOX_PG"]
@@ -260,3 +264,27 @@ def test_check_wal_level_replica(pgoutbox, stack, replica_cluster):
     assert status(results, "wal_level") == "FAIL"
     assert "replica" in results["wal_level"][0][1]
     assert status(results, "connection") == "ok"
+
+
+# ---------------------------------------------------------------------------
+# Version matters: logical messages (14+), failover slots (17+), settings that
+# invalidate the slot while pgoutbox is away (13+, 18+)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.core
+def test_check_messages_prefix(outbox_db, pgoutbox, stack):
+    db = outbox_db
+    if stack.pg_version < 14:
+        _, results = run_check(pgoutbox, *db.args("--messages-prefix", "outbox"),
+                               expect=util.EXIT_RUNTIME)
+        assert_only_failure(results, "messages")
+        assert results["messages"] == [("FAIL", 'messages_prefix = "outbox" needs PostgreSQL 14 '
+                                        "or later: PostgreSQL 13 does not send logical decoding "
+                                        "messages to pgoutput")]
+    else:
+        _, results = run_check(pgoutbox, *db.args("--messages-prefix", "outbox"),
+                               expect=util.EXIT_OK)
+        assert results["messages"] == [("ok", "transactional logical decoding messages with "
+                                        'prefix "outbox" become events')]
+    _, results = run_check(pgoutbox, *db.args(), expect=util.EXIT_OK)
+    assert "messages" not in results

@@ -226,6 +226,7 @@ def test_bad_routing_settings_exit_1(outbox_db, pgoutbox, tmp_path):
 # 4. Logical-message outbox mixed with table inserts
 # ---------------------------------------------------------------------------
 
+@pytest.mark.pg_min(14)     # 13 does not send logical decoding messages to pgoutput
 def test_logical_messages_mixed_with_inserts(outbox_db, pgoutbox, tmp_path):
     db = outbox_db
     install_emit(db)
@@ -277,6 +278,21 @@ def test_logical_messages_mixed_with_inserts(outbox_db, pgoutbox, tmp_path):
     assert got[tomb].value is None and got[tomb].key == b"k2", "JSON null payload → tombstone"
 
 
+@pytest.mark.core
+@pytest.mark.pg_max(13)
+def test_messages_prefix_refused_before_14(outbox_db, pgoutbox, tmp_path):
+    """PostgreSQL 13 does not send logical decoding messages to pgoutput: a
+    configured messages_prefix would silently never produce an event, so
+    pgoutbox says so and stops before streaming."""
+    db = outbox_db
+    p = run_config(pgoutbox, db, tmp_path, ["messages_prefix = outbox"], db.wal_lsn(),
+                   expect=util.EXIT_RUNTIME)
+    assert 'ERROR:  messages_prefix = "outbox" needs PostgreSQL 14 or later: PostgreSQL 13 does ' \
+           "not send logical decoding messages to pgoutput, so none would ever become an " \
+           "event\n" in p.stderr, p.stderr
+    assert "streaming from slot" not in p.stderr, p.stderr
+
+
 # ---------------------------------------------------------------------------
 # 5. Malformed message content and an unmappable row, under stop and dlq
 # ---------------------------------------------------------------------------
@@ -300,12 +316,19 @@ def _write_bad(db, kind, good_type):
     return good1 + good2, bad_id, before, after
 
 
-@pytest.mark.parametrize("kind", ["message", "row"])
+KINDS = [pytest.param("message", marks=pytest.mark.pg_min(14)), "row"]
+
+
+def messages_for(kind):
+    return ["messages_prefix = outbox"] if kind == "message" else []
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_unmappable_stop(outbox_db, pgoutbox, tmp_path, kind):
     db = outbox_db
     execute(db.conn, "ALTER TABLE public.outbox ALTER COLUMN aggregateid DROP NOT NULL")
     good, bad_id, before, after = _write_bad(db, kind, db.aggtype("stop"))
-    p = run_config(pgoutbox, db, tmp_path, ["messages_prefix = outbox", "on_error = stop"],
+    p = run_config(pgoutbox, db, tmp_path, messages_for(kind) + ["on_error = stop"],
                    db.wal_lsn(), expect=util.EXIT_RUNTIME)
     if kind == "message":
         assert "not valid JSON" in p.stderr and "logical message prefix outbox" in p.stderr, p.stderr
@@ -317,7 +340,7 @@ def test_unmappable_stop(outbox_db, pgoutbox, tmp_path, kind):
     assert good[0] in ids and good[1] not in ids
 
 
-@pytest.mark.parametrize("kind", ["message", "row"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_unmappable_dlq(outbox_db, pgoutbox, tmp_path, kind):
     db = outbox_db
     execute(db.conn, "ALTER TABLE public.outbox ALTER COLUMN aggregateid DROP NOT NULL")
@@ -325,8 +348,8 @@ def test_unmappable_dlq(outbox_db, pgoutbox, tmp_path, kind):
     good, bad_id, before, after = _write_bad(db, kind, good_type)
     dlq = "dlq_%s" % db.tag
     endpos = db.wal_lsn()
-    p = run_config(pgoutbox, db, tmp_path, ["messages_prefix = outbox", "on_error = dlq",
-                                            "dlq_topic = %s" % dlq], endpos)
+    p = run_config(pgoutbox, db, tmp_path, messages_for(kind) + ["on_error = dlq",
+                                                                 "dlq_topic = %s" % dlq], endpos)
     assert "dead-letter" in p.stderr, "the dead-lettering is logged:\n" + p.stderr
     msgs = db.kafka_messages()
     assert {m.id for m in msgs if m.topic == util.default_topic(good_type)} == set(good), (
@@ -409,6 +432,7 @@ PG_TIME_US = ("to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC',"
               " 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
 
 
+@pytest.mark.pg_min(14)     # with a logical message
 @pytest.mark.parametrize("fmt", ["raw", "envelope", "cloudevents"])
 def test_value_formats(outbox_db, pgoutbox, tmp_path, fmt):
     db = outbox_db
