@@ -1577,8 +1577,10 @@ check_slot(checker *c, const char *slotlit)
 	PGresult *res = check_query(c, "slot",
 		"SELECT coalesce(plugin, ''), slot_type, database = current_database(), "
 		"coalesce(database::text, ''), active, coalesce(active_pid::text, ''), "
-		"coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, '') "
-		"FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", slotlit);
+		"coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, ''), %s "
+		"FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+		PQserverVersion(c->s->conn) >= 170000 ? "synced AND pg_catalog.pg_is_in_recovery()" : "false",
+		slotlit);
 	const char *wal;
 
 	if (res == NULL)
@@ -1602,7 +1604,10 @@ check_slot(checker *c, const char *slotlit)
 	}
 	check_line(c, CHECK_OK, "slot", "replication slot \"%s\" (pgoutput) confirmed up to %s",
 	           slot, PQgetvalue(res, 0, 7));
-	if (is_true(res, 0, 4))
+	if (is_true(res, 0, 8))
+		check_line(c, CHECK_OK, "slot in use", "a synced copy: only this standby's slot sync "
+		           "worker uses it%s", is_true(res, 0, 4) ? " (now)" : "");
+	else if (is_true(res, 0, 4))
 		check_line(c, CHECK_FAIL, "slot in use", "replication slot \"%s\" is active for the "
 		           "process with PID %s: another pgoutbox or consumer streams from it", slot,
 		           PQgetvalue(res, 0, 5));
@@ -1618,6 +1623,263 @@ check_slot(checker *c, const char *slotlit)
 	else
 		check_line(c, CHECK_OK, "slot wal_status", "%s", wal[0] ? wal : "not reported");
 out:
+	PQclear(res);
+}
+
+/*
+ * The longest outage of pgoutbox (or of Kafka) that is still plausible: a
+ * night or a weekend day without anyone to fix it.  A setting that would
+ * invalidate the slot sooner is a warning.
+ */
+#define PLAUSIBLE_OUTAGE_S (24 * 3600)
+#define WAL_SAMPLE_MS      1000    /* how long --check watches the WAL position */
+#define MB                 1048576.0  /* PostgreSQL's MB (max_slot_wal_keep_size's unit) */
+
+/* "45 seconds", "12 minutes", "3.5 hours", "2.0 days" */
+static void
+format_duration(char *buf, size_t len, double s)
+{
+	if (s < 90)
+		snprintf(buf, len, "%.0f seconds", s);
+	else if (s < 90 * 60)
+		snprintf(buf, len, "%.0f minutes", s / 60);
+	else if (s < 36 * 3600)
+		snprintf(buf, len, "%.1f hours", s / 3600);
+	else
+		snprintf(buf, len, "%.1f days", s / 86400);
+}
+
+/* One text value of a single-row query (owned by res); NULL after a failure reported as name. */
+static PGresult *
+check_row(checker *c, const char *name, const char *sql)
+{
+	PGresult *res = check_query(c, name, "%s", sql);
+
+	if (res != NULL && PQntuples(res) != 1) {
+		check_line(c, CHECK_FAIL, name, "unexpected answer to a catalog query");
+		PQclear(res);
+		return NULL;
+	}
+	return res;
+}
+
+/*
+ * A server in recovery: PostgreSQL 16+ decodes there (from a slot made on
+ * the standby), if the primary keeps the rows the slot needs
+ * (hot_standby_feedback through a physical slot).
+ */
+static void
+check_standby(checker *c, int v)
+{
+	PGresult *res;
+
+	if (v < 160000) {
+		check_line(c, CHECK_FAIL, "standby", "the server is a standby in recovery and PostgreSQL %d "
+		           "cannot decode there (16+ can): point the connection at the primary (with a host "
+		           "list, add target_session_attrs=read-write)", v / 10000);
+		return;
+	}
+	res = check_row(c, "standby", "SELECT pg_catalog.current_setting('hot_standby_feedback'), "
+	                "pg_catalog.current_setting('primary_slot_name')");
+	if (res == NULL)
+		return;
+	if (strcmp(PQgetvalue(res, 0, 0), "on") != 0)
+		check_line(c, CHECK_WARN, "standby", "the server is a standby and hot_standby_feedback is "
+		           "off: the primary may remove catalog rows the slot still needs, and the standby "
+		           "then invalidates the slot (a conflict); set hot_standby_feedback = on");
+	else if (PQgetvalue(res, 0, 1)[0] == '\0')
+		check_line(c, CHECK_WARN, "standby", "the server is a standby with hot_standby_feedback = "
+		           "on but no primary_slot_name: while it is disconnected the primary forgets its "
+		           "feedback and may remove rows the slot needs; give it a physical slot");
+	else
+		check_line(c, CHECK_OK, "standby", "the server is a standby (decoding there needs "
+		           "PostgreSQL 16+); hot_standby_feedback = on through the primary's slot \"%s\"",
+		           PQgetvalue(res, 0, 1));
+	PQclear(res);
+}
+
+/*
+ * Failover (17+).  On the primary: is the slot a failover slot, does
+ * synchronized_standby_slots hold logical walsenders back for the standbys,
+ * are those standbys connected.  Whether a standby has the slot synced is
+ * visible only there: on a standby, its copy's state.
+ */
+static void
+check_failover(checker *c, const char *slotlit, bool in_recovery)
+{
+	const char *slot = c->s->slot;
+	PGresult *res, *sb;
+	int nphys;
+
+	res = check_query(c, "slot failover",
+		"SELECT failover, synced, temporary, coalesce(confirmed_flush_lsn::text, ''), "
+		"pg_catalog.current_setting('synchronized_standby_slots'), "
+		"(SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical' "
+		"AND active) FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", slotlit);
+	if (res == NULL)
+		return;
+	if (PQntuples(res) != 1)
+		goto out;    /* check_slot said so */
+	if (in_recovery) {
+		if (is_true(res, 0, 1) && !is_true(res, 0, 2))
+			check_line(c, CHECK_OK, "slot sync", "this standby has a synced copy of the primary's "
+			           "failover slot \"%s\", confirmed up to %s: after a promotion pgoutbox goes on "
+			           "from there", slot, PQgetvalue(res, 0, 3));
+		else if (is_true(res, 0, 1))
+			check_line(c, CHECK_WARN, "slot sync", "this standby's copy of slot \"%s\" is still "
+			           "temporary: a promotion now would drop it; it becomes usable once the "
+			           "primary's slot was confirmed after the copy was made (pgoutbox streaming "
+			           "from the primary does that)", slot);
+		goto out;
+	}
+	nphys = atoi(PQgetvalue(res, 0, 5));
+	if (!is_true(res, 0, 0)) {
+		if (nphys > 0)
+			check_line(c, CHECK_WARN, "slot failover", "replication slot \"%s\" is not a failover "
+			           "slot, but %d standby(s) stream from this server: a promoted standby would "
+			           "not have it; make it one (scripts/setup-slot.sh --failover)", slot, nphys);
+		else
+			check_line(c, CHECK_OK, "slot failover", "replication slot \"%s\" is not a failover "
+			           "slot (no standby streams from this server)", slot);
+		goto out;
+	}
+	if (PQgetvalue(res, 0, 4)[0] == '\0') {
+		check_line(c, CHECK_WARN, "slot failover", "replication slot \"%s\" is a failover slot, but "
+		           "synchronized_standby_slots is empty: pgoutbox may publish transactions a standby "
+		           "does not have yet, which a failover to it then loses (ghost events); name the "
+		           "standbys' physical slots there", slot);
+		goto out;
+	}
+	check_line(c, CHECK_OK, "slot failover", "replication slot \"%s\" is a failover slot; "
+	           "synchronized_standby_slots = '%s' holds pgoutbox back until those standbys have "
+	           "the WAL", slot, PQgetvalue(res, 0, 4));
+	sb = check_query(c, "slot sync",
+		"SELECT btrim(n.name), coalesce(s.slot_type, ''), coalesce(s.active, false) FROM "
+		"unnest(string_to_array(pg_catalog.current_setting('synchronized_standby_slots'), ',')) "
+		"WITH ORDINALITY n(name, i) LEFT JOIN pg_catalog.pg_replication_slots s "
+		"ON s.slot_name = btrim(n.name) ORDER BY n.i");
+	if (sb == NULL)
+		goto out;
+	for (int i = 0; i < PQntuples(sb); i++) {
+		const char *name = PQgetvalue(sb, i, 0), *type = PQgetvalue(sb, i, 1);
+
+		if (type[0] == '\0')
+			check_line(c, CHECK_WARN, "slot sync", "synchronized_standby_slots names slot \"%s\", "
+			           "which does not exist: pgoutbox's walsender waits for it and streams "
+			           "nothing", name);
+		else if (strcmp(type, "physical") != 0)
+			check_line(c, CHECK_WARN, "slot sync", "synchronized_standby_slots names slot \"%s\", "
+			           "a %s slot, not a standby's", name, type);
+		else if (!is_true(sb, i, 2))
+			check_line(c, CHECK_WARN, "slot sync", "no standby is connected to slot \"%s\": "
+			           "pgoutbox's walsender waits until one is and streams nothing meanwhile",
+			           name);
+		else
+			check_line(c, CHECK_OK, "slot sync", "a standby is connected to slot \"%s\" (whether "
+			           "it has synced \"%s\" shows only there: --check against the standby)",
+			           name, slot);
+	}
+	PQclear(sb);
+out:
+	PQclear(res);
+}
+
+/*
+ * Settings that invalidate the slot while pgoutbox is away:
+ * max_slot_wal_keep_size (13+) once the slot holds that much WAL (pgoutbox
+ * down or Kafka not acknowledging), idle_replication_slot_timeout (18+)
+ * once nobody streamed from it that long.  Each is judged against a
+ * plausible outage.
+ */
+static void
+check_retention(checker *c, const char *slotlit, int v, bool in_recovery)
+{
+	char dur[64], sql[512];
+	PGresult *res, *a = NULL, *b = NULL;
+	int64_t t0, t1;
+
+	res = check_query(c, "slot wal keep size",
+		"SELECT pg_catalog.current_setting('max_slot_wal_keep_size'), "
+		"(SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'max_slot_wal_keep_size'), "
+		"coalesce(safe_wal_size::text, ''), %s, %s, "
+		"(SELECT setting FROM pg_catalog.pg_settings WHERE name = 'checkpoint_timeout')::bigint, %s "
+		"FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+		v >= 180000 ? "pg_catalog.current_setting('idle_replication_slot_timeout')" : "''",
+		v >= 180000 ? "(SELECT setting::bigint FROM pg_catalog.pg_settings "
+		              "WHERE name = 'idle_replication_slot_timeout')" : "0",
+		v >= 170000 ? "synced" : "false", slotlit);
+	if (res == NULL)
+		return;
+	if (PQntuples(res) != 1)
+		goto out;    /* check_slot said so */
+
+	if (v >= 180000 && !is_true(res, 0, 6)) {
+		long long idle = atoll(PQgetvalue(res, 0, 4));
+		char cp[64];
+
+		format_duration(dur, sizeof(dur), (double) idle);
+		format_duration(cp, sizeof(cp), (double) atoll(PQgetvalue(res, 0, 5)));
+		if (idle <= 0)
+			check_line(c, CHECK_OK, "slot idle timeout", "idle_replication_slot_timeout = 0: "
+			           "the slot is never invalidated for being idle");
+		else
+			check_line(c, idle < PLAUSIBLE_OUTAGE_S ? CHECK_WARN : CHECK_OK, "slot idle timeout",
+			           "idle_replication_slot_timeout = %s: once pgoutbox has not been connected "
+			           "for %s, the next checkpoint (at most checkpoint_timeout = %s later) "
+			           "invalidates the slot%s", PQgetvalue(res, 0, 3), dur, cp,
+			           idle < PLAUSIBLE_OUTAGE_S ? " and the events since must be backfilled" : "");
+	}
+
+	if (atoll(PQgetvalue(res, 0, 1)) >= 0 && PQgetvalue(res, 0, 2)[0] != '\0') {
+		/* The WAL rate, over a short sample of the server's WAL position. */
+		double left = (double) atoll(PQgetvalue(res, 0, 2)), mb_min;
+
+		snprintf(sql, sizeof(sql), "SELECT %s::text",
+		         in_recovery ? "coalesce(pg_catalog.pg_last_wal_receive_lsn(), "
+		                       "pg_catalog.pg_last_wal_replay_lsn())"
+		                     : "pg_catalog.pg_current_wal_lsn()");
+		t0 = mono_ms();
+		a = check_row(c, "slot wal keep size", sql);
+		if (a == NULL)
+			goto out;
+		PQclear(check_query(c, "slot wal keep size", "SELECT pg_catalog.pg_sleep(%d / 1000.0)",
+		                    WAL_SAMPLE_MS));
+		b = check_row(c, "slot wal keep size", sql);
+		t1 = mono_ms();
+		if (b == NULL)
+			goto out;
+		{
+			uint64_t l0 = 0, l1 = 0;
+			double secs = (double) (t1 - t0) / 1000.0;
+
+			(void) lsn_parse(PQgetvalue(a, 0, 0), &l0);
+			(void) lsn_parse(PQgetvalue(b, 0, 0), &l1);
+			mb_min = l1 > l0 && secs > 0 ? (double) (l1 - l0) / secs * 60.0 / MB : 0.0;
+		}
+		if (left <= 0)
+			check_line(c, CHECK_WARN, "slot wal keep size", "max_slot_wal_keep_size = %s: the slot "
+			           "already holds that much WAL; the next checkpoint invalidates it unless "
+			           "pgoutbox catches up first", PQgetvalue(res, 0, 0));
+		else if (mb_min < 0.001)
+			check_line(c, CHECK_OK, "slot wal keep size", "max_slot_wal_keep_size = %s: %.0f MB of "
+			           "WAL left before a checkpoint invalidates the slot; no WAL was written during "
+			           "the %d s sample, so how long that lasts depends on the load",
+			           PQgetvalue(res, 0, 0), left / MB, WAL_SAMPLE_MS / 1000);
+		else {
+			double secs = left / MB / mb_min * 60.0;
+
+			format_duration(dur, sizeof(dur), secs);
+			check_line(c, secs < PLAUSIBLE_OUTAGE_S ? CHECK_WARN : CHECK_OK, "slot wal keep size",
+			           "max_slot_wal_keep_size = %s: at the current WAL rate of %.1f MB/min the slot "
+			           "survives about %s of pgoutbox being down or Kafka not acknowledging (%.0f MB "
+			           "left)%s", PQgetvalue(res, 0, 0), mb_min, dur, left / MB,
+			           secs < PLAUSIBLE_OUTAGE_S ? ", then a checkpoint invalidates it and the "
+			           "events since must be backfilled" : "");
+		}
+	}
+out:
+	PQclear(a);
+	PQclear(b);
 	PQclear(res);
 }
 
@@ -1807,6 +2069,16 @@ source_check(source *src, const source_check_spec *specs, size_t nspecs,
 		goto out;
 	}
 	check_slot(&c, slotlit);
+	if ((res = check_row(&c, "standby", "SELECT pg_catalog.pg_is_in_recovery()")) != NULL) {
+		bool in_recovery = is_true(res, 0, 0);
+
+		PQclear(res);
+		if (in_recovery)
+			check_standby(&c, v);
+		if (v >= 170000)
+			check_failover(&c, slotlit, in_recovery);
+		check_retention(&c, slotlit, v, in_recovery);
+	}
 	(void) check_publication(&c, publit);
 	if (s->messages_prefix != NULL && v < 140000)
 		check_line(&c, CHECK_FAIL, "messages", "messages_prefix = \"%s\" needs PostgreSQL 14 or "

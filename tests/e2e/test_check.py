@@ -288,3 +288,237 @@ def test_check_messages_prefix(outbox_db, pgoutbox, stack):
                                         'prefix "outbox" become events')]
     _, results = run_check(pgoutbox, *db.args(), expect=util.EXIT_OK)
     assert "messages" not in results
+
+
+def reload_conf(dsn, name, value):
+    """ALTER SYSTEM SET name = value (RESET for None), reload, and wait until
+    a new session sees it."""
+    conn = util.connect(dsn, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            if value is None:
+                cur.execute("ALTER SYSTEM RESET %s" % name)
+            else:
+                cur.execute("ALTER SYSTEM SET %s = %%s" % name, (value,))
+            cur.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.close()
+
+    def seen():
+        c = util.connect(dsn, autocommit=True)
+        try:
+            if value is not None:
+                return util.query_one(c, "SELECT current_setting(%s)", (name,))[0] == value
+            # reset: no longer from postgresql.auto.conf
+            return util.query_one(c, "SELECT coalesce(sourcefile, '') NOT LIKE"
+                                     " '%%postgresql.auto.conf' FROM pg_settings WHERE name = %s",
+                                  (name,))[0]
+        finally:
+            c.close()
+    util.wait_for(seen, 30, "%s = %r after a reload" % (name, value))
+
+
+class WalWriter(threading.Thread):
+    """Writes WAL (non-transactional logical messages of about 8 kB) until stopped."""
+
+    def __init__(self, dsn):
+        super().__init__(daemon=True)
+        self.dsn, self.halt, self.error = dsn, threading.Event(), None
+
+    def run(self):
+        try:
+            conn = util.connect(self.dsn, autocommit=True)
+            with conn.cursor() as cur:
+                while not self.halt.is_set():
+                    cur.execute("SELECT pg_logical_emit_message(false, 'wal-writer', repeat('w', 8000))")
+                    time.sleep(0.002)   # pacing: about 2-4 MB/s
+            conn.close()
+        except Exception as e:  # surfaced by stop()
+            self.error = e
+
+    def stop(self):
+        self.halt.set()
+        self.join(30)
+        assert self.error is None, "the WAL writer failed: %r" % (self.error,)
+
+
+KEEP_RE = re.compile(r"^max_slot_wal_keep_size = 64MB: at the current WAL rate of (\d+\.\d) MB/min "
+                     r"the slot survives about (\d+) (seconds|minutes) of pgoutbox being down or "
+                     r"Kafka not acknowledging \((\d+) MB left\), then a checkpoint invalidates it "
+                     r"and the events since must be backfilled$")
+ROOMY_RE = re.compile(r"^max_slot_wal_keep_size = 100GB: (\d+) MB of WAL left before a checkpoint "
+                      r"invalidates the slot; no WAL was written during the 1 s sample, so how "
+                      r"long that lasts depends on the load$|^max_slot_wal_keep_size = 100GB: at "
+                      r"the current WAL rate of \d+\.\d MB/min the slot survives about [\d.]+ "
+                      r"(hours|days) of pgoutbox being down or Kafka not acknowledging "
+                      r"\(\d+ MB left\)$")
+
+
+@pytest.mark.core
+def test_check_max_slot_wal_keep_size(outbox_db, pgoutbox, stack):
+    """max_slot_wal_keep_size: the time the slot survives at the WAL rate
+    --check measures, a warning when that is less than a day."""
+    db = outbox_db
+    admin = stack.dsn("postgres")
+    _, results = run_check(pgoutbox, *db.args(), expect=util.EXIT_OK)
+    assert "slot wal keep size" not in results, "no line while the setting is -1: %r" % results
+    reload_conf(admin, "max_slot_wal_keep_size", "64MB")
+    try:
+        writer = WalWriter(db.dsn)
+        writer.start()
+        try:
+            _, results = run_check(pgoutbox, *db.args(), expect=util.EXIT_OK)
+        finally:
+            writer.stop()
+        (st, detail), = results["slot wal keep size"]
+        m = KEEP_RE.match(detail)
+        assert st == "warn" and m, (st, detail)
+        rate, left = float(m.group(1)), int(m.group(4))
+        # What may still be written: the setting, rounded to whole WAL segments.
+        assert rate > 1 and 0 < left <= 64 + 16, detail
+
+        # Without the writer, 100 GB last longer than a day.
+        reload_conf(admin, "max_slot_wal_keep_size", "100GB")
+        _, results = run_check(pgoutbox, *db.args(), expect=util.EXIT_OK)
+        (st, detail), = results["slot wal keep size"]
+        assert st == "ok" and ROOMY_RE.match(detail), (st, detail)
+    finally:
+        reload_conf(admin, "max_slot_wal_keep_size", None)
+
+
+@pytest.mark.core
+@pytest.mark.pg_min(18)
+def test_check_idle_replication_slot_timeout(outbox_db, pgoutbox, stack):
+    db = outbox_db
+    admin = stack.dsn("postgres")
+    _, results = run_check(pgoutbox, *db.args(), expect=util.EXIT_OK)
+    assert results["slot idle timeout"] == [
+        ("ok", "idle_replication_slot_timeout = 0: the slot is never invalidated for being idle")]
+    try:
+        reload_conf(admin, "idle_replication_slot_timeout", "1h")
+        _, results = run_check(pgoutbox, *db.args(), expect=util.EXIT_OK)
+        assert results["slot idle timeout"] == [
+            ("warn", "idle_replication_slot_timeout = 1h: once pgoutbox has not been connected "
+                     "for 60 minutes, the next checkpoint (at most checkpoint_timeout = 5 minutes "
+                     "later) invalidates the slot and the events since must be backfilled")]
+        reload_conf(admin, "idle_replication_slot_timeout", "2d")
+        _, results = run_check(pgoutbox, *db.args(), expect=util.EXIT_OK)
+        assert results["slot idle timeout"] == [
+            ("ok", "idle_replication_slot_timeout = 2d: once pgoutbox has not been connected "
+                   "for 2.0 days, the next checkpoint (at most checkpoint_timeout = 5 minutes "
+                   "later) invalidates the slot")]
+    finally:
+        reload_conf(admin, "idle_replication_slot_timeout", None)
+
+
+def _standby_copy(dsn, slot):
+    """(synced, temporary) of the standby's copy of slot, or None."""
+    c = util.connect(dsn, autocommit=True)
+    try:
+        return util.query_one(c, "SELECT synced, temporary FROM pg_replication_slots"
+                                 " WHERE slot_name = %s", (slot,))
+    finally:
+        c.close()
+
+
+@pytest.mark.core
+@pytest.mark.pg_min(17)
+@pytest.mark.standby
+def test_check_failover_slot(outbox_db, pgoutbox, stack):
+    """From the primary: failover slot or not, synchronized_standby_slots and
+    whether its standbys are connected.  From the standby: its copy."""
+    db = outbox_db
+    admin = stack.dsn("postgres")
+    standby = psycopg2.extensions.make_dsn(
+        **dict(psycopg2.extensions.parse_dsn(stack.standby), dbname=db.name))
+    standby_slot = stack.env["PGOUTBOX_STANDBY_SLOT"]
+
+    _, results = run_check(pgoutbox, *db.args(), expect=util.EXIT_OK)
+    assert results["slot failover"] == [
+        ("warn", 'replication slot "%s" is not a failover slot, but 1 standby(s) stream from this '
+                 "server: a promoted standby would not have it; make it one "
+                 "(scripts/setup-slot.sh --failover)" % db.slot)]
+    assert "slot sync" not in results
+
+    slot = "e2e_fo_%s" % db.tag
+    setup = subprocess.run([str(REPO / "scripts" / "setup-slot.sh"), "-d", db.dsn, "--failover",
+                            "--standby", standby, "--slot", slot], capture_output=True, text=True,
+                           timeout=180, stdin=subprocess.DEVNULL)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    conn = util.connect(admin, autocommit=True)
+    try:
+        _, results = run_check(pgoutbox, *db.args(slot=slot), expect=util.EXIT_OK)
+        assert results["slot failover"] == [
+            ("ok", 'replication slot "%s" is a failover slot; synchronized_standby_slots = \'%s\' '
+                   "holds pgoutbox back until those standbys have the WAL" % (slot, standby_slot))]
+        assert results["slot sync"] == [
+            ("ok", 'a standby is connected to slot "%s" (whether it has synced "%s" shows only '
+                   "there: --check against the standby)" % (standby_slot, slot))]
+
+        # On the standby: its copy, temporary until the primary's slot moves.
+        standby_line = ("ok", "the server is a standby (decoding there needs PostgreSQL 16+); "
+                              'hot_standby_feedback = on through the primary\'s slot "%s"'
+                        % standby_slot)
+        temporary = ("warn", 'this standby\'s copy of slot "%s" is still temporary: a promotion '
+                             "now would drop it; it becomes usable once the primary's slot was "
+                             "confirmed after the copy was made (pgoutbox streaming from the "
+                             "primary does that)" % slot)
+        if _standby_copy(standby, slot) == (True, True):
+            _, results = run_check(pgoutbox, *db.args(slot=slot, dsn=standby), expect=util.EXIT_OK)
+            assert results["standby"] == [standby_line]
+            assert results["slot sync"] == [temporary]
+        # The copy is kept once the primary's slot needs no older catalog
+        # rows than the copy reserved: pgoutbox streams and confirms while
+        # transactions and running-xacts records go by.
+        p = pgoutbox.start(*db.args(slot=slot))
+
+        def kept():
+            assert p.poll() is None, p.describe()
+            util.commit_events(db.conn, [util.event(db.aggtype("fo"), "k", "F", {"n": 1})])
+            util.query_one(conn, "SELECT pg_log_standby_snapshot()")
+            return _standby_copy(standby, slot) == (True, False)
+        util.wait_for(kept, 90, "the standby's copy of %s to be synced and not temporary" % slot,
+                      interval=0.2)
+        p.terminate()
+        p.expect_exit(util.EXIT_OK, 30)
+        _, results = run_check(pgoutbox, *db.args(slot=slot, dsn=standby), expect=util.EXIT_OK)
+        assert results["standby"] == [standby_line]
+        (st, detail), = results["slot sync"]
+        assert st == "ok" and re.match(
+            r'^this standby has a synced copy of the primary\'s failover slot "%s", confirmed up '
+            r"to [0-9A-F]+/[0-9A-F]+: after a promotion pgoutbox goes on from there$" % slot,
+            detail), detail
+
+        # synchronized_standby_slots as it should not be.
+        reload_conf(admin, "synchronized_standby_slots", "")
+        _, results = run_check(pgoutbox, *db.args(slot=slot), expect=util.EXIT_OK)
+        assert results["slot failover"] == [
+            ("warn", 'replication slot "%s" is a failover slot, but synchronized_standby_slots is '
+                     "empty: pgoutbox may publish transactions a standby does not have yet, which "
+                     "a failover to it then loses (ghost events); name the standbys' physical "
+                     "slots there" % slot)]
+        idle = "e2e_idle_%s" % db.tag
+        util.query_one(conn, "SELECT pg_create_physical_replication_slot(%s)", (idle,))
+        reload_conf(admin, "synchronized_standby_slots",
+                    "%s, %s, no_such_slot_%s, %s" % (standby_slot, idle, db.tag, db.slot))
+        _, results = run_check(pgoutbox, *db.args(slot=slot), expect=util.EXIT_OK)
+        assert results["slot sync"] == [
+            ("ok", 'a standby is connected to slot "%s" (whether it has synced "%s" shows only '
+                   "there: --check against the standby)" % (standby_slot, slot)),
+            ("warn", 'no standby is connected to slot "%s": pgoutbox\'s walsender waits until '
+                     "one is and streams nothing meanwhile" % idle),
+            ("warn", 'synchronized_standby_slots names slot "no_such_slot_%s", which does not '
+                     "exist: pgoutbox's walsender waits for it and streams nothing" % db.tag),
+            ("warn", 'synchronized_standby_slots names slot "%s", a logical slot, not a '
+                     "standby's" % db.slot)]
+    finally:
+        reload_conf(admin, "synchronized_standby_slots", None)
+        util.query_one(conn, "SELECT count(pg_drop_replication_slot(slot_name)) FROM"
+                             " pg_replication_slots WHERE slot_name IN (%s, %s)",
+                       (slot, "e2e_idle_%s" % db.tag))
+        conn.close()
+        # Before the fixture drops the database: PostgreSQL 17 stops a
+        # standby that replays DROP DATABASE while it holds a copy of one of
+        # the database's slots.
+        util.wait_for(lambda: _standby_copy(standby, slot) is None, 60,
+                      "the standby to drop its copy of %s" % slot)
