@@ -748,11 +748,13 @@ ask_slot(source_libpq *s, char *errbuf, size_t errlen)
 		return SOURCE_LOST;
 	}
 	/* 16+ says when a standby's slot conflicted, 17+ why a slot was invalidated. */
+	/* One row also without the slot: a standby that cannot decode is told apart. */
 	snprintf(sql, sizeof(sql),
 	         "SELECT plugin, slot_type, database = current_database(), coalesce(wal_status, ''), "
 	         "coalesce(confirmed_flush_lsn::text, ''), active, coalesce(active_pid::text, ''), "
-	         "pg_catalog.current_setting('wal_sender_timeout'), pg_catalog.pg_is_in_recovery(), %s "
-	         "FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+	         "pg_catalog.current_setting('wal_sender_timeout'), pg_catalog.pg_is_in_recovery(), %s, "
+	         "slot_name IS NOT NULL FROM (SELECT 1) one LEFT JOIN pg_catalog.pg_replication_slots "
+	         "ON slot_name = %s",
 	         s->server_version >= 170000 ? "coalesce(invalidation_reason, '')" :
 	         s->server_version >= 160000 ? "CASE WHEN conflicting THEN 'conflict' ELSE '' END" : "''",
 	         lit);
@@ -766,7 +768,18 @@ check_slot_row(source_libpq *s, const PGresult *res, char *errbuf, size_t errlen
 {
 	const char *wal, *why;
 
-	if (PQntuples(res) == 0) {
+	if (PQntuples(res) != 1 || PQnfields(res) != 11) {
+		snprintf(errbuf, errlen, "could not read the replication slot: unexpected result");
+		return SOURCE_LOST;
+	}
+	s->sess.in_recovery = is_true(res, 0, 8);
+	if (s->sess.in_recovery && s->server_version < 160000) {
+		snprintf(errbuf, errlen, "%s is a standby in recovery and PostgreSQL %d cannot decode "
+		         "there (16+ can); waiting for a primary (set target_session_attrs=read-write to "
+		         "skip standbys)", s->host, s->server_version / 10000);
+		return SOURCE_LOST;
+	}
+	if (!is_true(res, 0, 10)) {
 		snprintf(errbuf, errlen,
 		         "replication slot \"%s\" does not exist on %s; create it with scripts/setup-slot.sh "
 		         "(if it existed before, it was dropped, or this server was promoted from a standby "
@@ -803,13 +816,6 @@ check_slot_row(source_libpq *s, const PGresult *res, char *errbuf, size_t errlen
 	if (!lsn_parse(PQgetvalue(res, 0, 4), &s->sess.slot_confirmed))
 		s->sess.slot_confirmed = 0;
 	s->sess.sender_timeout_ms = parse_timeout_ms(PQgetvalue(res, 0, 7));
-	s->sess.in_recovery = is_true(res, 0, 8);
-	if (s->sess.in_recovery && s->server_version < 160000) {
-		snprintf(errbuf, errlen, "%s is a standby in recovery and PostgreSQL %d cannot decode "
-		         "there (16+ can); waiting for a primary (set target_session_attrs=read-write to "
-		         "skip standbys)", s->host, s->server_version / 10000);
-		return SOURCE_LOST;
-	}
 	return SOURCE_OK;
 }
 
