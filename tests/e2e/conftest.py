@@ -201,6 +201,54 @@ def _server_requirements(request):
         pytest.skip("needs a standby (scripts/stack.sh start --standby, or PGOUTBOX_STANDBY=1)")
 
 
+class StandbyPair:
+    """A primary and its physical standby of their own, of the stack's
+    major (scripts/stack.sh start --pg N --standby --pg-only in a temporary
+    state directory), for tests that kill, reconfigure or promote them."""
+
+    def __init__(self, state, env):
+        self.state = state
+        self.env = env
+        self.primary_port = env["PGPORT"]
+        self.standby_port = env["PGOUTBOX_STANDBY_PORT"]
+        self.standby_slot = env["PGOUTBOX_STANDBY_SLOT"]
+
+    def dsn(self, port, dbname="postgres"):
+        return "host=127.0.0.1 port=%s user=postgres dbname=%s" % (port, dbname)
+
+    def both(self, dbname):
+        """The conninfo a user gives pgoutbox (and the application) for failover."""
+        return ("host=127.0.0.1,127.0.0.1 port=%s,%s user=postgres dbname=%s "
+                "target_session_attrs=read-write connect_timeout=2"
+                % (self.primary_port, self.standby_port, dbname))
+
+    def sh(self, *args, timeout=180):
+        """scripts/stack.sh COMMAND on this pair (kill-primary, promote, ...)."""
+        r = subprocess.run([str(STACK_SH)] + list(args) + ["--state", str(self.state)],
+                           capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, "scripts/stack.sh %s failed (%d):\n%s%s" % (
+            " ".join(args), r.returncode, r.stdout[-2000:], r.stderr[-3000:])
+
+
+@pytest.fixture
+def standby_pair(stack):
+    state = Path(tempfile.mkdtemp(prefix="pgoutbox-pair-"))
+    state.chmod(0o755)
+    try:
+        r = subprocess.run([str(STACK_SH), "start", "--pg", str(stack.pg_version), "--standby",
+                            "--pg-only", "--state", str(state)], capture_output=True, text=True,
+                           timeout=300, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            pytest.fail("scripts/stack.sh start --standby --pg-only failed (%d):\n%s"
+                        % (r.returncode, r.stderr[-3000:]), pytrace=False)
+        yield StandbyPair(state, _read_env_file(state / "env"))
+    finally:
+        subprocess.run([str(STACK_SH), "stop", "--state", str(state), "--clean"],
+                       capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        shutil.rmtree(state, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pgoutbox_bin():
     binary = Path(os.environ.get("PGOUTBOX_BIN") or REPO / "build" / "cdc" / "pgoutbox")

@@ -19,9 +19,8 @@ restarted right after it reached the new primary: a position it confirmed
 on the old timeline must not make the new primary's slot skip anything
 (issue 12).
 
-Each run gets its own primary + standby (`scripts/stack.sh start --pg N
---standby --pg-only` in a temporary state directory: a failover consumes
-them) and uses the session's Kafka.
+Each run gets its own primary + standby (conftest's standby_pair: a
+failover consumes them) and uses the session's Kafka.
 """
 
 import re
@@ -37,7 +36,7 @@ import pytest
 
 import faults_util as fu
 import util
-from conftest import SETUP_SLOT_SH, STACK_SH, _read_env_file
+from conftest import SETUP_SLOT_SH
 
 pytestmark = [pytest.mark.pg_min(17), pytest.mark.core]
 
@@ -45,50 +44,6 @@ SLOT = "pgoutbox"
 CUT_EVENTS = 400         # events the old primary commits after the standby was cut off
 AFTER_EVENTS = 300       # events committed on the new primary
 TIMEOUT = 90
-
-
-class FailoverStack:
-    """A primary and its physical standby of their own (no Kafka)."""
-
-    def __init__(self, state, env):
-        self.state = state
-        self.env = env
-        self.primary_port = env["PGPORT"]
-        self.standby_port = env["PGOUTBOX_STANDBY_PORT"]
-        self.standby_slot = env["PGOUTBOX_STANDBY_SLOT"]
-
-    def dsn(self, port, dbname="postgres"):
-        return "host=127.0.0.1 port=%s user=postgres dbname=%s" % (port, dbname)
-
-    def both(self, dbname):
-        """The conninfo a user gives pgoutbox (and the application) for failover."""
-        return ("host=127.0.0.1,127.0.0.1 port=%s,%s user=postgres dbname=%s "
-                "target_session_attrs=read-write connect_timeout=2"
-                % (self.primary_port, self.standby_port, dbname))
-
-    def sh(self, *args, timeout=180):
-        r = subprocess.run([str(STACK_SH)] + list(args) + ["--state", str(self.state)],
-                           capture_output=True, text=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL)
-        assert r.returncode == 0, "scripts/stack.sh %s failed (%d):\n%s%s" % (
-            " ".join(args), r.returncode, r.stdout[-2000:], r.stderr[-3000:])
-
-
-@pytest.fixture
-def fstack(stack):
-    state = Path(tempfile.mkdtemp(prefix="pgoutbox-failover-"))
-    state.chmod(0o755)
-    try:
-        r = subprocess.run([str(STACK_SH), "start", "--pg", str(stack.pg_version), "--standby",
-                            "--pg-only", "--state", str(state)], capture_output=True, text=True,
-                           timeout=300, stdin=subprocess.DEVNULL)
-        assert r.returncode == 0, "scripts/stack.sh start --standby failed (%d):\n%s" % (
-            r.returncode, r.stderr[-3000:])
-        yield FailoverStack(state, _read_env_file(state / "env"))
-    finally:
-        subprocess.run([str(STACK_SH), "stop", "--state", str(state), "--clean"],
-                       capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def query(dsn, sql, params=None):
@@ -145,8 +100,8 @@ class FailoverDB:
 
 
 @pytest.mark.parametrize("sync", [True, False], ids=["synchronized_standby_slots", "unset"])
-def test_failover_loses_nothing(request, stack, fstack, pgoutbox, sync):
-    fs = fstack
+def test_failover_loses_nothing(request, stack, standby_pair, pgoutbox, sync):
+    fs = standby_pair
     tag = uuid.uuid4().hex[:10]
     dbname = "failover_%s" % tag
     types = ["failover%d_%s" % (i, tag) for i in range(2)]
