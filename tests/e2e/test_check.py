@@ -51,6 +51,7 @@ ALL_CHECKS = ("connection", "wal_level", "role", "slot", "slot in use", "slot wa
               "kafka brokers", "kafka topic creation")
 
 
+@pytest.mark.core
 def test_check_all_ok(outbox_db, pgoutbox):
     db = outbox_db
     p, results = run_check(pgoutbox, *db.args(), expect=util.EXIT_OK)
@@ -62,6 +63,7 @@ def test_check_all_ok(outbox_db, pgoutbox):
     assert util.slot_state(db.conn, db.slot)[1] is False
 
 
+@pytest.mark.core
 def test_check_missing_slot(outbox_db, pgoutbox):
     db = outbox_db
     slot = "no_such_slot_%s" % db.tag
@@ -70,6 +72,7 @@ def test_check_missing_slot(outbox_db, pgoutbox):
     assert slot in results["slot"][0][1]
 
 
+@pytest.mark.core
 def test_check_missing_publication(outbox_db, pgoutbox):
     db = outbox_db
     pub = "no_such_pub_%s" % db.tag
@@ -78,6 +81,7 @@ def test_check_missing_publication(outbox_db, pgoutbox):
     assert pub in results["publication"][0][1]
 
 
+@pytest.mark.core
 def test_check_table_not_in_publication(outbox_db, pgoutbox):
     db = outbox_db
     with db.conn.cursor() as cur:
@@ -88,6 +92,7 @@ def test_check_table_not_in_publication(outbox_db, pgoutbox):
     assert_only_failure(results, "publication table")
 
 
+@pytest.mark.core
 def test_check_publication_without_inserts(outbox_db, pgoutbox):
     db = outbox_db
     with db.conn.cursor() as cur:
@@ -98,6 +103,7 @@ def test_check_publication_without_inserts(outbox_db, pgoutbox):
     assert "insert" in results["publication"][0][1]
 
 
+@pytest.mark.core
 def test_check_missing_column_and_nullable_key(outbox_db, pgoutbox):
     db = outbox_db
     with db.conn.cursor() as cur:
@@ -119,6 +125,7 @@ def test_check_template_column_missing(outbox_db, pgoutbox):
     assert '"tenant"' in results["columns"][0][1]
 
 
+@pytest.mark.core
 def test_check_every_table_against_its_mapping(outbox_db, pgoutbox, tmp_path):
     """With several outbox tables, each is checked against its own mapping:
     a column missing from the second one fails, naming that table."""
@@ -158,12 +165,14 @@ def test_check_every_table_against_its_mapping(outbox_db, pgoutbox, tmp_path):
     assert [st for st, _ in results["columns"]] == ["ok", "ok"], results["columns"]
 
 
+@pytest.mark.core
 def test_check_missing_table(outbox_db, pgoutbox):
     db = outbox_db
     _, results = run_check(pgoutbox, *db.args("--table", "public.nope"), expect=util.EXIT_RUNTIME)
     assert_only_failure(results, "table")
 
 
+@pytest.mark.core
 def test_check_slot_in_use(outbox_db, pgoutbox):
     db = outbox_db
     p = pgoutbox.start(*db.args())
@@ -197,6 +206,7 @@ CHECK_ROLE = "pgoutbox_check"
 CHECK_PASSWORD = "Ch3ckPw!secret"
 
 
+@pytest.mark.core
 def test_check_role_privileges_and_no_password(outbox_db, pgoutbox, stack):
     """A role without REPLICATION and without SELECT: both named; neither the
     PostgreSQL nor the SASL password appears anywhere."""
@@ -258,6 +268,7 @@ def replica_cluster(stack):
         shutil.rmtree(state, ignore_errors=True)
 
 
+@pytest.mark.core
 def test_check_wal_level_replica(pgoutbox, stack, replica_cluster):
     _, results = run_check(pgoutbox, "-d", replica_cluster, "-b", stack.brokers,
                            expect=util.EXIT_RUNTIME)

@@ -20,6 +20,9 @@ import pytest
 import util
 from conftest import ENDPOS_TIMEOUT, SHUTDOWN_TIMEOUT
 
+# Also on the newest major; those marked core on every one.
+pytestmark = pytest.mark.server
+
 
 def run_to_endpos(pgoutbox, db, lsn, *extra, name=None):
     """Run pgoutbox until the slot is confirmed at `lsn`; it must exit 0."""
@@ -41,6 +44,7 @@ def seeded_rng(request):
 # 1. Bulk: exact set, faithful fields, per-key commit order
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_bulk_exactly_committed_events_in_key_order(request, outbox_db, pgoutbox):
     db = outbox_db
     rng = seeded_rng(request)
@@ -124,6 +128,7 @@ def test_bulk_exactly_committed_events_in_key_order(request, outbox_db, pgoutbox
 # 2. Payload fidelity: TOASTed, non-ASCII, NULL
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_payload_fidelity_toast_unicode_null(request, outbox_db, pgoutbox):
     db = outbox_db
     rng = seeded_rng(request)
@@ -173,6 +178,7 @@ def test_payload_fidelity_toast_unicode_null(request, outbox_db, pgoutbox):
 # 3. Pipelined streaming, then SIGTERM or SIGINT
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_streaming_while_running_then_signal(request, outbox_db, pgoutbox, sig):
     db = outbox_db
@@ -438,6 +444,7 @@ def test_topic_template(outbox_db, pgoutbox):
 # 7. An idle outbox next to busy tables does not hold the slot back
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_idle_outbox_slot_follows_unrelated_wal(outbox_db, pgoutbox, stack):
     db = outbox_db
     t = db.aggtype("idle")
@@ -471,6 +478,7 @@ def test_idle_outbox_slot_follows_unrelated_wal(outbox_db, pgoutbox, stack):
 # 8. Updates, deletes and truncates of the outbox table are ignored
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_updates_deletes_truncate_ignored(outbox_db, pgoutbox):
     db = outbox_db
     t = db.aggtype("udt")
@@ -501,6 +509,7 @@ def test_updates_deletes_truncate_ignored(outbox_db, pgoutbox):
 # 9. One large transaction
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_large_transaction(request, outbox_db, pgoutbox):
     db = outbox_db
     types = [db.aggtype("large%d" % i) for i in range(2)]
@@ -601,6 +610,7 @@ def test_unreachable_broker_confirms_nothing(outbox_db, pgoutbox):
 # 12. Losing the PostgreSQL connection is transient
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_reconnects_after_walsender_terminated(request, outbox_db, pgoutbox):
     db = outbox_db
     types = [db.aggtype("recon%d" % i) for i in range(2)]
@@ -658,6 +668,7 @@ def test_host_list_asks_the_next_host_at_once(outbox_db, pgoutbox):
 # 13. Schema changes of the outbox table while streaming
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_outbox_schema_change(outbox_db, pgoutbox):
     db = outbox_db
     t = db.aggtype("ddl")

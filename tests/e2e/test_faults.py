@@ -131,6 +131,7 @@ def reconnect(db):
 # 1. kill -9 at random moments, restart each time
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_kill9_random_moments(request, outbox_db, pgoutbox):
     db = outbox_db
     rng = seeded_rng(request)
@@ -327,6 +328,7 @@ def test_bounded_memory_backlog_kafka_down(request, outbox_db, pgoutbox, stack):
 # 4. PostgreSQL restarted mid-stream; the network cut
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_postgres_restart(request, restartable_outbox_db, pgoutbox, stack, mode):
     db = restartable_outbox_db
@@ -547,6 +549,7 @@ def neighbour_wal(stack, table, megabytes, chunk_mb=20, pause=0.3):
         conn.close()
 
 
+@pytest.mark.server
 def test_idle_outbox_busy_neighbour(request, outbox_db, pgoutbox, stack):
     db = outbox_db
     rng = seeded_rng(request)
@@ -619,6 +622,7 @@ def test_idle_outbox_busy_neighbour(request, outbox_db, pgoutbox, stack):
 # 8. Slot invalidated or dropped
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_slot_invalidated(request, outbox_db, pgoutbox, stack):
     db = outbox_db
     rng = seeded_rng(request)
@@ -658,6 +662,7 @@ def test_slot_invalidated(request, outbox_db, pgoutbox, stack):
               "- (exit 2 in %.1f s, says re-create + backfill)" % took)
 
 
+@pytest.mark.server
 def test_slot_dropped_while_streaming(request, outbox_db, pgoutbox):
     db = outbox_db
     rng = seeded_rng(request)
@@ -702,6 +707,7 @@ def test_slot_dropped_while_streaming(request, outbox_db, pgoutbox):
 # 9. Hot standby
 # ---------------------------------------------------------------------------
 
+@pytest.mark.server
 def test_hot_standby_takes_over(request, outbox_db, pgoutbox):
     db = outbox_db
     rng = seeded_rng(request)
@@ -750,6 +756,7 @@ def test_hot_standby_takes_over(request, outbox_db, pgoutbox):
 # 10. Clean SIGTERM and restart: zero duplicates
 # ---------------------------------------------------------------------------
 
+@pytest.mark.server
 def test_clean_restart_no_duplicates(request, outbox_db, pgoutbox):
     db = outbox_db
     rng = seeded_rng(request)

@@ -4,8 +4,12 @@ superuser.  --check passes as that role and pgoutbox streams as it."""
 
 import subprocess
 
+import pytest
+
 import util
 from conftest import ENDPOS_TIMEOUT, SETUP_SLOT_SH
+
+pytestmark = pytest.mark.core
 
 
 def test_streams_as_least_privilege_role(outbox_db, pgoutbox, stack):

@@ -9,8 +9,12 @@ ask for streaming)."""
 import json
 import re
 
+import pytest
+
 import util
 from conftest import ENDPOS_TIMEOUT
+
+pytestmark = pytest.mark.core
 
 
 def test_full_protocol_mix_only_committed_outbox_inserts(outbox_db, pgoutbox, stack):

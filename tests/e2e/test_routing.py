@@ -18,6 +18,9 @@ import util
 from conftest import ENDPOS_TIMEOUT, REPO, SETUP_SLOT_SH
 from test_daemon import run_to_endpos, write_config
 
+# Also on the newest major; those marked core on every one.
+pytestmark = pytest.mark.server
+
 EMIT_SQL = REPO / "scripts" / "outbox_emit.sql"
 
 

@@ -26,6 +26,9 @@ import faults_util as fu
 import util
 from conftest import ENDPOS_TIMEOUT
 
+# Also on the newest major; those marked core on every one.
+pytestmark = pytest.mark.server
+
 LIST_COLUMNS = ("id uuid NOT NULL, aggregatetype text NOT NULL, aggregateid text NOT NULL,"
                 " type text NOT NULL, payload jsonb")
 
@@ -85,6 +88,7 @@ def make_partitioned(db, via_root):
     return a, b
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("via_root", [True, False], ids=["via-root", "partitions"])
 def test_partitioned_outbox(outbox_db, pgoutbox, via_root):
     db = outbox_db
@@ -285,6 +289,7 @@ def test_message_max_bytes_above_queue(outbox_db, pgoutbox):
 # Bounded: transactions without events while Kafka is slow
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_empty_transactions_do_not_grow_memory(outbox_db, pgoutbox, stack):
     """200,000 transactions with nothing for pgoutbox (logical messages of
     another prefix, which PostgreSQL 14+ streams as Begin/Message/Commit)

@@ -25,6 +25,8 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
+pytestmark = pytest.mark.core
+
 REPO = Path(__file__).resolve().parents[2]
 SETUP_SLOT = REPO / "scripts" / "setup-slot.sh"
 STACK = REPO / "scripts" / "stack.sh"

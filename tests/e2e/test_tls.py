@@ -19,6 +19,8 @@ import pytest
 import util
 from conftest import ENDPOS_TIMEOUT, SETUP_SLOT_SH, SHUTDOWN_TIMEOUT, STACK_SH
 
+pytestmark = pytest.mark.server
+
 ATTACH_TIMEOUT = 30
 CERT_ERROR_TIMEOUT = 20
 KEEPS_RETRYING = 5  # seconds a run with a wrong CA must stay up by itself
@@ -43,12 +45,13 @@ class TlsCluster:
 
 
 @pytest.fixture(scope="module")
-def tls_pg():
-    """A private TLS-enabled PostgreSQL (stopped after the module)."""
+def tls_pg(stack):
+    """A private TLS-enabled PostgreSQL of the stack's major (stopped after the module)."""
     # Not under pytest's tmp (mode 0700): the postgres user must reach it.
     state = Path(tempfile.mkdtemp(prefix="pgoutbox-tls-"))
     state.chmod(0o755)
-    start = subprocess.run([str(STACK_SH), "start", "--pg-only", "--pg-tls", "--state", str(state)],
+    start = subprocess.run([str(STACK_SH), "start", "--pg-only", "--pg-tls", "--pg",
+                            str(stack.pg_version), "--state", str(state)],
                            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
     try:
         assert start.returncode == 0, "scripts/stack.sh start --pg-tls failed:\n" + _output(start)
