@@ -72,7 +72,6 @@ def test_check_missing_slot(outbox_db, pgoutbox):
     assert slot in results["slot"][0][1]
 
 
-@pytest.mark.core
 def test_check_missing_publication(outbox_db, pgoutbox):
     db = outbox_db
     pub = "no_such_pub_%s" % db.tag
@@ -92,7 +91,6 @@ def test_check_table_not_in_publication(outbox_db, pgoutbox):
     assert_only_failure(results, "publication table")
 
 
-@pytest.mark.core
 def test_check_publication_without_inserts(outbox_db, pgoutbox):
     db = outbox_db
     with db.conn.cursor() as cur:
@@ -103,7 +101,6 @@ def test_check_publication_without_inserts(outbox_db, pgoutbox):
     assert "insert" in results["publication"][0][1]
 
 
-@pytest.mark.core
 def test_check_missing_column_and_nullable_key(outbox_db, pgoutbox):
     db = outbox_db
     with db.conn.cursor() as cur:
@@ -165,7 +162,6 @@ def test_check_every_table_against_its_mapping(outbox_db, pgoutbox, tmp_path):
     assert [st for st, _ in results["columns"]] == ["ok", "ok"], results["columns"]
 
 
-@pytest.mark.core
 def test_check_missing_table(outbox_db, pgoutbox):
     db = outbox_db
     _, results = run_check(pgoutbox, *db.args("--table", "public.nope"), expect=util.EXIT_RUNTIME)
@@ -422,6 +418,11 @@ def test_check_idle_replication_slot_timeout(outbox_db, pgoutbox, stack):
         reload_conf(admin, "idle_replication_slot_timeout", None)
 
 
+SYNCED_RE = re.compile(r'^this standby has a synced copy of the primary\'s failover slot "[^"]+", '
+                       r"confirmed up to [0-9A-F]+/[0-9A-F]+: after a promotion pgoutbox goes on "
+                       r"from there$")
+
+
 def _standby_copy(dsn, slot):
     """(synced, temporary) of the standby's copy of slot, or None."""
     c = util.connect(dsn, autocommit=True)
@@ -452,9 +453,11 @@ def test_check_failover_slot(outbox_db, pgoutbox, stack):
     assert "slot sync" not in results
 
     slot = "e2e_fo_%s" % db.tag
-    setup = subprocess.run([str(REPO / "scripts" / "setup-slot.sh"), "-d", db.dsn, "--failover",
-                            "--standby", standby, "--slot", slot], capture_output=True, text=True,
-                           timeout=180, stdin=subprocess.DEVNULL)
+    with util.SlotSyncPoker(standby):   # not the slot sync worker's nap of up to 30 s
+        setup = subprocess.run([str(REPO / "scripts" / "setup-slot.sh"), "-d", db.dsn,
+                                "--failover", "--standby", standby, "--slot", slot],
+                               capture_output=True, text=True, timeout=180,
+                               stdin=subprocess.DEVNULL)
     assert setup.returncode == 0, setup.stdout + setup.stderr
     conn = util.connect(admin, autocommit=True)
     try:
@@ -474,31 +477,20 @@ def test_check_failover_slot(outbox_db, pgoutbox, stack):
                              "now would drop it; it becomes usable once the primary's slot was "
                              "confirmed after the copy was made (pgoutbox streaming from the "
                              "primary does that)" % slot)
-        if _standby_copy(standby, slot) == (True, True):
-            _, results = run_check(pgoutbox, *db.args(slot=slot, dsn=standby), expect=util.EXIT_OK)
-            assert results["standby"] == [standby_line]
-            assert results["slot sync"] == [temporary]
-        # The copy is kept once the primary's slot needs no older catalog
-        # rows than the copy reserved: pgoutbox streams and confirms while
-        # transactions and running-xacts records go by.
-        p = pgoutbox.start(*db.args(slot=slot))
-
-        def kept():
-            assert p.poll() is None, p.describe()
-            util.commit_events(db.conn, [util.event(db.aggtype("fo"), "k", "F", {"n": 1})])
-            util.query_one(conn, "SELECT pg_log_standby_snapshot()")
-            return _standby_copy(standby, slot) == (True, False)
-        util.wait_for(kept, 90, "the standby's copy of %s to be synced and not temporary" % slot,
-                      interval=0.2)
-        p.terminate()
-        p.expect_exit(util.EXIT_OK, 30)
+        # On the standby: its copy, temporary until the primary's slot moved
+        # past what the copy reserved (test_failover.py sees it become
+        # usable, which can take the slot sync worker tens of seconds).
+        def copied():
+            util.poke_slot_sync(standby)
+            return _standby_copy(standby, slot) is not None
+        util.wait_for(copied, 60, "the standby to copy slot %s" % slot, interval=0.2)
         _, results = run_check(pgoutbox, *db.args(slot=slot, dsn=standby), expect=util.EXIT_OK)
         assert results["standby"] == [standby_line]
+        assert results["slot in use"][0][0] == "ok" and results["slot in use"][0][1].startswith(
+            "a synced copy: only this standby's slot sync worker uses it"), results["slot in use"]
         (st, detail), = results["slot sync"]
-        assert st == "ok" and re.match(
-            r'^this standby has a synced copy of the primary\'s failover slot "%s", confirmed up '
-            r"to [0-9A-F]+/[0-9A-F]+: after a promotion pgoutbox goes on from there$" % slot,
-            detail), detail
+        if (st, detail) != temporary:
+            assert st == "ok" and SYNCED_RE.match(detail) and slot in detail, (st, detail)
 
         # synchronized_standby_slots as it should not be.
         reload_conf(admin, "synchronized_standby_slots", "")
@@ -531,5 +523,7 @@ def test_check_failover_slot(outbox_db, pgoutbox, stack):
         # Before the fixture drops the database: PostgreSQL 17 stops a
         # standby that replays DROP DATABASE while it holds a copy of one of
         # the database's slots.
-        util.wait_for(lambda: _standby_copy(standby, slot) is None, 60,
-                      "the standby to drop its copy of %s" % slot)
+        def gone():
+            util.poke_slot_sync(standby)   # not the worker's nap of up to 30 s
+            return _standby_copy(standby, slot) is None
+        util.wait_for(gone, 60, "the standby to drop its copy of %s" % slot, interval=0.2)

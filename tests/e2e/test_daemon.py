@@ -178,8 +178,8 @@ def test_payload_fidelity_toast_unicode_null(request, outbox_db, pgoutbox):
 # 3. Pipelined streaming, then SIGTERM or SIGINT
 # ---------------------------------------------------------------------------
 
-@pytest.mark.core
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGTERM, marks=pytest.mark.core),
+                                 signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_streaming_while_running_then_signal(request, outbox_db, pgoutbox, sig):
     db = outbox_db
     types = [db.aggtype("live%d" % i) for i in range(2)]
@@ -478,7 +478,6 @@ def test_idle_outbox_slot_follows_unrelated_wal(outbox_db, pgoutbox, stack):
 # 8. Updates, deletes and truncates of the outbox table are ignored
 # ---------------------------------------------------------------------------
 
-@pytest.mark.core
 def test_updates_deletes_truncate_ignored(outbox_db, pgoutbox):
     db = outbox_db
     t = db.aggtype("udt")
@@ -509,7 +508,6 @@ def test_updates_deletes_truncate_ignored(outbox_db, pgoutbox):
 # 9. One large transaction
 # ---------------------------------------------------------------------------
 
-@pytest.mark.core
 def test_large_transaction(request, outbox_db, pgoutbox):
     db = outbox_db
     types = [db.aggtype("large%d" % i) for i in range(2)]
@@ -610,7 +608,6 @@ def test_unreachable_broker_confirms_nothing(outbox_db, pgoutbox):
 # 12. Losing the PostgreSQL connection is transient
 # ---------------------------------------------------------------------------
 
-@pytest.mark.core
 def test_reconnects_after_walsender_terminated(request, outbox_db, pgoutbox):
     db = outbox_db
     types = [db.aggtype("recon%d" % i) for i in range(2)]

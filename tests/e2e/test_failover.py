@@ -123,9 +123,11 @@ def test_failover_loses_nothing(request, stack, standby_pair, pgoutbox, sync):
             except psycopg2.OperationalError:
                 return False
         util.wait_for(replayed, 60, "the standby to replay CREATE DATABASE", interval=0.1)
-        setup = subprocess.run([str(SETUP_SLOT_SH), "-d", primary, "--create-table", "--failover",
-                                "--standby", standby, "--slot", SLOT], capture_output=True,
-                               text=True, timeout=180, stdin=subprocess.DEVNULL)
+        with util.SlotSyncPoker(standby):   # not the slot sync worker's nap of up to 30 s
+            setup = subprocess.run([str(SETUP_SLOT_SH), "-d", primary, "--create-table",
+                                    "--failover", "--standby", standby, "--slot", SLOT],
+                                   capture_output=True, text=True, timeout=180,
+                                   stdin=subprocess.DEVNULL)
         assert setup.returncode == 0, "setup-slot.sh --failover failed:\n%s%s" % (
             setup.stdout, setup.stderr)
         if not sync:
@@ -146,10 +148,23 @@ def test_failover_loses_nothing(request, stack, standby_pair, pgoutbox, sync):
         mark = writer.last_lsn()
 
         def copy_ready():
+            # The primary's slot moves its catalog_xmin at running-xacts
+            # records (every 15 s by themselves); the standby's worker
+            # syncs in its next cycle (after a nap of up to 30 s).  Both now.
+            query(primary, "SELECT pg_log_standby_snapshot()")
+            util.poke_slot_sync(standby)
             c = standby_copy(fs, dbname)
             return c is not None and c[0] and not c[1] and c[2] >= mark
         util.wait_for(copy_ready, 60, "the standby's copy of the slot to be synced, not "
                       "temporary, and confirmed past %s" % fu.lsn_text(mark), interval=0.2)
+        # What --check says of it, on the standby.
+        check = pgoutbox.run("--check", "-d", standby, "-b", stack.brokers, "--slot", SLOT,
+                             timeout=60, name="check")
+        assert check.returncode == util.EXIT_OK, check.stdout + check.describe()
+        assert re.search(r'^ok {4}slot sync: this standby has a synced copy of the primary\'s '
+                         r'failover slot "%s", confirmed up to [0-9A-F]+/[0-9A-F]+: after a '
+                         r'promotion pgoutbox goes on from there$' % SLOT, check.stdout, re.M), \
+            check.stdout
 
         # The standby falls behind: what the old primary commits from here
         # on never reaches it.

@@ -328,8 +328,7 @@ def test_bounded_memory_backlog_kafka_down(request, outbox_db, pgoutbox, stack):
 # 4. PostgreSQL restarted mid-stream; the network cut
 # ---------------------------------------------------------------------------
 
-@pytest.mark.core
-@pytest.mark.parametrize("mode", ["fast", "immediate"])
+@pytest.mark.parametrize("mode", ["fast", pytest.param("immediate", marks=pytest.mark.core)])
 def test_postgres_restart(request, restartable_outbox_db, pgoutbox, stack, mode):
     db = restartable_outbox_db
     rng = seeded_rng(request)

@@ -25,6 +25,8 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
+import util
+
 pytestmark = pytest.mark.core
 
 REPO = Path(__file__).resolve().parents[2]
@@ -187,8 +189,11 @@ def wait_standby_forgets_slots_of(dbname):
     try:
         copies = lambda: query(standby, "SELECT count(*) FROM pg_replication_slots"  # noqa: E731
                                         " WHERE database = %s", (dbname,))[0][0]
-        wait_for("the standby to drop its copies of the slots of " + dbname,
-                 lambda: copies() == 0, timeout=60)
+
+        def gone():
+            util.poke_slot_sync(standby)   # not the worker's nap of up to 30 s
+            return copies() == 0
+        wait_for("the standby to drop its copies of the slots of " + dbname, gone, timeout=60)
     except psycopg2.OperationalError:
         pass  # the standby is down (a test stopped it): nothing to wait for
 
@@ -580,7 +585,9 @@ def test_failover_refused_before_17(pg, fresh_db):
 @pytest.mark.standby
 def test_failover_slot_is_synchronised_to_the_standby(fresh_db, standby):
     sb = standby  # slots are per cluster; the new database may not have replayed there yet
-    p = setup_slot("-d", fresh_db.dsn, "--create-table", "--failover", "--standby", sb, timeout=120)
+    with util.SlotSyncPoker(sb):   # not the slot sync worker's nap of up to 30 s
+        p = setup_slot("-d", fresh_db.dsn, "--create-table", "--failover", "--standby", sb,
+                       timeout=120)
     assert p.returncode == 0, output(p)
     assert "created logical failover replication slot pgoutbox" in p.stdout, output(p)
     assert "standby slot pgoutbox_standby:" in p.stdout and "streaming" in p.stdout, output(p)

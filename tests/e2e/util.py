@@ -14,6 +14,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 import uuid
 
@@ -521,6 +522,45 @@ def first_deliveries_by_key(messages):
     split = {k: v for k, v in partitions.items() if len(v) > 1}
     assert not split, "one key spread over several partitions: %r" % dict(list(split.items())[:3])
     return out
+
+
+def poke_slot_sync(standby_dsn):
+    """On a standby of 17+: wake the slot sync worker now.  Its nap between
+    cycles doubles up to 30 s while no slot changes; a configuration reload
+    sets its latch, so the next cycle (which also drops the copies of slots
+    gone from the primary) runs at once.  Call it in a wait loop."""
+    conn = connect(standby_dsn, autocommit=True)
+    try:
+        query_one(conn, "SELECT pg_reload_conf()")
+    finally:
+        conn.close()
+
+
+class SlotSyncPoker:
+    """with SlotSyncPoker(standby_dsn): poke_slot_sync() every half second
+    inside, for a wait that happens elsewhere (setup-slot.sh --standby
+    waiting for the copy)."""
+
+    def __init__(self, standby_dsn, every=0.5):
+        self.dsn, self.every = standby_dsn, every
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._halt.wait(self.every):
+            try:
+                poke_slot_sync(self.dsn)
+            except psycopg2.Error:
+                pass   # the standby restarting: the next poke will do
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._halt.set()
+        self._thread.join(10)
+        return False
 
 
 # ---------------------------------------------------------------------------
