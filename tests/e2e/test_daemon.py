@@ -20,9 +20,6 @@ import pytest
 import util
 from conftest import ENDPOS_TIMEOUT, SHUTDOWN_TIMEOUT
 
-# Also on the newest major; those marked core on every one.
-pytestmark = pytest.mark.server
-
 
 def run_to_endpos(pgoutbox, db, lsn, *extra, name=None):
     """Run pgoutbox until the slot is confirmed at `lsn`; it must exit 0."""
@@ -249,6 +246,7 @@ class Writer(threading.Thread):
             self.error = e
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_stop_mid_stream_then_restart_loses_nothing(outbox_db, pgoutbox, how):
     """SIGTERM: clean stop (exit 0).  SIGKILL: a crash, no draining at all.
@@ -478,6 +476,7 @@ def test_idle_outbox_slot_follows_unrelated_wal(outbox_db, pgoutbox, stack):
 # 8. Updates, deletes and truncates of the outbox table are ignored
 # ---------------------------------------------------------------------------
 
+@pytest.mark.server
 def test_updates_deletes_truncate_ignored(outbox_db, pgoutbox):
     db = outbox_db
     t = db.aggtype("udt")
@@ -508,6 +507,7 @@ def test_updates_deletes_truncate_ignored(outbox_db, pgoutbox):
 # 9. One large transaction
 # ---------------------------------------------------------------------------
 
+@pytest.mark.server
 def test_large_transaction(request, outbox_db, pgoutbox):
     db = outbox_db
     types = [db.aggtype("large%d" % i) for i in range(2)]
@@ -534,6 +534,7 @@ def test_large_transaction(request, outbox_db, pgoutbox):
 # 10. Per-key order is commit order, not insert order
 # ---------------------------------------------------------------------------
 
+@pytest.mark.server
 def test_key_order_is_commit_order(outbox_db, pgoutbox):
     db = outbox_db
     t = db.aggtype("interleave")
@@ -608,6 +609,7 @@ def test_unreachable_broker_confirms_nothing(outbox_db, pgoutbox):
 # 12. Losing the PostgreSQL connection is transient
 # ---------------------------------------------------------------------------
 
+@pytest.mark.server
 def test_reconnects_after_walsender_terminated(request, outbox_db, pgoutbox):
     db = outbox_db
     types = [db.aggtype("recon%d" % i) for i in range(2)]
@@ -696,6 +698,7 @@ def test_outbox_schema_change(outbox_db, pgoutbox):
 #     publication is not the outbox
 # ---------------------------------------------------------------------------
 
+@pytest.mark.server
 def test_table_option_and_other_tables_in_publication(outbox_db, pgoutbox):
     db = outbox_db
     t = db.aggtype("custom")

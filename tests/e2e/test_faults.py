@@ -548,7 +548,6 @@ def neighbour_wal(stack, table, megabytes, chunk_mb=20, pause=0.3):
         conn.close()
 
 
-@pytest.mark.server
 def test_idle_outbox_busy_neighbour(request, outbox_db, pgoutbox, stack):
     db = outbox_db
     rng = seeded_rng(request)
@@ -706,7 +705,6 @@ def test_slot_dropped_while_streaming(request, outbox_db, pgoutbox):
 # 9. Hot standby
 # ---------------------------------------------------------------------------
 
-@pytest.mark.server
 def test_hot_standby_takes_over(request, outbox_db, pgoutbox):
     db = outbox_db
     rng = seeded_rng(request)

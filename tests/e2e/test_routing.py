@@ -18,9 +18,6 @@ import util
 from conftest import ENDPOS_TIMEOUT, REPO, SETUP_SLOT_SH
 from test_daemon import run_to_endpos, write_config
 
-# Also on the newest major; those marked core on every one.
-pytestmark = pytest.mark.server
-
 EMIT_SQL = REPO / "scripts" / "outbox_emit.sql"
 
 
@@ -229,6 +226,7 @@ def test_bad_routing_settings_exit_1(outbox_db, pgoutbox, tmp_path):
 # 4. Logical-message outbox mixed with table inserts
 # ---------------------------------------------------------------------------
 
+@pytest.mark.server
 @pytest.mark.pg_min(14)     # 13 does not send logical decoding messages to pgoutput
 def test_logical_messages_mixed_with_inserts(outbox_db, pgoutbox, tmp_path):
     db = outbox_db
@@ -319,7 +317,8 @@ def _write_bad(db, kind, good_type):
     return good1 + good2, bad_id, before, after
 
 
-KINDS = [pytest.param("message", marks=pytest.mark.pg_min(14)), "row"]
+# The message variant is about what the server sends (also on the newest major).
+KINDS = [pytest.param("message", marks=[pytest.mark.pg_min(14), pytest.mark.server]), "row"]
 
 
 def messages_for(kind):
@@ -435,6 +434,7 @@ PG_TIME_US = ("to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC',"
               " 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
 
 
+@pytest.mark.server
 @pytest.mark.pg_min(14)     # with a logical message
 @pytest.mark.parametrize("fmt", ["raw", "envelope", "cloudevents"])
 def test_value_formats(outbox_db, pgoutbox, tmp_path, fmt):

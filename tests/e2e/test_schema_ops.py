@@ -26,9 +26,6 @@ import faults_util as fu
 import util
 from conftest import ENDPOS_TIMEOUT
 
-# Also on the newest major; those marked core on every one.
-pytestmark = pytest.mark.server
-
 LIST_COLUMNS = ("id uuid NOT NULL, aggregatetype text NOT NULL, aggregateid text NOT NULL,"
                 " type text NOT NULL, payload jsonb")
 
@@ -88,6 +85,7 @@ def make_partitioned(db, via_root):
     return a, b
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("via_root", [True, pytest.param(False, marks=pytest.mark.core)],
                          ids=["via-root", "partitions"])
 def test_partitioned_outbox(outbox_db, pgoutbox, via_root):
@@ -103,6 +101,7 @@ def test_partitioned_outbox(outbox_db, pgoutbox, via_root):
     assert len({m.id for m in messages}) == 100, "%d of 100 delivered" % len({m.id for m in messages})
 
 
+@pytest.mark.server
 def test_partition_attached_while_streaming(outbox_db, pgoutbox):
     """A partition created after pgoutbox connected streams under its own
     name: it is identified on the side connection, not ignored."""
@@ -149,6 +148,7 @@ def expect_stop_at_change(db, p, before, words):
     return c
 
 
+@pytest.mark.server
 def test_table_recreated_outside_publication(outbox_db, pgoutbox):
     db = outbox_db
     p = streaming(db, pgoutbox)
@@ -171,6 +171,7 @@ def test_table_recreated_outside_publication(outbox_db, pgoutbox):
               "- (exit 2 naming the table, slot held before the change; restart exits 2 too)")
 
 
+@pytest.mark.server
 def test_table_renamed(outbox_db, pgoutbox):
     db = outbox_db
     p = streaming(db, pgoutbox)
@@ -186,6 +187,7 @@ def test_table_renamed(outbox_db, pgoutbox):
               "- (exit 2 naming the table, slot held before the rename)")
 
 
+@pytest.mark.server
 def test_publication_stops_publishing_inserts(outbox_db, pgoutbox):
     db = outbox_db
     p = streaming(db, pgoutbox)
@@ -201,6 +203,7 @@ def test_publication_stops_publishing_inserts(outbox_db, pgoutbox):
               "- (exit 2, slot held before the ALTER)")
 
 
+@pytest.mark.server
 def test_table_dropped_and_recreated_inside_publication_warns(outbox_db, pgoutbox):
     """Re-created and added back in one transaction: nothing is missing, it
     streams on, and the OID change is reported."""
@@ -289,7 +292,7 @@ def test_message_max_bytes_above_queue(outbox_db, pgoutbox):
 # Bounded: transactions without events while Kafka is slow
 # ---------------------------------------------------------------------------
 
-@pytest.mark.core
+@pytest.mark.server         # 13's counterpart below is core
 @pytest.mark.pg_min(14)     # 13 sends no messages: test_neighbour_transactions_... is 13's
 def test_empty_transactions_do_not_grow_memory(outbox_db, pgoutbox, stack):
     """200,000 transactions with nothing for pgoutbox (logical messages of
