@@ -1801,7 +1801,7 @@ static void
 check_retention(checker *c, const char *slotlit, int v, bool in_recovery)
 {
 	char dur[64], sql[512];
-	PGresult *res, *a = NULL, *b = NULL;
+	PGresult *res, *a = NULL, *b = NULL, *avg = NULL;
 	int64_t t0, t1;
 
 	res = check_query(c, "slot wal keep size",
@@ -1838,7 +1838,8 @@ check_retention(checker *c, const char *slotlit, int v, bool in_recovery)
 
 	if (atoll(PQgetvalue(res, 0, 1)) >= 0 && PQgetvalue(res, 0, 2)[0] != '\0') {
 		/* The WAL rate, over a short sample of the server's WAL position. */
-		double left = (double) atoll(PQgetvalue(res, 0, 2)), mb_min;
+		double left = (double) atoll(PQgetvalue(res, 0, 2)), mb_min, avg_mb_min = 0;
+		const char *rate_what = "the current WAL rate";
 
 		snprintf(sql, sizeof(sql), "SELECT %s::text",
 		         in_recovery ? "coalesce(pg_catalog.pg_last_wal_receive_lsn(), "
@@ -1862,6 +1863,21 @@ check_retention(checker *c, const char *slotlit, int v, bool in_recovery)
 			(void) lsn_parse(PQgetvalue(b, 0, 0), &l1);
 			mb_min = l1 > l0 && secs > 0 ? (double) (l1 - l0) / secs * 60.0 / MB : 0.0;
 		}
+		/* A quiet second says little: the long-term average (pg_stat_wal,
+		 * 14+), when higher, is the rate to plan with. */
+		if (v >= 140000 && !in_recovery) {
+			PQclear(avg);
+			avg = check_row(c, "slot wal keep size", "SELECT coalesce((SELECT wal_bytes / "
+			                "greatest(extract(epoch FROM now() - stats_reset), 1) FROM "
+			                "pg_catalog.pg_stat_wal)::float8, 0)");
+			if (avg == NULL)
+				goto out;
+			avg_mb_min = strtod(PQgetvalue(avg, 0, 0), NULL) * 60.0 / MB;
+		}
+		if (avg_mb_min > mb_min) {
+			mb_min = avg_mb_min;
+			rate_what = "the average WAL rate since the statistics were reset";
+		}
 		if (left <= 0)
 			check_line(c, CHECK_WARN, "slot wal keep size", "max_slot_wal_keep_size = %s: the slot "
 			           "already holds that much WAL; the next checkpoint invalidates it unless "
@@ -1876,9 +1892,9 @@ check_retention(checker *c, const char *slotlit, int v, bool in_recovery)
 
 			format_duration(dur, sizeof(dur), secs);
 			check_line(c, secs < PLAUSIBLE_OUTAGE_S ? CHECK_WARN : CHECK_OK, "slot wal keep size",
-			           "max_slot_wal_keep_size = %s: at the current WAL rate of %.1f MB/min the slot "
-			           "survives about %s of pgoutbox being down or Kafka not acknowledging (%.0f MB "
-			           "left)%s", PQgetvalue(res, 0, 0), mb_min, dur, left / MB,
+			           "max_slot_wal_keep_size = %s: at %s of %.1f MB/min the slot survives about "
+			           "%s of pgoutbox being down or Kafka not acknowledging (%.0f MB left)%s",
+			           PQgetvalue(res, 0, 0), rate_what, mb_min, dur, left / MB,
 			           secs < PLAUSIBLE_OUTAGE_S ? ", then a checkpoint invalidates it and the "
 			           "events since must be backfilled" : "");
 		}
@@ -1886,6 +1902,7 @@ check_retention(checker *c, const char *slotlit, int v, bool in_recovery)
 out:
 	PQclear(a);
 	PQclear(b);
+	PQclear(avg);
 	PQclear(res);
 }
 

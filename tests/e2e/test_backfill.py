@@ -127,6 +127,8 @@ def resume_point(stderr):
 # 1. Backfill + stream: exactly once across the boundary, bounded memory
 # ---------------------------------------------------------------------------
 
+# core: CREATE_REPLICATION_SLOT ... USE_SNAPSHOT is spelt differently before 15.
+@pytest.mark.core
 def test_backfill_then_stream_exactly_once(request, outbox_db, pgoutbox):
     db = outbox_db
     rng = seeded_rng(request)
@@ -478,6 +480,8 @@ def check_lines(p):
     return out
 
 
+@pytest.mark.server
+@pytest.mark.pg_min(14)     # 13 has no pg_stat_wal: its WAL rate is not known
 def test_check_retention(outbox_db, pgoutbox, stack):
     db = outbox_db
     with db.conn.cursor() as cur:

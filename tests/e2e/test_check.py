@@ -349,14 +349,15 @@ class WalWriter(threading.Thread):
         assert self.error is None, "the WAL writer failed: %r" % (self.error,)
 
 
-KEEP_RE = re.compile(r"^max_slot_wal_keep_size = 64MB: at the current WAL rate of (\d+\.\d) MB/min "
-                     r"the slot survives about (\d+) (seconds|minutes) of pgoutbox being down or "
+KEEP_RE = re.compile(r"^max_slot_wal_keep_size = 64MB: at (?:the current WAL rate|the average WAL "
+                     r"rate since the statistics were reset) of (\d+\.\d) MB/min the slot survives about ([\d.]+) (seconds|minutes|hours) of pgoutbox being down or "
                      r"Kafka not acknowledging \((\d+) MB left\), then a checkpoint invalidates it "
                      r"and the events since must be backfilled$")
 ROOMY_RE = re.compile(r"^max_slot_wal_keep_size = 100GB: (\d+) MB of WAL left before a checkpoint "
                       r"invalidates the slot; no WAL was written during the 1 s sample, so how "
                       r"long that lasts depends on the load$|^max_slot_wal_keep_size = 100GB: at "
-                      r"the current WAL rate of \d+\.\d MB/min the slot survives about [\d.]+ "
+                      r"(the current WAL rate|the average WAL rate since the statistics were reset) "
+                      r"of \d+\.\d MB/min the slot survives about [\d.]+ "
                       r"(hours|days) of pgoutbox being down or Kafka not acknowledging "
                       r"\(\d+ MB left\)$")
 

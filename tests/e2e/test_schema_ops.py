@@ -387,7 +387,7 @@ def test_neighbour_transactions_do_not_grow_memory(outbox_db, pgoutbox, stack):
         def received():
             assert p.poll() is None, "pgoutbox exited (%r)\n%s" % (p.returncode, p.describe())
             for line in get(port, "/metrics")[1].splitlines():
-                if line.startswith("pgoutbox_received_lsn "):
+                if line.startswith("pgoutbox_received_lsn{"):
                     return float(line.split()[1]) >= end - 4096
             return False
         util.wait_for(received, 300, "pgoutbox to read the neighbour's %d transactions"
