@@ -13,8 +13,9 @@
 # suite (pytest tests/e2e) against the sanitizer build of pgoutbox.
 #
 # Then the version matrix: for each other PostgreSQL major, one after the
-# other, a fresh stack of that server (with a physical standby from 16 on:
-# decoding on a standby, failover slots) and the tests marked core
+# other, a fresh stack of that server (with a physical standby from 17 on,
+# for setup-slot.sh --failover and --check; the failover and standby
+# decoding tests make primary + standby pairs of their own) and the tests marked core
 # (pytest -m core: delivery, the protocol mix, kill -9, the idle-WAL bound,
 # --check, setup-slot.sh, and what is particular to a version, e.g. the
 # failover tests on 17+); on the newest major also those marked server
@@ -246,7 +247,7 @@ for v in "${PG_MATRIX[@]+"${PG_MATRIX[@]}"}"; do
 		continue
 	fi
 	opts=(--pg "$v")
-	((v < 16)) || opts+=(--standby)
+	((v < 17)) || opts+=(--standby)
 	step "start PostgreSQL $v${opts[2]:+ + standby} + Kafka" start_stack "${opts[@]}"
 	step "end-to-end tests, PostgreSQL $v (-m $marks)" matrix_tests "$v" "$@"
 	step "stop PostgreSQL $v + Kafka" stop_stack

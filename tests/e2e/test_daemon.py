@@ -175,8 +175,7 @@ def test_payload_fidelity_toast_unicode_null(request, outbox_db, pgoutbox):
 # 3. Pipelined streaming, then SIGTERM or SIGINT
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sig", [pytest.param(signal.SIGTERM, marks=pytest.mark.core),
-                                 signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_streaming_while_running_then_signal(request, outbox_db, pgoutbox, sig):
     db = outbox_db
     types = [db.aggtype("live%d" % i) for i in range(2)]
@@ -246,7 +245,6 @@ class Writer(threading.Thread):
             self.error = e
 
 
-@pytest.mark.server
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_stop_mid_stream_then_restart_loses_nothing(outbox_db, pgoutbox, how):
     """SIGTERM: clean stop (exit 0).  SIGKILL: a crash, no draining at all.
@@ -476,7 +474,6 @@ def test_idle_outbox_slot_follows_unrelated_wal(outbox_db, pgoutbox, stack):
 # 8. Updates, deletes and truncates of the outbox table are ignored
 # ---------------------------------------------------------------------------
 
-@pytest.mark.server
 def test_updates_deletes_truncate_ignored(outbox_db, pgoutbox):
     db = outbox_db
     t = db.aggtype("udt")
@@ -507,7 +504,6 @@ def test_updates_deletes_truncate_ignored(outbox_db, pgoutbox):
 # 9. One large transaction
 # ---------------------------------------------------------------------------
 
-@pytest.mark.server
 def test_large_transaction(request, outbox_db, pgoutbox):
     db = outbox_db
     types = [db.aggtype("large%d" % i) for i in range(2)]
@@ -534,7 +530,6 @@ def test_large_transaction(request, outbox_db, pgoutbox):
 # 10. Per-key order is commit order, not insert order
 # ---------------------------------------------------------------------------
 
-@pytest.mark.server
 def test_key_order_is_commit_order(outbox_db, pgoutbox):
     db = outbox_db
     t = db.aggtype("interleave")
@@ -609,7 +604,6 @@ def test_unreachable_broker_confirms_nothing(outbox_db, pgoutbox):
 # 12. Losing the PostgreSQL connection is transient
 # ---------------------------------------------------------------------------
 
-@pytest.mark.server
 def test_reconnects_after_walsender_terminated(request, outbox_db, pgoutbox):
     db = outbox_db
     types = [db.aggtype("recon%d" % i) for i in range(2)]
@@ -698,7 +692,6 @@ def test_outbox_schema_change(outbox_db, pgoutbox):
 #     publication is not the outbox
 # ---------------------------------------------------------------------------
 
-@pytest.mark.server
 def test_table_option_and_other_tables_in_publication(outbox_db, pgoutbox):
     db = outbox_db
     t = db.aggtype("custom")

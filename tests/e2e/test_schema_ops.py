@@ -292,7 +292,6 @@ def test_message_max_bytes_above_queue(outbox_db, pgoutbox):
 # Bounded: transactions without events while Kafka is slow
 # ---------------------------------------------------------------------------
 
-@pytest.mark.server         # 13's counterpart below is core
 @pytest.mark.pg_min(14)     # 13 sends no messages: test_neighbour_transactions_... is 13's
 def test_empty_transactions_do_not_grow_memory(outbox_db, pgoutbox, stack):
     """200,000 transactions with nothing for pgoutbox (logical messages of

@@ -27,8 +27,6 @@ import pytest
 
 import util
 
-pytestmark = pytest.mark.core
-
 REPO = Path(__file__).resolve().parents[2]
 SETUP_SLOT = REPO / "scripts" / "setup-slot.sh"
 STACK = REPO / "scripts" / "stack.sh"
@@ -221,6 +219,7 @@ def replica_pg():
 # Creating, idempotence, dropping
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_creates_table_publication_and_slot(fresh_db):
     p = setup_slot("-d", fresh_db.dsn, "--create-table")
     assert p.returncode == 0, output(p)
@@ -247,6 +246,7 @@ def test_creates_table_publication_and_slot(fresh_db):
     assert slot[:3] == ("logical", "pgoutput", fresh_db.name)
 
 
+@pytest.mark.core
 def test_second_run_changes_nothing(fresh_db):
     first = setup_slot("-d", fresh_db.dsn, "--create-table")
     assert first.returncode == 0, output(first)
@@ -280,6 +280,7 @@ def test_custom_names_schema_and_quoting(fresh_db):
     assert again.returncode == 0, output(again)
 
 
+@pytest.mark.core
 def test_drop_removes_slot_and_publication_keeps_table(fresh_db):
     p = setup_slot("-d", fresh_db.dsn, "--create-table")
     assert p.returncode == 0, output(p)
@@ -296,6 +297,7 @@ def test_drop_removes_slot_and_publication_keeps_table(fresh_db):
     assert "does not exist" in again.stdout, output(again)
 
 
+@pytest.mark.core
 def test_drop_refuses_an_active_slot(fresh_db):
     p = setup_slot("-d", fresh_db.dsn, "--create-table")
     assert p.returncode == 0, output(p)
@@ -329,6 +331,7 @@ def test_drop_refuses_an_active_slot(fresh_db):
 # Failed checks
 # ---------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_refuses_wal_level_replica(replica_pg):
     p = setup_slot("-d", replica_pg, "--create-table")
     assert p.returncode == 1, output(p)
@@ -339,6 +342,7 @@ def test_refuses_wal_level_replica(replica_pg):
     assert publication_row(replica_pg, "pgoutbox") is None
 
 
+@pytest.mark.core
 def test_reports_no_free_replication_slot(replica_pg):
     (max_slots,) = query(replica_pg, "SELECT current_setting('max_replication_slots')::int")[0]
     names = ["fill_%d" % i for i in range(max_slots)]
@@ -379,6 +383,7 @@ def test_existing_publication_without_the_table_is_not_altered(fresh_db):
     assert slot_row(fresh_db.dsn, "pgoutbox") is None
 
 
+@pytest.mark.core
 def test_existing_slot_with_another_plugin(fresh_db):
     query(fresh_db.dsn, "SELECT pg_create_logical_replication_slot('pgoutbox', 'test_decoding')")
     p = setup_slot("-d", fresh_db.dsn, "--create-table")
@@ -389,6 +394,7 @@ def test_existing_slot_with_another_plugin(fresh_db):
     assert slot_row(fresh_db.dsn, "pgoutbox")[1] == "test_decoding"
 
 
+@pytest.mark.core
 def test_role_without_replication_or_select(fresh_db):
     setup = setup_slot("-d", fresh_db.dsn, "--create-table", "--slot", "unused")
     assert setup.returncode == 0, output(setup)
@@ -496,6 +502,7 @@ def insert_relations(dsn, slot):
     return inserts
 
 
+@pytest.mark.core
 def test_partitioned_outbox_streams_under_its_own_name(fresh_db):
     query(fresh_db.dsn, PARTITIONED_OUTBOX)
     p = setup_slot("-d", fresh_db.dsn)
@@ -508,6 +515,7 @@ def test_partitioned_outbox_streams_under_its_own_name(fresh_db):
     assert insert_relations(fresh_db.dsn, "pgoutbox") == ["public.outbox", "public.outbox"]
 
 
+@pytest.mark.core
 def test_existing_publication_of_partitions_is_refused(fresh_db):
     query(fresh_db.dsn, PARTITIONED_OUTBOX)
     query(fresh_db.dsn, "CREATE PUBLICATION pgoutbox FOR TABLE public.outbox WITH (publish = 'insert')")
@@ -571,6 +579,7 @@ def standby():
     return dsn
 
 
+@pytest.mark.core
 def test_failover_refused_before_17(pg, fresh_db):
     if server_major(pg) >= 17:
         pytest.skip("the server has failover slots")
@@ -581,6 +590,7 @@ def test_failover_refused_before_17(pg, fresh_db):
     assert slot_row(fresh_db.dsn, "pgoutbox") is None
 
 
+@pytest.mark.core
 @pytest.mark.pg_min(17)
 @pytest.mark.standby
 def test_failover_slot_is_synchronised_to_the_standby(fresh_db, standby):
@@ -610,6 +620,7 @@ def test_failover_slot_is_synchronised_to_the_standby(fresh_db, standby):
         output(quick)
 
 
+@pytest.mark.core
 @pytest.mark.pg_min(17)
 @pytest.mark.standby
 def test_failover_on_an_existing_ordinary_slot(pg, fresh_db, standby):
@@ -640,6 +651,7 @@ def test_failover_on_an_existing_ordinary_slot(pg, fresh_db, standby):
     assert again.returncode == 0, output(again)
 
 
+@pytest.mark.core
 @pytest.mark.pg_min(17)
 @pytest.mark.standby
 def test_failover_needs_synchronized_standby_slots(pg, fresh_db):
@@ -664,6 +676,7 @@ def test_failover_needs_synchronized_standby_slots(pg, fresh_db):
     assert query(pg, "SHOW synchronized_standby_slots")[0][0] == before
 
 
+@pytest.mark.core
 @pytest.mark.pg_min(17)
 @pytest.mark.standby
 def test_failover_checks_the_standby(pg, fresh_db, standby):
@@ -687,6 +700,7 @@ def test_failover_checks_the_standby(pg, fresh_db, standby):
         set_and_reload(standby, "hot_standby_feedback", None)
 
 
+@pytest.mark.core
 @pytest.mark.pg_min(17)
 @pytest.mark.standby
 def test_failover_with_the_standby_down(pg, fresh_db):

@@ -19,8 +19,6 @@ import pytest
 import util
 from conftest import ENDPOS_TIMEOUT, SETUP_SLOT_SH, SHUTDOWN_TIMEOUT, STACK_SH
 
-pytestmark = pytest.mark.server
-
 ATTACH_TIMEOUT = 30
 CERT_ERROR_TIMEOUT = 20
 KEEPS_RETRYING = 5  # seconds a run with a wrong CA must stay up by itself
