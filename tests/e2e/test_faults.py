@@ -622,6 +622,22 @@ def test_idle_outbox_busy_neighbour(request, outbox_db, pgoutbox, stack):
 # 8. Slot invalidated or dropped
 # ---------------------------------------------------------------------------
 
+def standby_caught_up(admin, stack, behind=4 << 20):
+    """With the stack's standby: until it streams and its physical slot is
+    less than `behind` bytes behind the WAL end (a restart of the primary
+    leaves it reconnecting for a few seconds)."""
+    slot = stack.env.get("PGOUTBOX_STANDBY_SLOT")
+    if not slot:
+        return
+
+    def ok():
+        row = util.query_one(admin, "SELECT active, pg_current_wal_lsn() - restart_lsn"
+                                    " FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        assert row is not None, "the standby's slot %s is gone" % slot
+        return row[0] and row[1] is not None and row[1] < behind
+    util.wait_for(ok, 60, "the standby to stream and catch up", interval=0.1)
+
+
 @pytest.mark.core
 def test_slot_invalidated(request, outbox_db, pgoutbox, stack):
     db = outbox_db
@@ -633,6 +649,9 @@ def test_slot_invalidated(request, outbox_db, pgoutbox, stack):
     admin = util.connect(stack.dsn("postgres"), autocommit=True)
     busy = "e2e_walfill_%s" % db.tag
     try:
+        # The setting holds for every slot: the stack's standby (17+) must
+        # keep up, or its physical slot is invalidated with this one.
+        standby_caught_up(admin, stack)
         fu.execute(admin, "ALTER SYSTEM SET max_slot_wal_keep_size = '32MB'")
         util.query_one(admin, "SELECT pg_reload_conf()")
         with admin.cursor() as cur:
@@ -640,6 +659,7 @@ def test_slot_invalidated(request, outbox_db, pgoutbox, stack):
 
         def lost():
             neighbour_wal(stack, busy, 70, pause=0)
+            standby_caught_up(admin, stack)
             fu.execute(admin, "CHECKPOINT")
             return fu.slot_row(db.conn, db.slot)[3] == "lost"
         util.wait_for(lost, 120, "wal_status = 'lost' for slot %s" % db.slot, interval=0)
