@@ -185,14 +185,18 @@ typedef struct txn_sink {
 
 	/* start-up */
 	rd_kafka_queue_t *adminq;
+	bool              topic_tried;   /* the state topic was missing: CreateTopics was sent */
+	int64_t           topic_tried_ms;
 	bool              topic_failed;  /* CreateTopics failed: why */
 	char              topic_error[256];
 	rd_kafka_t       *consumer;
 	rd_kafka_queue_t *cq;
 	rd_kafka_topic_t *crkt;
 	int64_t           read_target;   /* high watermark at the first end of the state partition */
-	bool              record_found;
-	char              record_text[512];
+	bool              read_missing;  /* the reader says the topic does not exist */
+	bool              record_found;  /* the latest record of ours, and not a tombstone */
+	int64_t           record_offset;
+	char              record_text[1024];
 
 	/* what is in Kafka */
 	uint64_t          committed;     /* LSN of the last committed state record */
@@ -218,7 +222,19 @@ typedef struct txn_sink {
 
 	run_list          acks;          /* replayed events already in Kafka: ok reports due */
 	run_list          drops;         /* dropped reports due */
-	bool              awaiting_restart;  /* dropped reports went out: hold until the next session */
+	/*
+	 * Dropped reports went out (or wait in drops): the client reads its
+	 * stream again from its confirmed position.  When what was dropped was
+	 * taken from the stream that still runs, nothing more is taken from it
+	 * until the client's next session: an event of it taken now could be
+	 * committed, and the replay of a dropped one would then be skipped.  A
+	 * session that began since starts at the confirmed position: its
+	 * events are safe to take (and the client may even ignore the drops,
+	 * having forgotten that stream already).
+	 */
+	bool              awaiting_restart;
+	uint64_t          session_no;    /* sessions of the client so far */
+	uint64_t          taken_session; /* the session of the last event taken */
 
 	refusal           refused[REFUSED_MAX];
 	size_t            nrefused, refused_next;
@@ -964,6 +980,8 @@ start_topic(txn_sink *ts)
 	char err[256];
 
 	set_state(ts, TS_TOPIC);
+	ts->topic_tried = true;
+	ts->topic_tried_ms = ts->phase_ms;
 	ts->adminq = rd_kafka_queue_new(ts->rk);
 	/* One partition (the record goes to partition 0); replication as the
 	 * broker's default; compacted, in small segments, so that a start reads
@@ -1022,14 +1040,9 @@ step_topic(txn_sink *ts)
 	}
 	rd_kafka_queue_destroy(ts->adminq);
 	ts->adminq = NULL;
-	if (ts->topic_failed)
-		log_msg(LOG_WARNING, "could not create state topic \"%s\": %s; it must exist, compacted "
-		        "(cleanup.policy=compact)", ts->state_topic, ts->topic_error);
-	/* Only now: a handle asks for the topic's metadata, which lets a broker
-	 * with auto.create.topics.enable create it, not compacted. */
-	if ((ts->state_rkt = rd_kafka_topic_new(ts->rk, ts->state_topic, NULL)) == NULL) {
-		fail(ts, true, "state topic \"%s\": %s", ts->state_topic,
-		     rd_kafka_err2str(rd_kafka_last_error()));
+	if (ts->topic_failed) {
+		fail(ts, true, "state topic \"%s\" does not exist and could not be created: %s; create it "
+		     "with cleanup.policy=compact", ts->state_topic, ts->topic_error);
 		return;
 	}
 	start_read(ts);
@@ -1065,6 +1078,7 @@ start_read(txn_sink *ts)
 
 	set_state(ts, TS_READ);
 	ts->read_target = -1;
+	ts->read_missing = false;
 	if (conf == NULL) {
 		fail(ts, false, "out of memory");
 		return;
@@ -1105,9 +1119,20 @@ conf_error:
 	fail(ts, true, "could not create the state topic's reader: %s", err);
 }
 
-/* A state record of ours: remember it; false (after fail()) when it is unusable. */
+/* The latest record of ours (value NULL: a tombstone, the state was reset). */
+static void
+keep_record(txn_sink *ts, const rd_kafka_message_t *m)
+{
+	ts->record_found = m->payload != NULL;
+	ts->record_offset = m->offset;
+	snprintf(ts->record_text, sizeof(ts->record_text), "%.*s",
+	         (int) (m->len < sizeof(ts->record_text) - 1 ? m->len : sizeof(ts->record_text) - 1),
+	         m->payload ? (const char *) m->payload : "");
+}
+
+/* The latest record, parsed: false (after fail()) when it is not ours to use. */
 static bool
-take_record(txn_sink *ts, const rd_kafka_message_t *m)
+take_record(txn_sink *ts)
 {
 	json_t *root;
 	json_error_t je;
@@ -1117,14 +1142,7 @@ take_record(txn_sink *ts, const rd_kafka_message_t *m)
 	char *end;
 	bool ok;
 
-	if (m->payload == NULL) {       /* a tombstone: the state was reset */
-		ts->record_found = false;
-		ts->committed = 0;
-		return true;
-	}
-	snprintf(ts->record_text, sizeof(ts->record_text), "%.*s",
-	         (int) (m->len < 400 ? m->len : 400), (const char *) m->payload);
-	root = json_loadb(m->payload, m->len, 0, &je);
+	root = json_loads(ts->record_text, 0, &je);
 	ok = root != NULL && json_unpack(root, "{s:s, s:s, s:s, s:I}", "lsn", &lsn_s, "system_id", &sys_s,
 	                                 "slot", &slot_s, "timeline", &tl) == 0 &&
 	     sscanf(lsn_s, "%" SCNx64 "/%" SCNx64, &lsn_hi, &lsn_lo) == 2 && lsn_hi <= UINT32_MAX &&
@@ -1137,7 +1155,7 @@ take_record(txn_sink *ts, const rd_kafka_message_t *m)
 	if (!ok) {
 		json_decref(root);
 		fail(ts, true, "the state record of transactional id \"%s\" in topic \"%s\" (offset %" PRId64
-		     ") is not pgoutbox's: %s", ts->txn_id, ts->state_topic, m->offset, ts->record_text);
+		     ") is not pgoutbox's: %s", ts->txn_id, ts->state_topic, ts->record_offset, ts->record_text);
 		return false;
 	}
 	if (sys != ts->system_id || strcmp(slot_s, ts->slot) != 0) {
@@ -1148,7 +1166,6 @@ take_record(txn_sink *ts, const rd_kafka_message_t *m)
 		json_decref(root);
 		return false;
 	}
-	ts->record_found = true;
 	ts->committed = lsn_hi << 32 | lsn_lo;
 	ts->floor_valid = (uint32_t) tl == ts->timeline;
 	json_decref(root);
@@ -1159,6 +1176,16 @@ static void
 finish_read(txn_sink *ts)
 {
 	stop_reader(ts);
+	if (ts->record_found && !take_record(ts))
+		return;
+	/* Only now: a producer's handle asks for the topic's metadata, which
+	 * lets a broker with auto.create.topics.enable create a missing topic,
+	 * not compacted. */
+	if ((ts->state_rkt = rd_kafka_topic_new(ts->rk, ts->state_topic, NULL)) == NULL) {
+		fail(ts, true, "state topic \"%s\": %s", ts->state_topic,
+		     rd_kafka_err2str(rd_kafka_last_error()));
+		return;
+	}
 	if (!ts->record_found) {
 		ts->committed = 0;
 		ts->floor_valid = true;
@@ -1211,23 +1238,33 @@ step_read(txn_sink *ts)
 		} else if (m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
 		           m->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
 		           m->err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION) {
-			if (ts->topic_failed)
-				fail(ts, true, "state topic \"%s\" does not exist and could not be created: %s",
-				     ts->state_topic, ts->topic_error);
-			else if (now_ms() - ts->phase_ms > STATE_TOPIC_WAIT_MS)
-				fail(ts, true, "state topic \"%s\" does not show up: %s", ts->state_topic,
-				     rd_kafka_err2str(m->err));
+			ts->read_missing = true;
 		} else if (m->err) {
 			set_last_error(ts, "reading the state topic: %s", rd_kafka_err2str(m->err));
 		} else if (m->key_len == strlen(ts->txn_id) && m->key != NULL &&
 		           memcmp(m->key, ts->txn_id, m->key_len) == 0) {
-			take_record(ts, m);
+			keep_record(ts, m);
 		}
 		rd_kafka_message_destroy(m);
 	}
 	/* Not before every message is destroyed: rd_kafka_destroy() waits for them. */
-	if (done && ts->state == TS_READ)
+	if (done && ts->state == TS_READ) {
 		finish_read(ts);
+	} else if (ts->read_missing && ts->state == TS_READ) {
+		/* No state topic: create it, then read it with a fresh reader
+		 * (one cannot see it before its next metadata refresh), at most
+		 * every half second while it does not show up. */
+		if (!ts->topic_tried) {
+			stop_reader(ts);
+			start_topic(ts);
+		} else if (now_ms() - ts->topic_tried_ms > STATE_TOPIC_WAIT_MS) {
+			stop_reader(ts);
+			fail(ts, true, "state topic \"%s\" was created but does not show up", ts->state_topic);
+		} else if (now_ms() - ts->phase_ms >= 500) {
+			stop_reader(ts);
+			start_read(ts);
+		}
+	}
 	if (ts->state == TS_READ)
 		note_slow(ts, "reading the state topic", ts->last_error);
 }
@@ -1244,7 +1281,7 @@ step_init(txn_sink *ts)
 	switch (api_result(ts, error, "initializing Kafka transactions")) {
 	case API_DONE:
 		log_msg(LOG_DEBUG, "Kafka transactions initialized for transactional id \"%s\"", ts->txn_id);
-		start_topic(ts);
+		start_read(ts);
 		break;
 	case API_AGAIN:      /* the worker gave up (the sink goes away) */
 		break;
@@ -1464,7 +1501,7 @@ drain_pending(txn_sink *ts)
  * read its stream again (hold it until its next session).
  */
 static void
-drop_all(txn_sink *ts, const char *why, bool restart)
+drop_all(txn_sink *ts, const char *why)
 {
 	uint64_t n = ts->txn.messages;
 
@@ -1478,8 +1515,6 @@ drop_all(txn_sink *ts, const char *why, bool restart)
 	ts->partial_in_txn = 0;
 	ts->doomed = false;
 	ts->end_seen = ts->committed;
-	if (restart && n > 0)
-		ts->awaiting_restart = true;
 	if (n > 0)
 		snprintf(ts->doom_why, sizeof(ts->doom_why), "%.250s", why);
 	wake(ts);
@@ -1508,7 +1543,7 @@ step_abort(txn_sink *ts)
 	case API_DONE:
 		ts->stats->aborted++;
 		snprintf(why, sizeof(why), "the Kafka transaction was aborted: %s", ts->doom_why);
-		drop_all(ts, why, true);
+		drop_all(ts, why);
 		set_state(ts, TS_READY);
 		break;
 	case API_AGAIN:
@@ -1603,7 +1638,8 @@ txn_produce(sink *s, const sink_event *ev, uint64_t packed, sink_error *e)
 
 	if (ts->fatal)
 		return SINK_FATAL;
-	if (ts->awaiting_restart || ts->rk == NULL || ts->state == TS_ABORT || ts->doomed)
+	if (ts->awaiting_restart || ts->drops.n > 0 || ts->rk == NULL || ts->state == TS_ABORT ||
+	    ts->doomed)
 		return SINK_FULL;
 	if (ts->state >= TS_READY && ts->floor_valid && ev->lsn != 0 && ev->lsn < ts->committed) {
 		/* Replayed: in a committed transaction already. */
@@ -1614,12 +1650,10 @@ txn_produce(sink *s, const sink_event *ev, uint64_t packed, sink_error *e)
 	}
 	if (ev->lsn != 0 && ev->lsn < ts->end_seen) {
 		/* Replayed, in a transaction not committed yet: wait for it. */
-		if (ts->state == TS_OPEN && ts->partial_in_txn == 0) {
-			begin_commit(ts);
-		} else {
-			ts->want_commit = true;
-			wake(ts);
-		}
+		ts->want_commit = true;
+		ts->idle_seq = ts->pend_seq;
+		maybe_commit(ts);
+		wake(ts);
 		return SINK_FULL;
 	}
 	if (refuse_now(ts, ev, e))
@@ -1627,6 +1661,7 @@ txn_produce(sink *s, const sink_event *ev, uint64_t packed, sink_error *e)
 	if ((ts->state == TS_READY || ts->state == TS_OPEN) && ts->pend_head == NULL) {
 		switch (put(ts, ev, packed, e)) {
 		case PUT_OK:
+			ts->taken_session = ts->session_no;
 			return SINK_OK;
 		case PUT_FULL:
 			return SINK_FULL;
@@ -1642,6 +1677,7 @@ txn_produce(sink *s, const sink_event *ev, uint64_t packed, sink_error *e)
 		return SINK_FULL;
 	if (!pend_add(ts, ev, packed, 0))
 		return SINK_FULL;
+	ts->taken_session = ts->session_no;
 	return rc;
 }
 
@@ -1651,7 +1687,7 @@ txn_end(sink *s, unsigned client, uint64_t end_lsn)
 	txn_sink *ts = (txn_sink *) s;
 
 	(void) client;
-	if (ts->fatal || ts->awaiting_restart || ts->state == TS_ABORT)
+	if (ts->fatal || ts->awaiting_restart || ts->drops.n > 0 || ts->state == TS_ABORT)
 		return;
 	if (end_lsn > ts->end_seen)
 		ts->end_seen = end_lsn;
@@ -1673,7 +1709,7 @@ txn_idle(sink *s, unsigned client, bool ended)
 	txn_sink *ts = (txn_sink *) s;
 
 	(void) client;
-	if (ts->fatal || ts->awaiting_restart)
+	if (ts->fatal || ts->awaiting_restart || ts->drops.n > 0)
 		return;
 	if (ended) {
 		if (ts->partial_in_txn > 0 && (ts->state == TS_OPEN || ts->state == TS_COMMIT)) {
@@ -1682,7 +1718,6 @@ txn_idle(sink *s, unsigned client, bool ended)
 			return;
 		}
 		if (ts->partial_in_pend > 0 && pend_drop(ts, true) > 0) {
-			ts->awaiting_restart = true;
 			snprintf(ts->doom_why, sizeof(ts->doom_why),
 			         "the stream ended inside a source transaction");
 			wake(ts);
@@ -1709,6 +1744,7 @@ txn_session(sink *s, unsigned client, const sink_origin *o)
 		return;
 	}
 	ts->awaiting_restart = false;
+	ts->session_no++;
 	if (!ts->have_origin) {
 		ts->have_origin = true;
 		ts->system_id = o->system_id;
@@ -1747,6 +1783,7 @@ txn_session(sink *s, unsigned client, const sink_origin *o)
 	}
 	if (have_uncommitted(ts)) {
 		ts->want_commit = true;
+		ts->idle_seq = ts->pend_seq;
 		maybe_commit(ts);
 		wake(ts);
 	}
@@ -1789,7 +1826,7 @@ txn_serve(sink *s)
 			start_abort(ts);
 		else if (ts->state == TS_READY) {
 			/* Failed before a transaction held anything (a late refusal). */
-			drop_all(ts, ts->doom_why, true);
+			drop_all(ts, ts->doom_why);
 		}
 	}
 	/* Reports due: acknowledgements of replayed events, drops. */
@@ -1798,6 +1835,7 @@ txn_serve(sink *s)
 	if (ts->drops.n > 0) {
 		char why[300];
 
+		ts->awaiting_restart = ts->taken_session == ts->session_no;
 		snprintf(why, sizeof(why), "%s", ts->doom_why);
 		runs_dispatch(ts, &ts->drops, false, why);
 	}
