@@ -232,7 +232,7 @@ test_commit_then_replay(void)
 	CHECK(serve_until(s, have, &w));
 	CHECK(oks[0] == 1 && oks[1] == 1 && oks[2] == 1);
 	CHECK(count(drops, 0, MAXMSG) == 0 && count(refused, 0, MAXMSG) == 0);
-	CHECK(st.committed >= 1 && st.commit_count == st.committed && st.events_sum == 3);
+	CHECK(st.committed >= 1 && st.commit.count == st.committed && st.events_sum == 3);
 	CHECK(sink_outstanding(s) == 0);
 	sink_free(s);
 
