@@ -152,7 +152,8 @@ def scrape(port):
 
 
 def metric(body, name):
-    m = re.search(r"^%s (\S+)$" % re.escape(name), body, re.M)
+    """The value of family `name` (its one series, with or without labels)."""
+    m = re.search(r"^%s(?:\{[^}]*\})? (\S+)$" % re.escape(name), body, re.M)
     return float(m.group(1)) if m else None
 
 
