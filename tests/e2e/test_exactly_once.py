@@ -563,3 +563,28 @@ def test_eos_state_of_another_slot(outbox_db, pgoutbox):
         util.wait_for(lambda: not util.slot_state(db.conn, other)[1], 30, "the other slot inactive")
         util.query_one(admin, "SELECT pg_drop_replication_slot(%s)", (other,))
     assert db.slot in p2.stderr and other in p2.stderr and txn_id in p2.stderr, p2.describe()
+
+
+# ---------------------------------------------------------------------------
+# Configurations exactly-once cannot run
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case, args, message", [
+    ("transactional.id", ["-d", "x", "-X", "transactional.id=mine"],
+     "Kafka property transactional.id is pgoutbox's: set delivery = exactly-once, and "
+     "transactional_id to choose the id"),
+    ("two sources", list(EOS) + ["--source", "a.conninfo=x", "--source", "a.slot=a",
+                                 "--source", "b.conninfo=y", "--source", "b.slot=b"],
+     "delivery = exactly-once takes one source: its Kafka transactions record one slot's "
+     "position; run a pgoutbox per source"),
+    ("backfill", list(EOS) + ["-d", "x", "--backfill"],
+     "--backfill and --replay publish at least once: run them with delivery = at-least-once, "
+     "then stream with exactly-once"),
+    ("empty id", list(EOS) + ["-d", "x", "--transactional-id", ""],
+     'invalid value "" for transactional_id: empty; leave it unset for the default '
+     'pgoutbox-<database system identifier>-<slot>'),
+])
+def test_eos_configuration_errors(pgoutbox, case, args, message):
+    from offline import assert_usage_error
+    p = pgoutbox.run("-b", "127.0.0.1:%d" % util.free_port(), *args, timeout=10)
+    assert_usage_error(p, message)
