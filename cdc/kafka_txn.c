@@ -710,8 +710,11 @@ consumer_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	txn_sink *ts = opaque;
 
 	(void) rk;
-	(void) err;
 	set_last_error(ts, "reading the state topic: %s", reason);   /* on the loop's thread */
+	/* The legacy consumer says so here, not in its queue. */
+	if (err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC || err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+	    err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION)
+		ts->read_missing = true;
 }
 
 /* ---------------------------------------------------------------------------
@@ -1097,6 +1100,9 @@ start_read(txn_sink *ts)
 	     * after 500 ms when the leader is not known yet); compaction may have
 	     * removed the first records: then the earliest one. */
 	    !kafka_conf_set(conf, "auto.offset.reset", "earliest", err, sizeof(err)) ||
+	    /* A missing topic is reported after this (librdkafka's 30 s wait
+	     * for a new topic to propagate): it is then created and read again. */
+	    !kafka_conf_set(conf, "topic.metadata.propagation.max.ms", "1000", err, sizeof(err)) ||
 	    !kafka_conf_set(conf, "log.queue", "true", err, sizeof(err)))
 		goto conf_error;
 	rd_kafka_conf_set_log_cb(conf, consumer_log_cb);

@@ -514,6 +514,8 @@ def test_eos_metrics_and_loop(request, outbox_db, pgoutbox):
         t.join(10)
     body = scrape(port)
     finish(db, p, writer)
+    from test_metrics import promtool_check
+    promtool_check(body)
     committed = metric(body, "pgoutbox_kafka_transactions_committed_total")
     assert committed and committed > 0, body
     assert metric(body, "pgoutbox_kafka_transaction_commit_seconds_count") == committed
@@ -529,6 +531,38 @@ def test_eos_metrics_and_loop(request, outbox_db, pgoutbox):
     verify_once(db, writer, "metrics")
     util.note("exactly-once: /metrics answered in max %.1f ms (p99 %.1f ms) over %d requests while "
               "%d Kafka transactions committed" % (worst * 1000, p99 * 1000, len(times), committed))
+
+
+# ---------------------------------------------------------------------------
+# A state topic that does not exist yet is created, compacted
+# ---------------------------------------------------------------------------
+
+def test_eos_creates_state_topic(outbox_db, pgoutbox):
+    db = outbox_db
+    # Not named after the tag: read_test_topics() reads every topic that is.
+    state = "pgoutbox.state.e2e-%s" % uuid.uuid4().hex[:8]
+    t = db.aggtype("fresh")
+    p = pgoutbox.start(*db.args(*EOS, "--state-topic", state))
+    util.wait_attached(db.conn, db.slot, p, 30)
+    util.commit_events(db.conn, [util.event(t, "k", "T", {"n": 1})])
+    util.wait_confirmed(db.conn, db.slot, db.wal_lsn(), 60, proc=p)
+    p.terminate()
+    p.expect_exit(util.EXIT_OK, 30)
+    assert 'created state topic "%s" (compacted)' % state in p.stderr, p.describe()
+    from confluent_kafka.admin import ConfigResource
+    admin = AdminClient({"bootstrap.servers": db.brokers})
+    res = ConfigResource("topic", state)
+    cfg = list(admin.describe_configs([res]).values())[0].result(30)
+    assert cfg["cleanup.policy"].value == "compact", cfg["cleanup.policy"].value
+    assert [m.id for m in committed_messages(db)] != []
+    # A second run finds the record and starts from it.
+    p = pgoutbox.start(*db.args(*EOS, "--state-topic", state), name="again")
+    util.wait_for(lambda: "Kafka has every transaction up to" in p.stderr or p.poll() is not None, 30,
+                  "the state record to be read")
+    p.terminate()
+    p.expect_exit(util.EXIT_OK, 30)
+    for f in admin.delete_topics([state]).values():
+        f.result(30)
 
 
 # ---------------------------------------------------------------------------
