@@ -1687,7 +1687,7 @@ txn_produce(sink *s, const sink_event *ev, uint64_t packed, sink_error *e)
 		ts->want_commit = true;
 		ts->idle_seq = ts->pend_seq;
 		maybe_commit(ts);
-		wake(ts);
+		/* No wake: the commit's end wakes the loop (a wake here spins it). */
 		return SINK_FULL;
 	}
 	if (refuse_now(ts, ev, e))
@@ -1758,10 +1758,14 @@ txn_idle(sink *s, unsigned client, bool ended)
 		}
 	}
 	if (have_uncommitted(ts)) {
+		/*
+		 * No wake: maybe_commit starts the commit (which wakes), and
+		 * otherwise the loop is woken by the worker or a report; a wake
+		 * on every idle read kept the loop spinning through commits.
+		 */
 		ts->want_commit = true;
 		ts->idle_seq = ts->pend_seq;
 		maybe_commit(ts);
-		wake(ts);
 	}
 }
 
@@ -1816,10 +1820,14 @@ txn_session(sink *s, unsigned client, const sink_origin *o)
 			begin_commit(ts);
 	}
 	if (have_uncommitted(ts)) {
+		/*
+		 * No wake: maybe_commit starts the commit (which wakes), and
+		 * otherwise the loop is woken by the worker or a report; a wake
+		 * on every idle read kept the loop spinning through commits.
+		 */
 		ts->want_commit = true;
 		ts->idle_seq = ts->pend_seq;
 		maybe_commit(ts);
-		wake(ts);
 	}
 }
 
