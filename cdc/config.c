@@ -29,6 +29,7 @@ enum {
 	S_CONNINFO, S_BROKERS, S_SLOT, S_PUBLICATION, S_TABLE, S_TOPIC_TEMPLATE, S_TOPIC_PREFIX,
 	S_ID_COLUMN, S_KEY_COLUMN, S_TYPE_COLUMN, S_PAYLOAD_COLUMN, S_AGGTYPE_COLUMN,
 	S_VALUE_FORMAT, S_KEY_FORMAT, S_CE_SOURCE, S_MESSAGES_PREFIX, S_ON_ERROR, S_DLQ_TOPIC,
+	S_DELIVERY, S_TRANSACTIONAL_ID, S_STATE_TOPIC, S_TXN_MAX_MS, S_TXN_MAX_EVENTS,
 	S_LOG_LEVEL, S_SHUTDOWN_TIMEOUT, S_STATUS_INTERVAL, S_REPLICATION_TIMEOUT, S_KAFKA_STALL_TIMEOUT,
 	S_ENDPOS,
 	S_METRICS, S_LOG_FORMAT, S_STATS_INTERVAL, S_ON_SOURCE_FAILURE,
@@ -81,6 +82,21 @@ static const setting settings[S_COUNT] = {
 		"past it) or dlq (send it to dlq_topic and go on)", false},
 	[S_DLQ_TOPIC] = {"dlq_topic", "dlq-topic", 0, "TOPIC", "pgoutbox.dlq",
 		"dead-letter topic for on_error = dlq", false},
+	[S_DELIVERY] = {"delivery", "delivery", 0, "MODE", "at-least-once",
+		"at-least-once (confirm what Kafka acknowledged; a restart may repeat events) or "
+		"exactly-once (Kafka transactions: a read_committed consumer sees every event once)", false},
+	[S_TRANSACTIONAL_ID] = {"transactional_id", "transactional-id", 0, "ID", NULL,
+		"Kafka transactional.id of exactly-once delivery (default "
+		"pgoutbox-<database system identifier>-<slot>)", false},
+	[S_STATE_TOPIC] = {"state_topic", "state-topic", 0, "TOPIC", "pgoutbox.state",
+		"compacted topic in which every Kafka transaction records how far the slot is in Kafka "
+		"(exactly-once; created if missing)", false},
+	[S_TXN_MAX_MS] = {"transaction_max_ms", "transaction-max-ms", 0, "MS", "100",
+		"exactly-once: commit a Kafka transaction at the first source transaction end once it "
+		"is this old, even while more input waits", false},
+	[S_TXN_MAX_EVENTS] = {"transaction_max_events", "transaction-max-events", 0, "N", "10000",
+		"exactly-once: commit a Kafka transaction at the first source transaction end once it "
+		"holds this many events", false},
 	[S_LOG_LEVEL] = {"log_level", "log-level", 0, "LEVEL", "log",
 		"debug, log, warning or error (-v is debug)", false},
 	[S_SHUTDOWN_TIMEOUT] = {"shutdown_timeout", "shutdown-timeout", 0, "SECONDS", "30",
@@ -263,7 +279,8 @@ config_usage(FILE *out)
 	              "In the -c file the keys are the setting names (conninfo, brokers, slot, "
 	              "publication, table, topic_template, topic_prefix, id_column, key_column, "
 	              "type_column, payload_column, aggregatetype_column, value_format, "
-	              "cloudevents_source, messages_prefix, on_error, dlq_topic, log_level, "
+	              "cloudevents_source, messages_prefix, on_error, dlq_topic, delivery, "
+	              "transactional_id, state_topic, transaction_max_ms, transaction_max_events, log_level, "
 	              "shutdown_timeout, status_interval, replication_timeout, kafka_stall_timeout, endpos, "
 	              "metrics, log_format, "
 	              "stats_interval, backfill_since, backfill_since_column, backfill_order_column, "
@@ -307,6 +324,7 @@ typedef enum value_kind {
 	V_TEMPLATE,     /* a topic template, as outbox.c reads it */
 	V_TABLES,       /* the table list */
 	V_METRICS,      /* [HOST:]PORT, or empty: off */
+	V_TXN_ID,       /* a Kafka transactional.id: not empty, at most 249 bytes */
 } value_kind;
 
 typedef struct value_rule {
@@ -330,6 +348,11 @@ static const value_rule rules[S_COUNT] = {
 	[S_KEY_FORMAT] = {.kind = V_ENUM, .accepted = "raw or json-string"},
 	[S_ON_ERROR] = {.kind = V_ENUM, .accepted = "stop or dlq"},
 	[S_DLQ_TOPIC] = {.kind = V_TOPIC},
+	[S_DELIVERY] = {.kind = V_ENUM, .accepted = "at-least-once or exactly-once"},
+	[S_TRANSACTIONAL_ID] = {.kind = V_TXN_ID},
+	[S_STATE_TOPIC] = {.kind = V_TOPIC},
+	[S_TXN_MAX_MS] = {.kind = V_INT, .min = 1, .max = 600000, .accepted = "milliseconds"},
+	[S_TXN_MAX_EVENTS] = {.kind = V_INT, .min = 1, .max = 10000000, .accepted = "events"},
 	[S_LOG_LEVEL] = {.kind = V_ENUM, .accepted = "debug, log, warning or error"},
 	[S_SHUTDOWN_TIMEOUT] = {.kind = V_INT, .min = 0, .max = 86400, .accepted = "seconds"},
 	[S_STATUS_INTERVAL] = {.kind = V_INT, .min = 100, .max = 3600000, .accepted = "milliseconds"},
@@ -397,6 +420,8 @@ enum_parse(int idx, const char *s)
 		return strcmp(s, "raw") == 0 ? 0 : strcmp(s, "json-string") == 0 ? 1 : -1;
 	case S_CLEANUP:
 		return strcmp(s, "keep") == 0 ? 0 : strcmp(s, "delete") == 0 ? 1 : -1;
+	case S_DELIVERY:
+		return strcmp(s, "at-least-once") == 0 ? 0 : strcmp(s, "exactly-once") == 0 ? 1 : -1;
 	default:
 		return -1;
 	}
@@ -617,6 +642,12 @@ check_value(int idx, const char *s, const origin *at, const char *name,
 			if (strncmp(why, "invalid metrics address \"", strlen("invalid metrics address \"")) == 0 && colon != NULL)
 				memmove(why, colon + 3, strlen(colon + 3) + 1);
 		}
+		break;
+	case V_TXN_ID:
+		if (*s != '\0' && strlen(s) <= 249)
+			return true;
+		snprintf(why, sizeof(why), *s ? "longer than 249 bytes" : "empty; leave it unset for the "
+		         "default pgoutbox-<database system identifier>-<slot>");
 		break;
 	}
 	say(errbuf, errlen, at, "invalid value \"%s\" for %s: %s", s, name, why);
@@ -1774,6 +1805,9 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	/* Every value was checked where it was written: these conversions hold. */
 	cfg->log_level = enum_parse(S_LOG_LEVEL, vals[S_LOG_LEVEL]);
 	cfg->log_format = enum_parse(S_LOG_FORMAT, vals[S_LOG_FORMAT]);
+	cfg->exactly_once = enum_parse(S_DELIVERY, vals[S_DELIVERY]) == 1;
+	cfg->txn_max_ms = (int) strtol(vals[S_TXN_MAX_MS], NULL, 10);
+	cfg->txn_max_events = (int) strtol(vals[S_TXN_MAX_EVENTS], NULL, 10);
 	cfg->stats_interval_s = (int) strtol(vals[S_STATS_INTERVAL], NULL, 10);
 	cfg->shutdown_timeout_s = (int) strtol(vals[S_SHUTDOWN_TIMEOUT], NULL, 10);
 	cfg->kafka_stall_timeout_s = (int) strtol(vals[S_KAFKA_STALL_TIMEOUT], NULL, 10);
@@ -1828,8 +1862,22 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 	    !(cfg->backfill_since_column = own(cfg, strdup(vals[S_BACKFILL_SINCE_COLUMN]))) ||
 	    !(cfg->backfill_order_column = own(cfg, strdup(vals[S_BACKFILL_ORDER_COLUMN]))) ||
 	    !(cfg->backfill_timestamp_column = own(cfg, strdup(vals[S_BACKFILL_TIMESTAMP_COLUMN]))) ||
-	    !(cfg->backfill_resume = own(cfg, strdup(vals[S_BACKFILL_RESUME]))))
+	    !(cfg->backfill_resume = own(cfg, strdup(vals[S_BACKFILL_RESUME]))) ||
+	    !(cfg->state_topic = own(cfg, strdup(vals[S_STATE_TOPIC]))) ||
+	    (vals[S_TRANSACTIONAL_ID] != NULL &&
+	     !(cfg->transactional_id = own(cfg, strdup(vals[S_TRANSACTIONAL_ID])))))
 		goto nomem;
+	/* One producer's transactions record one position: one source, streamed. */
+	if (cfg->exactly_once && cfg->nsources > 1) {
+		snprintf(errbuf, errlen, "delivery = exactly-once takes one source: its Kafka transactions "
+		         "record one slot's position; run a pgoutbox per source");
+		goto out;
+	}
+	if (cfg->exactly_once && (cfg->backfill || cfg->replay)) {
+		snprintf(errbuf, errlen, "--backfill and --replay publish at least once: run them with "
+		         "delivery = at-least-once, then stream with exactly-once");
+		goto out;
+	}
 	if ((cfg->backfill || cfg->replay) && cfg->nsources > 1) {
 		snprintf(errbuf, errlen, "--backfill and --replay work on one source: run them with a "
 		         "configuration without [source NAME] sections, for the source to backfill");
@@ -1864,6 +1912,14 @@ config_load(config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
 			memcpy(cfg->kafka + file.nkafka, cli.kafka, cli.nkafka * sizeof(*cfg->kafka));
 		file.nkafka = cli.nkafka = 0;   /* strings moved to cfg */
 	}
+	/* Transactions are pgoutbox's to run: a transactional.id alone would
+	 * make every produce outside a transaction fail. */
+	for (size_t i = 0; i < cfg->nkafka; i++)
+		if (strcmp(cfg->kafka[i].name, "transactional.id") == 0) {
+			snprintf(errbuf, errlen, "Kafka property transactional.id is pgoutbox's: set "
+			         "delivery = exactly-once, and transactional_id to choose the id");
+			goto out;
+		}
 	rc = CONFIG_OK;
 	goto out;
 

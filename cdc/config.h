@@ -63,6 +63,11 @@ typedef struct config {
 	const char *messages_prefix;    /* "" when off */
 	bool        on_error_dlq;       /* on_error = dlq (else stop) */
 	const char *dlq_topic;
+	bool        exactly_once;       /* delivery = exactly-once */
+	const char *transactional_id;   /* NULL: derived from the system identifier and the slot */
+	const char *state_topic;
+	int         txn_max_ms;
+	int         txn_max_events;
 	void      **owned;              /* everything the pointers above point into */
 	size_t      nowned;
 	int         log_level;          /* log_level enum */

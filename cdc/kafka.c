@@ -6,41 +6,23 @@
  * queue becomes non-empty, so the main loop can poll() it beside the libpq
  * socket instead of polling librdkafka on a timer.
  */
-#include "kafka.h"
+#include "kafka_int.h"
 #include "log.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
-#include <librdkafka/rdkafka.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-/*
- * Topic handles, one per topic name, kept for the life of the producer
- * (librdkafka keeps every topic it has produced to anyway).  Producing with
- * a handle skips librdkafka's per-message topic lookup, and creating the
- * handle with rd_kafka_topic_new() asks for the topic's metadata at once:
- * librdkafka up to 2.10.0 delays the first message of a topic named only in
- * rd_kafka_producev() by up to a second (librdkafka #5032).
- */
-typedef struct kafka_topic {
-	char             *name;        /* NULL: free slot */
-	uint32_t          hash;
-	rd_kafka_topic_t *rkt;
-} kafka_topic;
-
 typedef struct kafka_sink {
 	sink              base;        /* first: a kafka_sink is a sink */
 	rd_kafka_t       *rk;
-	kafka_topic      *topics;      /* open addressing, power-of-two size */
-	size_t            ntopics;
-	size_t            topics_cap;
-	size_t            last_topic;  /* index of the last topic used */
+	kafka_topics      topics;
 	rd_kafka_queue_t *mainq;
 	int               pipefd[2];
 	bool              fatal;
@@ -55,8 +37,8 @@ typedef struct kafka_sink {
  * delivery report that carries one anyway (a timeout set with -X) means
  * librdkafka gave up, which is permanent for that message.
  */
-static sink_class
-classify(rd_kafka_resp_err_t err)
+sink_class
+kafka_classify(rd_kafka_resp_err_t err)
 {
 	switch (err) {
 	case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
@@ -82,10 +64,10 @@ classify(rd_kafka_resp_err_t err)
 	}
 }
 
-static void
-set_error(sink_error *e, rd_kafka_resp_err_t err)
+void
+kafka_set_error(sink_error *e, rd_kafka_resp_err_t err)
 {
-	e->cls = classify(err);
+	e->cls = kafka_classify(err);
 	e->name = rd_kafka_err2name(err);
 	snprintf(e->text, sizeof(e->text), "%s", rd_kafka_err2str(err));
 }
@@ -107,7 +89,7 @@ dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 	rep.latency_us = rd_kafka_message_latency(m);
 	rep.topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "";
 	if (!rep.ok) {
-		set_error(&rep.err, m->err);
+		kafka_set_error(&rep.err, m->err);
 		/* librdkafka gave up on it (a local timeout): it will not retry. */
 		if (rep.err.cls == SINK_CLASS_RETRIABLE)
 			rep.err.cls = SINK_CLASS_PERMANENT;
@@ -161,8 +143,8 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
  * pgoutbox's format.  Syslog levels: 0-2 error, 3-4 warning (librdkafka
  * reports transient connection failures at 3), 5-6 log, 7 debug.
  */
-static void
-log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+void
+kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
 	log_level lvl = level <= 2 ? LOG_ERROR : level <= 4 ? LOG_WARNING :
 	                level <= 6 ? LOG_INFO : LOG_DEBUG;
@@ -171,9 +153,9 @@ log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 	log_msg(lvl, "Kafka %s: %s", fac, buf);
 }
 
-static bool
-conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
-         char *errbuf, size_t errlen)
+bool
+kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
+               char *errbuf, size_t errlen)
 {
 	char err[256];
 
@@ -219,9 +201,8 @@ static const kafka_property producer_defaults[] = {
 	{"client.id", "pgoutbox"},
 };
 
-/* An integer property as the configuration holds it now; -1 when unreadable. */
-static long long
-conf_int(rd_kafka_conf_t *conf, const char *name)
+long long
+kafka_conf_int(rd_kafka_conf_t *conf, const char *name)
 {
 	char buf[64], *end;
 	size_t len = sizeof(buf);
@@ -234,14 +215,12 @@ conf_int(rd_kafka_conf_t *conf, const char *name)
 }
 
 /*
- * The producer's configuration: defaults, bootstrap servers, props.  An
- * event up to message.max.bytes is accepted by librdkafka, so it must fit
- * the queue, or pgoutbox would wait for room that never comes.  NULL with
- * errbuf filled.  *queue_messages gets queue.buffering.max.messages.
+ * An event up to message.max.bytes is accepted by librdkafka, so it must
+ * fit the queue, or pgoutbox would wait for room that never comes.
  */
-static rd_kafka_conf_t *
-make_conf(const char *brokers, const kafka_property *props, size_t nprops,
-          uint64_t *queue_messages, char *errbuf, size_t errlen)
+rd_kafka_conf_t *
+kafka_make_conf(const char *brokers, const kafka_property *props, size_t nprops,
+                bool transactional, uint64_t *queue_messages, char *errbuf, size_t errlen)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	long long mmb, qkb, qmsg;
@@ -250,17 +229,22 @@ make_conf(const char *brokers, const kafka_property *props, size_t nprops,
 		snprintf(errbuf, errlen, "out of memory");
 		return NULL;
 	}
-	for (size_t i = 0; i < sizeof(producer_defaults) / sizeof(producer_defaults[0]); i++)
-		if (!conf_set(conf, producer_defaults[i].name, producer_defaults[i].value, errbuf, errlen))
+	for (size_t i = 0; i < sizeof(producer_defaults) / sizeof(producer_defaults[0]); i++) {
+		/* Messages of a transaction time out with it (librdkafka sets
+		 * message.timeout.ms to transaction.timeout.ms). */
+		if (transactional && strcmp(producer_defaults[i].name, "message.timeout.ms") == 0)
+			continue;
+		if (!kafka_conf_set(conf, producer_defaults[i].name, producer_defaults[i].value, errbuf, errlen))
 			goto error;
-	if (!conf_set(conf, "bootstrap.servers", brokers, errbuf, errlen))
+	}
+	if (!kafka_conf_set(conf, "bootstrap.servers", brokers, errbuf, errlen))
 		goto error;
 	for (size_t i = 0; i < nprops; i++)
-		if (!conf_set(conf, props[i].name, props[i].value, errbuf, errlen))
+		if (!kafka_conf_set(conf, props[i].name, props[i].value, errbuf, errlen))
 			goto error;
-	mmb = conf_int(conf, "message.max.bytes");
-	qkb = conf_int(conf, "queue.buffering.max.kbytes");
-	qmsg = conf_int(conf, "queue.buffering.max.messages");
+	mmb = kafka_conf_int(conf, "message.max.bytes");
+	qkb = kafka_conf_int(conf, "queue.buffering.max.kbytes");
+	qmsg = kafka_conf_int(conf, "queue.buffering.max.messages");
 	if (mmb > 0 && qkb > 0 && mmb > qkb * 1024) {
 		snprintf(errbuf, errlen, "Kafka property message.max.bytes = %lld exceeds the producer "
 		         "queue (queue.buffering.max.kbytes = %lld, %lld bytes): an event that large would "
@@ -281,7 +265,7 @@ bool
 kafka_config_valid(const char *brokers, const kafka_property *props, size_t nprops,
                    char *errbuf, size_t errlen)
 {
-	rd_kafka_conf_t *conf = make_conf(brokers, props, nprops, NULL, errbuf, errlen);
+	rd_kafka_conf_t *conf = kafka_make_conf(brokers, props, nprops, false, NULL, errbuf, errlen);
 
 	if (conf == NULL)
 		return false;
@@ -325,15 +309,15 @@ kafka_sink_new(const char *brokers, const kafka_property *props, size_t nprops,
 		return NULL;
 	}
 	ks->pipefd[0] = ks->pipefd[1] = -1;
-	if ((conf = make_conf(brokers, props, nprops, &qmsg, errbuf, errlen)) == NULL) {
+	if ((conf = kafka_make_conf(brokers, props, nprops, false, &qmsg, errbuf, errlen)) == NULL) {
 		free(ks);
 		return NULL;
 	}
 	sink_init(&ks->base, &kafka_ops, qmsg);
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
 	rd_kafka_conf_set_error_cb(conf, error_cb);
-	rd_kafka_conf_set_log_cb(conf, log_cb);
-	if (!conf_set(conf, "log.queue", "true", errbuf, errlen))
+	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+	if (!kafka_conf_set(conf, "log.queue", "true", errbuf, errlen))
 		goto error_conf;
 	rd_kafka_conf_set_opaque(conf, ks);
 
@@ -344,22 +328,8 @@ kafka_sink_new(const char *brokers, const kafka_property *props, size_t nprops,
 		goto error_conf;
 	}
 
-	if (pipe(ks->pipefd) != 0) {
-		snprintf(errbuf, errlen, "could not create pipe: %s", strerror(errno));
+	if (!kafka_wakeup_open(ks->rk, ks->pipefd, &ks->mainq, errbuf, errlen))
 		goto error;
-	}
-	for (int i = 0; i < 2; i++) {
-		int fl = fcntl(ks->pipefd[i], F_GETFL);
-		if (fl < 0 || fcntl(ks->pipefd[i], F_SETFL, fl | O_NONBLOCK) < 0 ||
-		    fcntl(ks->pipefd[i], F_SETFD, FD_CLOEXEC) < 0) {
-			snprintf(errbuf, errlen, "could not configure pipe: %s", strerror(errno));
-			goto error;
-		}
-	}
-	/* Log lines go to the main queue too, so only the main thread prints. */
-	rd_kafka_set_log_queue(ks->rk, NULL);
-	ks->mainq = rd_kafka_queue_get_main(ks->rk);
-	rd_kafka_queue_io_event_enable(ks->mainq, ks->pipefd[1], "1", 1);
 	return &ks->base;
 
 error_conf:
@@ -374,17 +344,9 @@ kafka_destroy(sink *s)
 {
 	kafka_sink *ks = (kafka_sink *) s;
 
-	if (ks->mainq != NULL) {
-		rd_kafka_queue_io_event_enable(ks->mainq, -1, NULL, 0);
-		rd_kafka_queue_destroy(ks->mainq);
-	}
-	for (size_t i = 0; i < ks->topics_cap; i++) {
-		if (ks->topics[i].name != NULL) {
-			rd_kafka_topic_destroy(ks->topics[i].rkt);
-			free(ks->topics[i].name);
-		}
-	}
-	free(ks->topics);
+	kafka_wakeup_close(ks->pipefd, ks->mainq);
+	ks->mainq = NULL;
+	kafka_topics_free(&ks->topics);
 	if (ks->rk != NULL) {
 		/* Whatever was not delivered is dropped here; the clients confirmed
 		 * nothing past it, so their slots still hold it. */
@@ -395,6 +357,50 @@ kafka_destroy(sink *s)
 		if (ks->pipefd[i] >= 0)
 			close(ks->pipefd[i]);
 	free(ks);
+}
+
+bool
+kafka_wakeup_open(rd_kafka_t *rk, int pipefd[2], rd_kafka_queue_t **mainq,
+                  char *errbuf, size_t errlen)
+{
+	if (pipe(pipefd) != 0) {
+		pipefd[0] = pipefd[1] = -1;
+		snprintf(errbuf, errlen, "could not create pipe: %s", strerror(errno));
+		return false;
+	}
+	for (int i = 0; i < 2; i++) {
+		int fl = fcntl(pipefd[i], F_GETFL);
+		if (fl < 0 || fcntl(pipefd[i], F_SETFL, fl | O_NONBLOCK) < 0 ||
+		    fcntl(pipefd[i], F_SETFD, FD_CLOEXEC) < 0) {
+			snprintf(errbuf, errlen, "could not configure pipe: %s", strerror(errno));
+			return false;
+		}
+	}
+	/* Log lines go to the main queue too, so only the main thread prints. */
+	rd_kafka_set_log_queue(rk, NULL);
+	*mainq = rd_kafka_queue_get_main(rk);
+	rd_kafka_queue_io_event_enable(*mainq, pipefd[1], "1", 1);
+	return true;
+}
+
+/* Stop the wakeups; the caller closes the pipe after destroying the handle. */
+void
+kafka_wakeup_close(int pipefd[2], rd_kafka_queue_t *mainq)
+{
+	(void) pipefd;
+	if (mainq != NULL) {
+		rd_kafka_queue_io_event_enable(mainq, -1, NULL, 0);
+		rd_kafka_queue_destroy(mainq);
+	}
+}
+
+void
+kafka_wakeup_drain(int fd)
+{
+	char buf[256];
+
+	while (read(fd, buf, sizeof(buf)) > 0)
+		;
 }
 
 static int
@@ -430,26 +436,33 @@ topic_slot(const kafka_topic *tab, size_t cap, const char *name, uint32_t hash)
 }
 
 static bool
-topics_grow(kafka_sink *ks)
+topics_grow(kafka_topics *t)
 {
-	size_t cap = ks->topics_cap ? ks->topics_cap * 2 : 16;
+	size_t cap = t->cap ? t->cap * 2 : 16;
 	kafka_topic *tab;
 
 	if (cap > SIZE_MAX / sizeof(*tab) || (tab = calloc(cap, sizeof(*tab))) == NULL)
 		return false;
-	for (size_t i = 0; i < ks->topics_cap; i++)
-		if (ks->topics[i].name != NULL)
-			tab[topic_slot(tab, cap, NULL, ks->topics[i].hash)] = ks->topics[i];
-	free(ks->topics);
-	ks->topics = tab;
-	ks->topics_cap = cap;
-	ks->last_topic = 0;
+	for (size_t i = 0; i < t->cap; i++)
+		if (t->tab[i].name != NULL)
+			tab[topic_slot(tab, cap, NULL, t->tab[i].hash)] = t->tab[i];
+	free(t->tab);
+	t->tab = tab;
+	t->cap = cap;
+	t->last = 0;
 	return true;
 }
 
-/* The handle of topic name, made on first use; NULL with err filled. */
-static rd_kafka_topic_t *
-topic_handle(kafka_sink *ks, const char *name, sink_error *err)
+/*
+ * Topic handles, one per topic name, kept for the life of the producer
+ * (librdkafka keeps every topic it has produced to anyway).  Producing with
+ * a handle skips librdkafka's per-message topic lookup, and creating the
+ * handle with rd_kafka_topic_new() asks for the topic's metadata at once:
+ * librdkafka up to 2.10.0 delays the first message of a topic named only in
+ * rd_kafka_producev() by up to a second (librdkafka #5032).
+ */
+rd_kafka_topic_t *
+kafka_topic_handle(kafka_topics *t, rd_kafka_t *rk, const char *name, sink_error *err)
 {
 	uint32_t hash;
 	size_t i;
@@ -457,27 +470,25 @@ topic_handle(kafka_sink *ks, const char *name, sink_error *err)
 	rd_kafka_topic_t *rkt;
 
 	/* Events of one aggregate type come in runs: try the last one first. */
-	if (ks->topics_cap > 0 && ks->topics[ks->last_topic].name != NULL &&
-	    strcmp(ks->topics[ks->last_topic].name, name) == 0)
-		return ks->topics[ks->last_topic].rkt;
+	if (t->cap > 0 && t->tab[t->last].name != NULL && strcmp(t->tab[t->last].name, name) == 0)
+		return t->tab[t->last].rkt;
 	hash = topic_hash(name);
-	if (ks->topics_cap > 0) {
-		i = topic_slot(ks->topics, ks->topics_cap, name, hash);
-		if (ks->topics[i].name != NULL) {
-			ks->last_topic = i;
-			return ks->topics[i].rkt;
+	if (t->cap > 0) {
+		i = topic_slot(t->tab, t->cap, name, hash);
+		if (t->tab[i].name != NULL) {
+			t->last = i;
+			return t->tab[i].rkt;
 		}
 	}
 	/* New: keep the table at most half full. */
-	if (((ks->ntopics + 1) * 2 > ks->topics_cap && !topics_grow(ks)) ||
-	    (copy = strdup(name)) == NULL) {
+	if (((t->n + 1) * 2 > t->cap && !topics_grow(t)) || (copy = strdup(name)) == NULL) {
 		err->cls = SINK_CLASS_FATAL;
 		err->name = "OUT_OF_MEMORY";
 		snprintf(err->text, sizeof(err->text), "out of memory");
 		return NULL;
 	}
-	if ((rkt = rd_kafka_topic_new(ks->rk, name, NULL)) == NULL) {
-		set_error(err, rd_kafka_last_error());
+	if ((rkt = rd_kafka_topic_new(rk, name, NULL)) == NULL) {
+		kafka_set_error(err, rd_kafka_last_error());
 		if (err->cls == SINK_CLASS_RETRIABLE)
 			err->cls = SINK_CLASS_PERMANENT;
 		snprintf(err->text, sizeof(err->text), "topic \"%s\": %s", name,
@@ -485,11 +496,44 @@ topic_handle(kafka_sink *ks, const char *name, sink_error *err)
 		free(copy);
 		return NULL;
 	}
-	i = topic_slot(ks->topics, ks->topics_cap, name, hash);
-	ks->topics[i] = (kafka_topic) {copy, hash, rkt};
-	ks->ntopics++;
-	ks->last_topic = i;
+	i = topic_slot(t->tab, t->cap, name, hash);
+	t->tab[i] = (kafka_topic) {copy, hash, rkt};
+	t->n++;
+	t->last = i;
 	return rkt;
+}
+
+void
+kafka_topics_free(kafka_topics *t)
+{
+	for (size_t i = 0; i < t->cap; i++)
+		if (t->tab[i].name != NULL) {
+			rd_kafka_topic_destroy(t->tab[i].rkt);
+			free(t->tab[i].name);
+		}
+	free(t->tab);
+	memset(t, 0, sizeof(*t));
+}
+
+rd_kafka_headers_t *
+kafka_headers(const sink_event *ev, sink_error *e)
+{
+	rd_kafka_headers_t *hdrs = rd_kafka_headers_new(ev->nheaders);
+	rd_kafka_resp_err_t err;
+
+	for (size_t i = 0; i < ev->nheaders; i++) {
+		err = rd_kafka_header_add(hdrs, ev->headers[i].name, -1,
+		                          ev->headers[i].value, (ssize_t) ev->headers[i].len);
+		if (err) {
+			rd_kafka_headers_destroy(hdrs);
+			kafka_set_error(e, err);
+			e->cls = SINK_CLASS_PERMANENT;
+			snprintf(e->text, sizeof(e->text), "could not add header \"%s\": %s",
+			         ev->headers[i].name, rd_kafka_err2str(err));
+			return NULL;
+		}
+	}
+	return hdrs;
 }
 
 static sink_rc
@@ -500,22 +544,10 @@ kafka_produce(sink *s, const sink_event *ev, uint64_t opaque, sink_error *e)
 	rd_kafka_resp_err_t err;
 	rd_kafka_topic_t *rkt;
 
-	if ((rkt = topic_handle(ks, ev->topic, e)) == NULL)
+	if ((rkt = kafka_topic_handle(&ks->topics, ks->rk, ev->topic, e)) == NULL)
 		return e->cls == SINK_CLASS_FATAL ? SINK_FATAL : SINK_REFUSED;
-
-	hdrs = rd_kafka_headers_new(ev->nheaders);
-	for (size_t i = 0; i < ev->nheaders; i++) {
-		err = rd_kafka_header_add(hdrs, ev->headers[i].name, -1,
-		                          ev->headers[i].value, (ssize_t) ev->headers[i].len);
-		if (err) {
-			rd_kafka_headers_destroy(hdrs);
-			set_error(e, err);
-			e->cls = SINK_CLASS_PERMANENT;
-			snprintf(e->text, sizeof(e->text), "could not add header \"%s\": %s",
-			         ev->headers[i].name, rd_kafka_err2str(err));
-			return SINK_REFUSED;
-		}
-	}
+	if ((hdrs = kafka_headers(ev, e)) == NULL)
+		return SINK_REFUSED;
 	err = rd_kafka_producev(ks->rk,
 	                        RD_KAFKA_V_RKT(rkt),
 	                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
@@ -530,7 +562,7 @@ kafka_produce(sink *s, const sink_event *ev, uint64_t opaque, sink_error *e)
 	rd_kafka_headers_destroy(hdrs);
 	if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
 		return SINK_FULL;
-	set_error(e, err);
+	kafka_set_error(e, err);
 	switch (e->cls) {
 	case SINK_CLASS_FATAL:
 		ks->fatal = true;   /* error_cb may not have been served yet */
@@ -548,12 +580,10 @@ static void
 kafka_serve(sink *s)
 {
 	kafka_sink *ks = (kafka_sink *) s;
-	char buf[256];
 
 	/* Drain the wakeup pipe first, then the queue: a report that arrives in
 	 * between writes a new byte, so nothing is missed. */
-	while (read(ks->pipefd[0], buf, sizeof(buf)) > 0)
-		;
+	kafka_wakeup_drain(ks->pipefd[0]);
 	rd_kafka_poll(ks->rk, 0);
 }
 
@@ -725,11 +755,11 @@ kafka_check(const char *brokers, const kafka_property *props, size_t nprops,
 		creport(report, ctx, CHECK_FAIL, "kafka brokers", "out of memory");
 		return -1;
 	}
-	if (!conf_set(conf, "bootstrap.servers", brokers, buf, sizeof(buf)) ||
-	    !conf_set(conf, "client.id", "pgoutbox-check", buf, sizeof(buf)))
+	if (!kafka_conf_set(conf, "bootstrap.servers", brokers, buf, sizeof(buf)) ||
+	    !kafka_conf_set(conf, "client.id", "pgoutbox-check", buf, sizeof(buf)))
 		goto conf_error;
 	for (size_t i = 0; i < nprops; i++)
-		if (!conf_set(conf, props[i].name, props[i].value, buf, sizeof(buf)))
+		if (!kafka_conf_set(conf, props[i].name, props[i].value, buf, sizeof(buf)))
 			goto conf_error;
 	rd_kafka_conf_set_log_cb(conf, check_log_cb);
 	rd_kafka_conf_set_error_cb(conf, check_error_cb);

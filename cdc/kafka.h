@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "check.h"
+#include "metrics.h"
 #include "sink.h"
 
 typedef struct kafka_property {
@@ -52,6 +53,44 @@ bool  kafka_config_valid(const char *brokers, const kafka_property *props, size_
  */
 int   kafka_check(const char *brokers, const kafka_property *props, size_t nprops,
                   const char *fixed_topic, int timeout_ms, check_report_fn report, void *ctx);
+
+/*
+ * The transactional sink (delivery = exactly-once): "delivered" means "in a
+ * committed Kafka transaction".  kafka_txn.c explains how.  The strings and
+ * props must outlive the sink (the producer is made at the first session).
+ */
+typedef struct kafka_txn_config {
+	const char           *brokers;
+	const kafka_property *props;
+	size_t                nprops;
+	const char           *transactional_id;  /* NULL: pgoutbox-<system identifier>-<slot> */
+	const char           *state_topic;
+	int                   max_ms;            /* commit at a transaction end once this old ... */
+	int                   max_events;        /* ... or holding this many events */
+	metrics_txn_stats    *stats;             /* where its counters go (the caller's; may be NULL) */
+	uint64_t              test_abort_every;  /* test hook: fail every Nth Kafka transaction at its commit */
+} kafka_txn_config;
+
+/*
+ * Create the transactional sink.  Its producer is made, and its
+ * transactions initialized (fencing an older producer with the same
+ * transactional id), at the first sink_session(): only then are the
+ * system identifier and slot known, and only a pipeline that holds the slot
+ * may fence.  The configuration is checked here (a producer is made and
+ * destroyed at once).  NULL with errbuf filled: a configuration error.
+ */
+sink *kafka_txn_sink_new(const kafka_txn_config *cfg, char *errbuf, size_t errlen);
+
+/*
+ * --check for exactly-once: whether the cluster can run transactions (the
+ * transaction state log exists or can be created with its replication
+ * factor; transaction.max.timeout.ms allows the producer's
+ * transaction.timeout.ms), whether the state topic exists and is compacted,
+ * and what can be seen of ACLs.  Blocks up to a few times timeout_ms.
+ * Returns the failed items, -1 for a configuration error.
+ */
+int   kafka_txn_check(const kafka_txn_config *cfg, int timeout_ms, check_report_fn report,
+                      void *ctx);
 
 /* librdkafka's version string. */
 const char *kafka_library_version(void);

@@ -71,6 +71,8 @@ typedef struct app {
 	bool         by_signal;        /* the stop came from SIGTERM/SIGINT (or endpos) */
 	int          rebuilds;         /* producer rebuilds in the current window */
 	int64_t      rebuild_window_ms;
+	metrics_txn_stats txn_stats;   /* exactly-once: Kafka transactions, across rebuilds */
+	uint64_t     test_abort_every; /* test hook: fail every Nth Kafka transaction at its commit */
 
 	metrics     *mx;               /* the listener, NULL when metrics are off */
 	char        *mx_addr;          /* the address mx listens on */
@@ -118,8 +120,11 @@ metrics_listen(app *a, const char *addr, char *errbuf, size_t errlen)
 	free(a->mx_addr);
 	a->mx = m;
 	a->mx_addr = copy;
-	if (m != NULL)
+	if (m != NULL) {
 		metrics_set_sources(m, a->msrc, a->npipes);
+		if (a->cfg.exactly_once)
+			metrics_set_txn(m, &a->txn_stats);
+	}
 	return true;
 }
 
@@ -372,6 +377,22 @@ begin_stop(app *a, int code)
 		pipeline_stop(a->pipes[i], code, now);
 }
 
+/* The sink of the configured delivery; NULL with errbuf filled. */
+static sink *
+make_sink(app *a, char *errbuf, size_t errlen)
+{
+	kafka_txn_config tc = {
+		.brokers = a->cfg.brokers, .props = a->cfg.kafka, .nprops = a->cfg.nkafka,
+		.transactional_id = a->cfg.transactional_id, .state_topic = a->cfg.state_topic,
+		.max_ms = a->cfg.txn_max_ms, .max_events = a->cfg.txn_max_events,
+		.stats = &a->txn_stats, .test_abort_every = a->test_abort_every,
+	};
+
+	if (a->cfg.exactly_once)
+		return kafka_txn_sink_new(&tc, errbuf, errlen);
+	return kafka_sink_new(a->cfg.brokers, a->cfg.kafka, a->cfg.nkafka, errbuf, errlen);
+}
+
 /*
  * The producer hit a fatal error (e.g. the idempotence guarantee broke).
  * Its unacknowledged messages are lost to it, but not to us: nothing past
@@ -399,7 +420,7 @@ rebuild_producer(app *a, const char *cause)
 	for (size_t i = 0; i < a->npipes; i++)
 		pipeline_sink_lost(a->pipes[i]);
 	sink_free(a->snk);
-	a->snk = kafka_sink_new(a->cfg.brokers, a->cfg.kafka, a->cfg.nkafka, err, sizeof(err));
+	a->snk = make_sink(a, err, sizeof(err));
 	if (a->snk == NULL) {
 		log_msg(LOG_ERROR, "%s", err);
 		return;
@@ -486,8 +507,15 @@ run(app *a)
 			log_msg(LOG_WARNING, "second shutdown signal: exiting without waiting for Kafka");
 			break;
 		}
-		if (!a->stopping && sink_fatal(a->snk, err, sizeof(err)))
-			rebuild_producer(a, err);
+		if (!a->stopping && sink_fatal(a->snk, err, sizeof(err))) {
+			if (sink_misconfigured(a->snk)) {
+				/* No new producer can do better: a configuration error. */
+				log_msg(LOG_ERROR, "%s", err);
+				begin_stop(a, 1);
+			} else {
+				rebuild_producer(a, err);
+			}
+		}
 		if (a->snk == NULL) {
 			code = 2;
 			break;
@@ -832,6 +860,16 @@ run_check(const config *cfg)
 	                    CHECK_KAFKA_TIMEOUT_MS, print_check, &c);
 	if (kafka < 0)
 		goto out;
+	if (cfg->exactly_once) {
+		kafka_txn_config tc = {
+			.brokers = cfg->brokers, .props = cfg->kafka, .nprops = cfg->nkafka,
+			.transactional_id = cfg->transactional_id, .state_topic = cfg->state_topic,
+			.max_ms = cfg->txn_max_ms, .max_events = cfg->txn_max_events,
+		};
+
+		if (kafka_txn_check(&tc, CHECK_KAFKA_TIMEOUT_MS, print_check, &c) < 0)
+			goto out;
+	}
 	printf("%s: %d failed, %d warning(s)\n", c.fails ? "check failed" : "all checks passed",
 	       c.fails, c.warns);
 	code = c.fails ? 2 : 0;
@@ -891,8 +929,10 @@ main(int argc, char **argv)
 
 		if (v != NULL)
 			a.test_fatal_after = strtoull(v, NULL, 10);
+		if ((v = getenv("PGOUTBOX_TEST_ABORT_EVERY")) != NULL)  /* test hook; not a setting */
+			a.test_abort_every = strtoull(v, NULL, 10);
 	}
-	if ((a.snk = kafka_sink_new(a.cfg.brokers, a.cfg.kafka, a.cfg.nkafka, err, sizeof(err))) == NULL) {
+	if ((a.snk = make_sink(&a, err, sizeof(err))) == NULL) {
 		log_msg(LOG_ERROR, "%s", err);
 		goto out;
 	}

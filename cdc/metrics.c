@@ -69,6 +69,7 @@ struct metrics {
 	char                *version;
 	const metrics_source *src;
 	size_t               nsrc;
+	const metrics_txn_stats *txn;
 	client               clients[METRICS_MAX_CLIENTS];
 	uint64_t             next_seq;
 	bool                 paused;           /* listener left out of the poll ... */
@@ -91,6 +92,24 @@ metrics_observe(metrics_histogram *h, double seconds)
 		}
 	h->count++;
 	h->sum += seconds;
+}
+
+const double metrics_txn_event_buckets[METRICS_TXN_EVENT_NBUCKETS] = {
+	1, 10, 100, 1000, 10000, 100000, 1000000,
+};
+
+void
+metrics_observe_commit(metrics_txn_stats *t, double seconds, uint64_t events)
+{
+	metrics_observe(&t->commit, seconds);
+	for (int i = 0; i < METRICS_TXN_EVENT_NBUCKETS; i++)
+		if ((double) events <= metrics_txn_event_buckets[i]) {
+			t->events_bucket[i]++;
+			break;
+		}
+	t->events_count++;
+	t->events_sum += (double) events;
+	t->committed++;
 }
 
 void
@@ -224,8 +243,52 @@ histogram(strbuf *b, const char *name, const char *help, const metrics_source *s
 	}
 }
 
+/* The exactly-once families: the one producer's, without source labels. */
+static void
+render_txn(strbuf *b, const metrics_txn_stats *t)
+{
+	uint64_t cum = 0;
+
+	metric_head(b, "pgoutbox_kafka_transactions_committed_total", "counter",
+	            "Kafka transactions committed (exactly-once delivery).");
+	sb_printf(b, "pgoutbox_kafka_transactions_committed_total %" PRIu64 "\n", t->committed);
+	metric_head(b, "pgoutbox_kafka_transactions_aborted_total", "counter",
+	            "Kafka transactions aborted; their events are read again from the slot.");
+	sb_printf(b, "pgoutbox_kafka_transactions_aborted_total %" PRIu64 "\n", t->aborted);
+	metric_head(b, "pgoutbox_kafka_transaction_commit_seconds", "histogram",
+	            "Time from deciding to commit a Kafka transaction to the commit's success.");
+	for (int i = 0; i < METRICS_NBUCKETS; i++) {
+		cum += t->commit.bucket[i];
+		sb_printf(b, "pgoutbox_kafka_transaction_commit_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
+		          metrics_buckets[i], cum);
+	}
+	sb_printf(b, "pgoutbox_kafka_transaction_commit_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n",
+	          t->commit.count);
+	sb_printf(b, "pgoutbox_kafka_transaction_commit_seconds_sum %.6f\n", t->commit.sum);
+	sb_printf(b, "pgoutbox_kafka_transaction_commit_seconds_count %" PRIu64 "\n", t->commit.count);
+	metric_head(b, "pgoutbox_kafka_transaction_events", "histogram",
+	            "Events (dead letters included) per committed Kafka transaction.");
+	cum = 0;
+	for (int i = 0; i < METRICS_TXN_EVENT_NBUCKETS; i++) {
+		cum += t->events_bucket[i];
+		sb_printf(b, "pgoutbox_kafka_transaction_events_bucket{le=\"%.0f\"} %" PRIu64 "\n",
+		          metrics_txn_event_buckets[i], cum);
+	}
+	sb_printf(b, "pgoutbox_kafka_transaction_events_bucket{le=\"+Inf\"} %" PRIu64 "\n",
+	          t->events_count);
+	sb_printf(b, "pgoutbox_kafka_transaction_events_sum %.0f\n", t->events_sum);
+	sb_printf(b, "pgoutbox_kafka_transaction_events_count %" PRIu64 "\n", t->events_count);
+}
+
 char *
 metrics_render(const metrics_source *src, size_t n, const char *version, size_t *len)
+{
+	return metrics_render_txn(src, n, NULL, version, len);
+}
+
+char *
+metrics_render_txn(const metrics_source *src, size_t n, const metrics_txn_stats *txn,
+                   const char *version, size_t *len)
 {
 	strbuf b = {.ok = true};
 	char (*lab)[520] = n ? calloc(n, sizeof(*lab)) : NULL;
@@ -300,6 +363,8 @@ metrics_render(const metrics_source *src, size_t n, const char *version, size_t 
 	     "%" PRIu64, st->cleanup_deleted);
 	EACH("pgoutbox_up", "gauge", "1 while streaming from the slot.", "%d", st->streaming ? 1 : 0);
 #undef EACH
+	if (txn != NULL && txn->on)
+		render_txn(&b, txn);
 	free(lab);
 	if (!b.ok) {
 		free(b.p);
@@ -482,6 +547,12 @@ metrics_set_sources(metrics *m, const metrics_source *src, size_t n)
 {
 	m->src = src;
 	m->nsrc = n;
+}
+
+void
+metrics_set_txn(metrics *m, const metrics_txn_stats *txn)
+{
+	m->txn = txn;
 }
 
 metrics *
@@ -760,7 +831,7 @@ static void
 serve_metrics(metrics *m, client *c, int64_t now_ms)
 {
 	size_t len = 0;
-	char *body = metrics_render(m->src, m->nsrc, m->version, &len);
+	char *body = metrics_render_txn(m->src, m->nsrc, m->txn, m->version, &len);
 
 	if (body == NULL) {
 		respond_text(c, now_ms, 500, "out of memory");

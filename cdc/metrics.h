@@ -60,6 +60,28 @@ typedef struct metrics_histogram {
 	double   sum;                        /* seconds */
 } metrics_histogram;
 
+/* Bounds of the events-per-transaction histogram. */
+#define METRICS_TXN_EVENT_NBUCKETS 7
+
+/*
+ * The transactional sink's Kafka transactions (delivery = exactly-once):
+ * one producer's, so not per source.  They live with main, not with the
+ * producer, so that a rebuilt producer keeps counting.
+ */
+typedef struct metrics_txn_stats {
+	bool              on;            /* exactly-once: rendered */
+	uint64_t          committed, aborted;
+	metrics_histogram commit;        /* from deciding to commit to the commit's success */
+	uint64_t          events_bucket[METRICS_TXN_EVENT_NBUCKETS];   /* events per committed transaction */
+	uint64_t          events_count;
+	double            events_sum;
+} metrics_txn_stats;
+
+extern const double metrics_txn_event_buckets[METRICS_TXN_EVENT_NBUCKETS];
+
+/* One committed Kafka transaction: how long its commit took, how many events it held. */
+void metrics_observe_commit(metrics_txn_stats *t, double seconds, uint64_t events);
+
 typedef struct metrics_stats {
 	uint64_t events, bytes, txns;    /* published: acknowledged by Kafka */
 	uint64_t in_flight;              /* produced, not yet reported */
@@ -116,6 +138,8 @@ metrics *metrics_new(const char *addr, const char *version, char *errbuf, size_t
  * source streams and Kafka acknowledges, else 503 naming each that does not.
  */
 void     metrics_set_sources(metrics *m, const metrics_source *src, size_t n);
+/* The Kafka transactions /metrics shows too (NULL: none); owned by the caller. */
+void     metrics_set_txn(metrics *m, const metrics_txn_stats *txn);
 void     metrics_free(metrics *m);
 /* Parse an address without resolving or binding (configuration check). */
 bool     metrics_addr_valid(const char *addr, char *errbuf, size_t errlen);
@@ -142,6 +166,9 @@ int64_t  metrics_next_deadline(const metrics *m);
 
 /* Render the text exposition of src[0..n) into a malloc'd buffer (tests, /metrics). */
 char    *metrics_render(const metrics_source *src, size_t n, const char *version, size_t *len);
+/* The same, and the Kafka transactions of txn (may be NULL). */
+char    *metrics_render_txn(const metrics_source *src, size_t n, const metrics_txn_stats *txn,
+                            const char *version, size_t *len);
 /* The /healthz verdict and text of src[0..n) into buf; true when healthy. */
 bool     metrics_health(const metrics_source *src, size_t n, char *buf, size_t buflen);
 

@@ -108,6 +108,7 @@ struct pipeline {
 	pgo_decoder *dec;
 	ledger       led;
 	ledger_seq   stale_below;      /* reports for older sequence numbers: a previous producer or server */
+	bool         restart_due;      /* the sink dropped events it had taken: read the stream again */
 
 	/* the session */
 	bool         connecting;
@@ -307,6 +308,9 @@ pipeline_stop(pipeline *p, int code, int64_t now)
 		return;
 	p->stopping = true;
 	p->drain_deadline_ms = now + (int64_t) p->shutdown_timeout_s * 1000;
+	/* Nothing more is read: what the sink holds is all there will be. */
+	if (p->snk != NULL)
+		sink_idle(p->snk, (unsigned) p->client, true);
 }
 
 /* What the log calls the position the slot was last confirmed at. */
@@ -416,6 +420,8 @@ stream_lost(pipeline *p, const char *why, int64_t now)
 	set_health(p, "not streaming: %s", why);
 	p->st.reconnects++;
 	p->src->ops->close(p->src);
+	if (p->in_session)
+		sink_idle(p->snk, (unsigned) p->client, true);    /* its open transaction never ends here */
 	p->connecting = false;
 	p->in_session = false;
 	ledger_stream_lost(&p->led);
@@ -753,6 +759,7 @@ dead_letter_refused(pipeline *p, ledger_seq seq, unsigned src, const sink_report
 	ev.value = rep->value;
 	ev.value_len = rep->value_len;
 	ev.timestamp_ms = rep->timestamp_ms;
+	ev.lsn = t->commit_lsn;
 	ev.nheaders = rep->nheaders;
 	memcpy(ev.headers, rep->headers, rep->nheaders * sizeof(ev.headers[0]));
 	name = outbox_source_name(p->ob, src, &is_message);
@@ -794,6 +801,15 @@ on_report(void *ctx, uint64_t opaque, const sink_report *rep)
 
 	if (seq < p->stale_below)
 		return;    /* of a previous producer or server: the slot has it again */
+	if (rep->dropped) {
+		/* Not in Kafka, nor anything after it: read it all again (in
+		 * pipeline_serve, not from inside the sink's callback). */
+		if (!p->restart_due)
+			log_msg(LOG_INFO, "%sthe producer gave up events it had taken (%s): reading the stream "
+			        "again from the slot's confirmed position", p->name, rep->err.text);
+		p->restart_due = true;
+		return;
+	}
 	if (rep->ok) {
 		if (ledger_ack(&p->led, seq) != LEDGER_OK)
 			log_msg(LOG_WARNING, "%sdelivery report for unknown transaction %" PRIu64, p->name, seq);
@@ -923,6 +939,7 @@ publish(pipeline *p, outbox_rc orc, sink_event *ev, unsigned src, const char *wh
 			                   name, attempt == 1 && err.cls == SINK_CLASS_TOO_LARGE, &buf);
 			opaque = OPAQUE(p->txn_seq, SOURCE_DLQ);
 		}
+		ev->lsn = p->txn.commit_lsn;
 		switch (sink_produce(p->snk, (unsigned) p->client, ev, opaque, &err)) {
 		case SINK_OK:
 			goto produced;
@@ -1221,6 +1238,10 @@ session_started(pipeline *p, const source_session *ss, int64_t now)
 	p->verified_wall_ms = wall_ms();
 	p->next_verify_ms = now + VERIFY_GAP_MS;
 	p->verify_backoff_ms = VERIFY_GAP_MS;
+	{
+		sink_origin o = {.system_id = ss->system_id, .timeline = ss->timeline, .slot = p->slot};
+		sink_session(p->snk, (unsigned) p->client, &o);
+	}
 	return true;
 }
 
@@ -1315,6 +1336,7 @@ read_stream(pipeline *p, int64_t now)
 			if (src == SOURCE_AGAIN) {
 				if (p->server_wal_end > p->received + BEHIND_BYTES)
 					p->nap_until_us = mono_us() + NAP_US;
+				sink_idle(p->snk, (unsigned) p->client, false);
 				return;
 			}
 			if (src == SOURCE_FATAL) {
@@ -1557,11 +1579,14 @@ pipeline_attach(pipeline *p, sink *snk)
 	return true;
 }
 
-void
-pipeline_sink_lost(pipeline *p)
+/*
+ * What was in flight is gone (the producer is replaced, or the sink dropped
+ * it): forget it (the slot still has it), close the stream, and reconnect
+ * at once to read it again.
+ */
+static void
+restart_stream(pipeline *p, int64_t now)
 {
-	int64_t now = mono_ms();
-
 	if (p->bf != NULL) {
 		backfill_sink_lost(p->bf);
 		pipeline_stop(p, 2, now);
@@ -1579,6 +1604,12 @@ pipeline_sink_lost(pipeline *p)
 	ledger_reset(&p->led);
 	p->stale_below = p->led.head_seq;
 	p->next_connect_ms = now;
+}
+
+void
+pipeline_sink_lost(pipeline *p)
+{
+	restart_stream(p, mono_ms());
 }
 
 int
@@ -1664,6 +1695,10 @@ pipeline_serve(pipeline *p, const struct pollfd *pfd, int n, int64_t now)
 			return;
 	}
 	p->src->ops->events(p->src, pfd, n);
+	if (p->restart_due) {
+		p->restart_due = false;
+		restart_stream(p, now);
+	}
 	if (p->in_session && !p->src->ops->streaming(p->src)) {
 		/* The source found the connection broken (a hang-up while not
 		 * reading): its reason comes with the next read. */

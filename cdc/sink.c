@@ -72,6 +72,20 @@ sink_txn_end(sink *s, unsigned client, uint64_t end_lsn)
 }
 
 void
+sink_session(sink *s, unsigned client, const sink_origin *o)
+{
+	if (s->ops->session != NULL)
+		s->ops->session(s, client, o);
+}
+
+void
+sink_idle(sink *s, unsigned client, bool ended)
+{
+	if (s->ops->idle != NULL)
+		s->ops->idle(s, client, ended);
+}
+
+void
 sink_dispatch(sink *s, uint64_t packed, const sink_report *rep)
 {
 	unsigned client = CLIENT_OF(packed);

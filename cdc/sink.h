@@ -14,10 +14,12 @@
  *   a transactional    exactly once: messages are delivered when the Kafka
  *   sink               transaction holding them committed.
  *
- * The pipeline needs nothing else: it produces, marks the end of each
- * source transaction (sink_txn_end), and acts on reports.  Everything here
- * is non-blocking; reports are served from sink_serve(), which the main loop
- * calls when sink_fd() becomes readable.
+ * The pipeline needs nothing else: it says where its stream comes from
+ * (sink_session), produces, marks the end of each source transaction
+ * (sink_txn_end) and the moments it has nothing more to hand over
+ * (sink_idle), and acts on reports.  Everything here is non-blocking;
+ * reports are served from sink_serve(), which the main loop calls when
+ * sink_fd() becomes readable.
  */
 #ifndef PGOUTBOX_SINK_H
 #define PGOUTBOX_SINK_H
@@ -49,6 +51,7 @@ typedef struct sink_event {
 	const void *value;         /* NULL → null value (tombstone) */
 	size_t      value_len;
 	int64_t     timestamp_ms;  /* Unix epoch milliseconds */
+	uint64_t    lsn;           /* commit LSN (Begin's final LSN) of its source transaction; 0: unknown */
 	size_t      nheaders;
 	sink_header headers[SINK_MAX_HEADERS];
 } sink_event;
@@ -76,9 +79,15 @@ typedef struct sink_error {
  * from inside the callback.  Every pointer is a view valid only until the
  * callback returns.  A transactional sink reports ok messages without
  * their content (only ok, bytes and timestamp_ms are set).
+ *
+ * dropped (with !ok) is no verdict on the message: the sink gave up what it
+ * had accepted (a Kafka transaction was aborted), so the message is not in
+ * Kafka, and neither is anything the client produced after it.  The client
+ * must read its stream again from its confirmed position; err says why.
  */
 typedef struct sink_report {
 	bool        ok;
+	bool        dropped;       /* !ok: given up, not refused: read the stream again */
 	sink_error  err;           /* !ok */
 	const char *topic;
 	const void *id;            /* value of the "id" header, when present */
@@ -104,6 +113,17 @@ typedef enum sink_rc {
 	SINK_FATAL,                /* the producer failed fatally: see sink_fatal() */
 } sink_rc;
 
+/*
+ * Where a client's stream comes from, for a sink that keeps state per
+ * source (the transactional sink names its Kafka transactions after it and
+ * records, with every commit, how far the source is in Kafka).
+ */
+typedef struct sink_origin {
+	uint64_t    system_id;     /* the database system identifier (IDENTIFY_SYSTEM) */
+	uint32_t    timeline;
+	const char *slot;
+} sink_origin;
+
 /* Bits of an opaque that are the client's: the top ones name the client. */
 #define SINK_OPAQUE_BITS   56
 #define SINK_MAX_CLIENTS   64
@@ -112,6 +132,8 @@ typedef enum sink_rc {
 typedef struct sink_ops {
 	sink_rc     (*produce)(sink *s, const sink_event *ev, uint64_t opaque, sink_error *err);
 	void        (*txn_end)(sink *s, unsigned client, uint64_t end_lsn);   /* may be NULL */
+	void        (*session)(sink *s, unsigned client, const sink_origin *o);  /* may be NULL */
+	void        (*idle)(sink *s, unsigned client, bool ended);          /* may be NULL */
 	void        (*serve)(sink *s);
 	int         (*fd)(const sink *s);
 	int         (*outstanding)(const sink *s);
@@ -134,6 +156,7 @@ struct sink {
 	sink_client     clients[SINK_MAX_CLIENTS];
 	unsigned        nclients;
 	bool            discard;          /* reports are dropped (the sink is being freed) */
+	bool            misconfigured;    /* its fatal error is a configuration error: see sink_fatal() */
 };
 
 /* For implementations: set up the shared part. */
@@ -166,6 +189,24 @@ sink_rc  sink_produce(sink *s, unsigned client, const sink_event *ev, uint64_t o
  */
 void     sink_txn_end(sink *s, unsigned client, uint64_t end_lsn);
 
+/*
+ * Client's stream (re)started, from *o (valid during the call only).  Called
+ * before the stream's first event.  A transactional sink sets itself up for
+ * that source on the first call (it may fence an older pgoutbox now: the
+ * client holds the slot) and answers SINK_FULL until it is ready.
+ */
+void     sink_session(sink *s, unsigned client, const sink_origin *o);
+
+/*
+ * Client has handed over everything its stream holds for now (a read found
+ * nothing more): a transactional sink may commit what it holds.  ended: the
+ * stream is over (lost, or the client stops), so events produced since the
+ * client's last sink_txn_end() belong to a transaction that will not be
+ * completed in it; a transactional sink then gives them up (dropped
+ * reports) instead of waiting for a Commit that never comes.
+ */
+void     sink_idle(sink *s, unsigned client, bool ended);
+
 /* Serve delivery reports and errors that wait; never blocks. */
 static inline void sink_serve(sink *s) { s->ops->serve(s); }
 /* File descriptor that becomes readable when reports or errors wait. */
@@ -174,11 +215,17 @@ static inline int  sink_fd(const sink *s) { return s->ops->fd(s); }
 static inline int  sink_outstanding(const sink *s) { return s->ops->outstanding(s); }
 /* The last error the library reported (e.g. a refused SASL login), or "". */
 static inline const char *sink_last_error(const sink *s) { return s->ops->last_error(s); }
-/* True once the producer hit a fatal error; errbuf (may be NULL) gets the cause. */
+/*
+ * True once the producer hit a fatal error; errbuf (may be NULL) gets the
+ * cause.  The caller rebuilds the sink, unless sink_misconfigured(): then
+ * no new sink can do better (e.g. the transactional state belongs to another
+ * database) and the process exits 1.
+ */
 static inline bool sink_fatal(sink *s, char *errbuf, size_t errlen)
 {
 	return s->ops->fatal(s, errbuf, errlen);
 }
+static inline bool sink_misconfigured(const sink *s) { return s->misconfigured; }
 /* Test hook: make the producer fail fatally, as an idempotence violation would. */
 static inline void sink_test_fatal(sink *s) { s->ops->test_fatal(s); }
 

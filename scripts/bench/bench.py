@@ -23,9 +23,15 @@ Scenarios:
             all three at once.
   compat    peer/compat.py: the same workload through pgoutbox and Debezium
             (StringConverter and JsonConverter), compared per event.
+  eos       delivery = exactly-once against at-least-once: the drain
+            (200 B, every workload) and the latency runs (read_committed
+            consumer) with the two as alternating variants; the targets:
+            drain >= 0.8x at-least-once, p99 at 2,000/s within
+            at-least-once's p99 + 10 ms.
   profile   callgrind of pgoutbox draining 20k single-event transactions.
 """
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -1616,10 +1622,72 @@ def scen_profile(args, out, res):
 
 # ------------------------------------------------------------------- main
 
+RESULTS = None  # the whole results: a scenario writing a part of it saves all
+
+
 def save(out, res):
     with open(os.path.join(out, "results.json.tmp"), "w") as f:
-        json.dump(res, f, indent=1)
+        json.dump(RESULTS if RESULTS is not None else res, f, indent=1)
     os.replace(os.path.join(out, "results.json.tmp"), os.path.join(out, "results.json"))
+
+
+EOS = ("exactly-once", ["--delivery", "exactly-once"])
+EOS_DRAIN_TARGET = 0.8        # x at-least-once's drain throughput
+EOS_P99_PLUS_MS = 10.0        # p99 within at-least-once's p99 + this, at EOS_P99_RATE
+EOS_P99_RATE = 2000
+
+
+def scen_eos(args, out, res):
+    """delivery = exactly-once beside at-least-once (pgoutbox's defaults), as
+    alternating variants of the drain and latency scenarios: every drain
+    round reads its own slot created at the same LSN, each (variant, rate,
+    round) of the latency runs is a process of its own on a fresh slot, the
+    order rotating (latency_systems()).  consumer.py reads with librdkafka's
+    default isolation.level, read_committed: an exactly-once event counts
+    when its Kafka transaction committed.  Results in res["eos"], with the
+    two targets judged in res["eos"]["targets"]."""
+    a = copy.copy(args)
+    a.variants = [("defaults", [], a.eos_rates), (EOS[0], EOS[1], a.eos_rates)]
+    a.lat_rates = a.eos_rates
+    a.interleave = True
+    a.variant_rounds = a.eos_rounds
+    a.drain_variants = {"pgo1": EOS}
+    a.sizes = "200B"
+    a.repeat = a.eos_rounds
+    a.peer = "none"
+    a.floor = False
+    sub = res.setdefault("eos", {})
+    sub["meta"] = {"rates": a.eos_rates, "rounds": a.eos_rounds, "drain_events": a.drain_events,
+                   "drain_big": a.drain_big}
+    scen_drain(a, out, sub)
+    scen_latency(a, out, sub)
+    t = {"drain": [], "latency": None}
+    for x in sub.get("drain") or []:
+        v = (x.get("variants") or {}).get(EOS[0])
+        if v:
+            t["drain"].append({"workload": x["workload"], "size": x["size"],
+                               "alo_eps": x["pgoutbox_eps"], "eos_eps": v["eps"],
+                               "ratio": v["eps_vs_defaults"],
+                               "ok": v["eps_vs_defaults"] >= EOS_DRAIN_TARGET})
+    lat = {}
+    for x in sub.get("latency") or []:
+        lat.setdefault((x["variant"], x["rate"]), []).append(x["p99_ms"])
+    alo, eos = lat.get(("defaults", EOS_P99_RATE)), lat.get((EOS[0], EOS_P99_RATE))
+    if alo and eos:
+        ma, me = median(alo), median(eos)
+        t["latency"] = {"rate": EOS_P99_RATE, "alo_p99_ms": ma, "eos_p99_ms": me,
+                        "diff_ms": me - ma, "rounds": len(eos), "ok": me <= ma + EOS_P99_PLUS_MS}
+    sub["targets"] = t
+    for d in t["drain"]:
+        log("eos: drain %s, %s: exactly-once %.0f/s, at-least-once %.0f/s: %.2fx (target >= %.1fx: %s)"
+            % (d["workload"], d["size"], d["eos_eps"], d["alo_eps"], d["ratio"], EOS_DRAIN_TARGET,
+               "met" if d["ok"] else "NOT met"))
+    if t["latency"]:
+        L = t["latency"]
+        log("eos: p99 at %d/s: exactly-once %.1f ms, at-least-once %.1f ms: %+.1f ms (target <= +%.0f ms: %s)"
+            % (L["rate"], L["eos_p99_ms"], L["alo_p99_ms"], L["diff_ms"], EOS_P99_PLUS_MS,
+               "met" if L["ok"] else "NOT met"))
+    save(out, res)
 
 
 def scen_compat(args, out, res):
@@ -1647,7 +1715,10 @@ def main():
                     help="build directory of scripts/bench/floor (floor_drain, floor_latency)")
     ap.add_argument("--prof-bin")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--scenarios", default="drain,latency,sources,polling,compat")
+    ap.add_argument("--scenarios", default="drain,latency,sources,polling,eos,compat")
+    ap.add_argument("--eos-rates", help="eos scenario: rates (default 500,2000,10000; --quick 2000)")
+    ap.add_argument("--eos-rounds", type=int, help="eos scenario: rounds of each variant (default 3, "
+                    "--quick 1)")
     ap.add_argument("-X", dest="xprops", action="append", default=[],
                     help="librdkafka property for pgoutbox in every scenario")
     ap.add_argument("--meta", help="JSON with machine/versions from run.sh")
@@ -1746,8 +1817,13 @@ def main():
             setattr(args, k, getattr(args, o))
     if args.sources_rates:
         args.src_rates = [int(x) for x in args.sources_rates.split(",")]
+    args.eos_rates = [int(x) for x in args.eos_rates.split(",")] if args.eos_rates else (
+        [EOS_P99_RATE] if args.quick else [500, EOS_P99_RATE, 10000])
+    if args.eos_rounds is None:
+        args.eos_rounds = 1 if args.quick else 3
     os.makedirs(args.out, exist_ok=True)
-    res = {}
+    global RESULTS
+    res = RESULTS = {}
     if args.meta:
         with open(args.meta) as f:
             res["meta"] = json.load(f)
@@ -1781,7 +1857,8 @@ def main():
     for s in args.scenarios.split(","):
         t0 = time.monotonic()
         {"drain": scen_drain, "latency": scen_latency, "sources": scen_sources,
-         "polling": scen_polling, "compat": scen_compat, "profile": scen_profile}[s](args, args.out, res)
+         "polling": scen_polling, "compat": scen_compat, "eos": scen_eos,
+         "profile": scen_profile}[s](args, args.out, res)
         res["meta"]["%s_s" % s] = time.monotonic() - t0
         save(args.out, res)
     res["meta"]["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

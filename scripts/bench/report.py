@@ -28,6 +28,8 @@ TARGET_VS_DBZ_DRAIN = 4.0     # drain ≥ 4× Debezium's
 TARGET_VS_DBZ_RSS = 20.0      # RSS ≥ 20× lower
 TARGET_POLL_FACTOR = 50.0
 TARGET_RSS_KB = 16 * 1024
+TARGET_EOS_DRAIN = 0.8        # exactly-once drain ≥ 0.8 × at-least-once's (issue 13)
+TARGET_EOS_P99_PLUS_MS = 10.0  # exactly-once p99 at 2,000/s ≤ at-least-once's + 10 ms
 
 
 def f(v, nd=1):
@@ -471,6 +473,62 @@ def sources_targets(s):
     return L
 
 
+def eos_lines(e):
+    """delivery = exactly-once beside at-least-once (bench.py scen_eos)."""
+    if not e or not (e.get("drain") or e.get("latency")):
+        return []
+    em = e.get("meta") or {}
+    L = ["## Exactly-once delivery against at-least-once", ""]
+    L.append("`delivery = exactly-once` (Kafka transactions, each committed when the stream has "
+             "nothing more to read or at `transaction_max_ms` / `transaction_max_events`) beside "
+             "pgoutbox's defaults (at least once), as alternating variants: %s round(s) of each, "
+             "every drain round on a slot of its own created at the same LSN, every latency run a "
+             "process of its own on a fresh slot. consumer.py reads with `read_committed`, so an "
+             "exactly-once event counts once its Kafka transaction committed." % em.get("rounds", "?"))
+    L.append("")
+    dr = [x for x in e.get("drain") or [] if (x.get("variants") or {}).get("exactly-once")]
+    if dr:
+        L += ["| workload | events | at-least-once events/s | exactly-once events/s | exactly-once ÷ "
+              "at-least-once | exactly-once CPU s | at-least-once CPU s |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+        for x in dr:
+            v = x["variants"]["exactly-once"]
+            L.append("| %s, %s | %s | %s | %s | %s | %s | %s |" % (
+                x["workload"], x["size"], fi(x["events"]), fi(x["pgoutbox_eps"]), fi(v["eps"]),
+                f(v["eps_vs_defaults"], 2), f(v.get("cpu_s"), 2), f(x.get("pgoutbox_cpu_s"), 2)))
+        L.append("")
+    la = [x for x in lat_agg(e.get("latency")) if x.get("system", "pgoutbox") == "pgoutbox"]
+    if la:
+        L += ["| rate | variant | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | rounds |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for x in sorted(la, key=lambda y: (y["rate"], y["variant"] != "defaults")):
+            L.append("| %s | %s | %s | %s | %s%s | %s | %s | %d |" % (
+                fi(x["rate"]), "at-least-once (defaults)" if x["variant"] == "defaults" else x["variant"],
+                fi(x["tps"]), f(x["p50_ms"]), f(x["p99_ms"]),
+                " (%s–%s)" % (f(x["p99_ms_min"]), f(x["p99_ms_max"])) if x.get("p99_ms_min") is not None else "",
+                f(x["p999_ms"]), f(x["max_ms"]), x["rounds"]))
+        L.append("")
+    return L
+
+
+def eos_targets(e):
+    """The Targets rows of exactly-once."""
+    t = (e or {}).get("targets") or {}
+    L = []
+    if t.get("drain"):
+        worst = min(t["drain"], key=lambda d: d["ratio"])
+        L.append("| exactly-once drain ≥ %.1f × at-least-once, every workload | lowest %.2f (%s, %s: "
+                 "%s vs %s events/s) | %s |" % (TARGET_EOS_DRAIN, worst["ratio"], worst["workload"],
+                                                worst["size"], fi(worst["eos_eps"]), fi(worst["alo_eps"]),
+                                                yes(worst["ratio"] >= TARGET_EOS_DRAIN)))
+    if t.get("latency"):
+        x = t["latency"]
+        L.append("| exactly-once p99 at %s/s ≤ at-least-once's + %g ms | %s ms vs %s ms: %+.1f ms | %s |" % (
+            fi(x["rate"]), TARGET_EOS_P99_PLUS_MS, f(x["eos_p99_ms"]), f(x["alo_p99_ms"]), x["diff_ms"],
+            yes(x["diff_ms"] <= TARGET_EOS_P99_PLUS_MS)))
+    return L
+
+
 def render(r, img_rel, note):
     m = r["meta"]
     L = []
@@ -672,6 +730,7 @@ def render(r, img_rel, note):
             add("")
 
     L.extend(sources_lines(r.get("sources"), m))
+    L.extend(eos_lines(r.get("eos")))
 
     poll = r.get("polling")
     if poll:
@@ -847,6 +906,7 @@ def render(r, img_rel, note):
         add("| peak RSS ≤ 16 MB in steady state | %.1f MB VmHWM over the steady-load runs | %s |"
             % (rss / 1024, yes(rss <= TARGET_RSS_KB)))
     L.extend(sources_targets(r.get("sources")))
+    L.extend(eos_targets(r.get("eos")))
     if comp:
         add("| output identical to Debezium's but for the expected differences | %s | %s |" % (
             "%d unexpected difference(s)" % len(comp["unexpected"]) if comp["unexpected"]

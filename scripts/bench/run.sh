@@ -17,9 +17,9 @@
 #   --profile        also run pgoutbox under valgrind --tool=callgrind for a
 #                    20k-event drain (a release build with debug info); the
 #                    annotated output lands in OUT/callgrind/
-#   --scenarios L    comma list of drain,latency,sources,polling,compat,profile
-#                    (default drain,latency,sources,polling,compat; --profile
-#                    appends profile)
+#   --scenarios L    comma list of drain,latency,sources,polling,eos,compat,
+#                    profile (default drain,latency,sources,polling,eos,compat;
+#                    --profile appends profile)
 #   --out DIR        results, logs and raw files (default
 #                    ${TMPDIR:-/tmp}/pgoutbox-bench/results-<date>)
 #   --docs FILE      update FILE's benchmark sections (default for a full run:
@@ -72,6 +72,12 @@
 #            process vs the sum of three). Latency: pgbench on all three
 #            at once (500 and 2,000/s each, --quick 500): p50/p99 per
 #            database and overall.
+#   eos      delivery = exactly-once against at-least-once, alternating:
+#            the drain (200 B; 1 and 10 events per transaction, one big
+#            one) and the latency runs at 500, 2,000 and 10,000/s (--quick:
+#            2,000/s), 3 rounds each (--quick 1), read by a read_committed
+#            consumer; targets: drain >= 0.8x at-least-once, p99 at 2,000/s
+#            within at-least-once's p99 + 10 ms.
 #   compat   scripts/bench/peer/compat.py: one workload through pgoutbox and
 #            Debezium (StringConverter, JsonConverter), compared per event;
 #            run.sh exits 3 (after the report) on an unexpected difference.
@@ -154,7 +160,7 @@ while [[ $# -gt 0 ]]; do
 	shift
 done
 if [[ -z $scenarios ]]; then
-	scenarios=drain,latency,sources,polling
+	scenarios=drain,latency,sources,polling,eos
 	[[ $peer == none ]] || scenarios+=,compat
 fi
 ((profile)) && [[ ,$scenarios, != *,profile,* ]] && scenarios+=,profile
@@ -260,7 +266,7 @@ kafka_version=${kafka_version#kafka_2.13-}
 cmdline="scripts/bench/run.sh"
 ((quick)) && cmdline+=" --quick"
 ((profile)) && cmdline+=" --profile"
-default_scenarios=drain,latency,sources,polling
+default_scenarios=drain,latency,sources,polling,eos
 [[ $peer == none ]] || default_scenarios+=,compat
 [[ $scenarios != "$default_scenarios" && $scenarios != "$default_scenarios,profile" ]] &&
 	cmdline+=" --scenarios $scenarios"

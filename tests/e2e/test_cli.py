@@ -72,8 +72,8 @@ CLI_ERRORS = [
     ("unknown-short", ["-Q"], 'unknown option "-Q"'),
     ("unknown-short-in-cluster", ["-vQ"], 'unknown option "-Q"'),
     ("ambiguous", ["--s", "x"],
-     'option "--s" is ambiguous: it may be --slot, --shutdown-timeout, --status-interval, '
-     '--stats-interval, --since, --since-column, --source'),
+     'option "--s" is ambiguous: it may be --slot, --state-topic, --shutdown-timeout, '
+     '--status-interval, --stats-interval, --since, --since-column, --source'),
     ("missing-argument-long", ["--slot"], 'option "--slot" requires an argument'),
     ("missing-argument-abbreviated", ["--conf"], 'option "--config" requires an argument'),
     ("missing-argument-short", ["-d"], 'option "-d" requires an argument'),

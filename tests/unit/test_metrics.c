@@ -638,6 +638,46 @@ test_sources(void)
 	free(text);
 }
 
+/* Exactly-once: the one producer's Kafka transactions, without source labels, only when on. */
+static void
+test_txn(void)
+{
+	metrics_stats a;
+	metrics_source src = {.name = "", .slot = "s", .database = "db", .st = &a};
+	metrics_txn_stats t;
+	char *text;
+	size_t len = 0;
+
+	memset(&a, 0, sizeof(a));
+	memset(&t, 0, sizeof(t));
+	text = metrics_render_txn(&src, 1, &t, "1.0", &len);
+	CHECK(text != NULL && strstr(text, "pgoutbox_kafka_transactions") == NULL);
+	free(text);
+	t.on = true;
+	metrics_observe_commit(&t, 0.003, 1);
+	metrics_observe_commit(&t, 0.2, 250);
+	t.aborted = 2;
+	text = metrics_render_txn(&src, 1, &t, "1.0", &len);
+	CHECK(text != NULL);
+	if (text == NULL)
+		return;
+	CHECK(strstr(text, "pgoutbox_kafka_transactions_committed_total 2\n") != NULL);
+	CHECK(strstr(text, "pgoutbox_kafka_transactions_aborted_total 2\n") != NULL);
+	CHECK(strstr(text, "pgoutbox_kafka_transaction_commit_seconds_bucket{le=\"0.005\"} 1\n") != NULL);
+	CHECK(strstr(text, "pgoutbox_kafka_transaction_commit_seconds_bucket{le=\"+Inf\"} 2\n") != NULL);
+	CHECK(strstr(text, "pgoutbox_kafka_transaction_commit_seconds_count 2\n") != NULL);
+	CHECK(strstr(text, "pgoutbox_kafka_transaction_events_bucket{le=\"1\"} 1\n") != NULL);
+	CHECK(strstr(text, "pgoutbox_kafka_transaction_events_bucket{le=\"100\"} 1\n") != NULL);
+	CHECK(strstr(text, "pgoutbox_kafka_transaction_events_bucket{le=\"1000\"} 2\n") != NULL);
+	CHECK(strstr(text, "pgoutbox_kafka_transaction_events_sum 251\n") != NULL);
+	CHECK(strstr(text, "pgoutbox_kafka_transaction_events_count 2\n") != NULL);
+	/* metrics_render() is the same without them */
+	free(text);
+	text = metrics_render(&src, 1, "1.0", &len);
+	CHECK(text != NULL && strstr(text, "pgoutbox_kafka_transactions") == NULL);
+	free(text);
+}
+
 int
 main(void)
 {
@@ -651,6 +691,7 @@ main(void)
 	else
 		test_out_of_fds();
 	test_sources();
+	test_txn();
 	printf("%d checks passed, %d failed\n", passed, failed);
 	return failed ? 1 : 0;
 }

@@ -336,6 +336,7 @@ typedef struct produced {
 	bool     dlq;           /* has pgoutbox.error */
 	bool     trimmed;       /* has pgoutbox.original.sha256 */
 	uint64_t opaque;        /* packed */
+	uint64_t lsn;           /* the event's source commit LSN */
 	bool     reported;
 	char     value[256];    /* start of it */
 } produced;
@@ -350,6 +351,13 @@ typedef struct fake_sink {
 	const char *fail_id;    /* ... or in its report */
 	sink_class fail_cls;
 	int       produce_calls;
+	/* the stream's hooks, as a transactional sink sees them */
+	int       sessions;
+	sink_origin origin;     /* of the last session (slot copied below) */
+	char      origin_slot[64];
+	int       idles, ended;  /* sink_idle() calls, with ended */
+	int       txn_ends;
+	uint64_t  last_end;     /* end LSN of the last sink_txn_end() */
 } fake_sink;
 
 static const char *
@@ -400,7 +408,40 @@ fk_produce(sink *s, const sink_event *ev, uint64_t opaque, sink_error *err)
 	p->dlq = header(ev, "pgoutbox.error", &l) != NULL;
 	p->trimmed = header(ev, "pgoutbox.original.sha256", &l) != NULL;
 	p->opaque = opaque;
+	p->lsn = ev->lsn;
 	return SINK_OK;
+}
+
+static void
+fk_session(sink *s, unsigned client, const sink_origin *o)
+{
+	fake_sink *f = (fake_sink *) s;
+
+	(void) client;
+	f->sessions++;
+	f->origin = *o;
+	snprintf(f->origin_slot, sizeof(f->origin_slot), "%s", o->slot);
+	f->origin.slot = f->origin_slot;
+}
+
+static void
+fk_idle(sink *s, unsigned client, bool ended)
+{
+	fake_sink *f = (fake_sink *) s;
+
+	(void) client;
+	f->idles++;
+	f->ended += ended;
+}
+
+static void
+fk_txn_end(sink *s, unsigned client, uint64_t end_lsn)
+{
+	fake_sink *f = (fake_sink *) s;
+
+	(void) client;
+	f->txn_ends++;
+	f->last_end = end_lsn;
 }
 
 static void fk_serve(sink *s) { (void) s; }
@@ -421,7 +462,8 @@ static void fk_test_fatal(sink *s) { (void) s; }
 static void fk_destroy(sink *s) { (void) s; }
 
 static const sink_ops fake_ops = {
-	.produce = fk_produce, .serve = fk_serve, .fd = fk_fd, .outstanding = fk_outstanding,
+	.produce = fk_produce, .txn_end = fk_txn_end, .session = fk_session, .idle = fk_idle,
+	.serve = fk_serve, .fd = fk_fd, .outstanding = fk_outstanding,
 	.last_error = fk_last_error, .fatal = fk_fatal, .test_fatal = fk_test_fatal,
 	.destroy = fk_destroy,
 };
@@ -455,6 +497,26 @@ fk_report(fake_sink *f, size_t i)
 		rep.nheaders = 1;
 		rep.headers[0] = (sink_header) {"id", p->id, strlen(p->id)};
 	}
+	sink_dispatch(&f->base, p->opaque, &rep);
+}
+
+/* Give message i up (an aborted Kafka transaction): a dropped report. */
+static void
+fk_drop(fake_sink *f, size_t i)
+{
+	produced *p = &f->p[i];
+	sink_report rep;
+
+	if (p->reported)
+		return;
+	p->reported = true;
+	memset(&rep, 0, sizeof(rep));
+	rep.topic = p->topic;
+	rep.dropped = true;
+	rep.timestamp_ms = -1;
+	rep.err.cls = SINK_CLASS_RETRIABLE;
+	rep.err.name = "ABORTED";
+	snprintf(rep.err.text, sizeof(rep.err.text), "the Kafka transaction was aborted");
 	sink_dispatch(&f->base, p->opaque, &rep);
 }
 
@@ -830,6 +892,97 @@ test_other_server(void)
 	rig_end(&g);
 }
 
+/*
+ * What a transactional sink needs to know, through the generic hooks: where
+ * the stream comes from (once per session, before its first event), each
+ * event's source commit LSN, each transaction's end, and when the stream has
+ * nothing more for now or is over.
+ */
+static void
+test_sink_hooks(void)
+{
+	rig g;
+	int idles;
+
+	if (!rig_start(&g, "outbox_insert", false)) {
+		failed++;
+		return;
+	}
+	rig_turns(&g, 3, 10);
+	CHECK(g.f->sessions == 1);
+	CHECK(g.f->origin.system_id == g.r.system_id && g.f->origin.timeline == 1);
+	CHECK(strcmp(g.f->origin_slot, "s") == 0);
+	CHECK(g.f->n == 8);
+	/* Each event carries its transaction's Begin final LSN (see the case's expected). */
+	CHECK(g.f->p[0].lsn == 0x19251D8);
+	CHECK(g.f->p[1].lsn == 0x1925450 && g.f->p[2].lsn == 0x1925450 && g.f->p[3].lsn == 0x1925450);
+	CHECK(g.f->p[4].lsn == 0x1925528);
+	CHECK(g.f->p[7].lsn == 0x19257A8);
+	CHECK(g.f->txn_ends == 5 && g.f->last_end == 0x19257D8);
+	/* The replay ran dry: idle, not ended. */
+	CHECK(g.f->idles >= 1 && g.f->ended == 0);
+	idles = g.f->idles;
+	/* The stream breaks: the sink hears that it is over. */
+	g.r.streaming = false;
+	rig_turns(&g, 1, 10);
+	CHECK(g.f->ended == 1);
+	CHECK(g.f->idles == idles + 1);
+	/* Reconnected: a second session, announced again before its events. */
+	rig_turns(&g, 40, 100);
+	CHECK(g.f->sessions == 2);
+	fk_report_all(g.f, false);
+	rig_turns(&g, 30, 200);
+	/* Stopping ends the stream too. */
+	pipeline_stop(g.p, 0, g.now);
+	CHECK(g.f->ended == 2);
+	rig_end(&g);
+}
+
+/*
+ * The sink drops what it had taken (an aborted Kafka transaction): nothing
+ * of it may be confirmed, the stream restarts from the slot's confirmed
+ * position, and the events come again; reports of the dropped ones that
+ * come later are ignored.
+ */
+static void
+test_dropped_restarts(void)
+{
+	rig g;
+	size_t first;
+
+	if (!rig_start(&g, "outbox_insert", false)) {
+		failed++;
+		return;
+	}
+	rig_turns(&g, 3, 10);
+	CHECK(g.f->n == 8);
+	/* The first transaction is acknowledged (committed), the rest dropped. */
+	fk_report(g.f, 0);
+	rig_turns(&g, 30, 200);
+	CHECK(g.r.max_flush == 0x1925208);        /* the end of the first transaction */
+	fk_drop(g.f, 1);
+	fk_drop(g.f, 2);
+	CHECK(g.r.sessions == 1);
+	rig_turns(&g, 1, 10);
+	/* Read again from the confirmed position: the seven others, once more. */
+	CHECK(g.r.sessions == 2);
+	first = 8;
+	CHECK(g.f->n == first + 7);
+	CHECK(strcmp(g.f->p[first].id, "00000000-0000-0000-0000-000000000002") == 0);
+	CHECK(g.r.max_flush == 0x1925208);        /* nothing of the dropped ones */
+	/* Late reports of the old messages change nothing ... */
+	for (size_t i = 3; i < first; i++)
+		fk_report(g.f, i);
+	rig_turns(&g, 30, 200);
+	CHECK(g.r.max_flush == 0x1925208);
+	/* ... the new ones do. */
+	fk_report_all(g.f, false);
+	rig_turns(&g, 30, 200);
+	CHECK(g.r.max_flush == g.r.last_end);
+	CHECK(pipeline_exit_code(g.p) == 0);
+	rig_end(&g);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -852,6 +1005,8 @@ main(int argc, char **argv)
 	test_pg13();
 	test_mixed();
 	test_other_server();
+	test_sink_hooks();
+	test_dropped_restarts();
 	printf("pipeline: %d passed, %d failed\n", passed, failed);
 	return failed ? 1 : 0;
 }
