@@ -23,6 +23,7 @@ import psycopg2.extras
 from confluent_kafka import (
     TIMESTAMP_CREATE_TIME,
     Consumer,
+    KafkaError,
     KafkaException,
     TopicPartition,
 )
@@ -365,6 +366,23 @@ def topics_with(brokers, fragment):
     return sorted(t for t in list_topics(brokers) if fragment in t)
 
 
+def _watermarks(consumer, tp, timeout=15):
+    """(low, high) of one partition that list_topics already showed.  A
+    consumer just created may not have the topic in its own metadata yet
+    (a topic auto-created a moment ago): librdkafka answers that with
+    _UNKNOWN_PARTITION, so fetch this client's metadata for the topic and
+    ask again, until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError._UNKNOWN_PARTITION or time.monotonic() > deadline:
+                raise
+            consumer.list_topics(tp.topic, timeout=5)
+            time.sleep(0.1)
+
+
 def read_topics(brokers, topics, timeout=60):
     """Every record of every partition of `topics`, from offset 0 (low
     watermark) to the high watermark read at the start.  Deterministic: it
@@ -388,7 +406,7 @@ def read_topics(brokers, topics, timeout=60):
         for topic in topics:
             for p in range(existing.get(topic, 0)):
                 tp = TopicPartition(topic, p)
-                lo, hi = consumer.get_watermark_offsets(tp, timeout=15, cached=False)
+                lo, hi = _watermarks(consumer, tp)
                 if hi > lo:
                     assignment.append(TopicPartition(topic, p, lo))
                     high[(topic, p)] = hi
