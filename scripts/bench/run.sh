@@ -23,7 +23,8 @@
 #   --out DIR        results, logs and raw files (default
 #                    ${TMPDIR:-/tmp}/pgoutbox-bench/results-<date>)
 #   --docs FILE      update FILE's benchmark sections (default for a full run:
-#                    docs/benchmarks.md, plot into docs/img/); --no-docs: don't
+#                    docs/benchmarks.md, plot into docs/img/, and the README's
+#                    "compared with" table); --no-docs: don't
 #   --peer P         debezium (default): also measure Kafka Connect + the
 #                    Debezium PostgreSQL connector with the outbox event router
 #                    (scripts/bench/peer/, jars resolved from Maven Central
@@ -326,6 +327,8 @@ EOF
 report=(--results "$out/results.json" --md "$out/benchmarks.md" --img-dir "$out" --note "$note")
 if [[ -n $docs ]]; then
 	report+=(--docs "$docs" --docs-img-dir "$(dirname "$docs")/img")
+	# the project's own page also refreshes the README's "compared with" table
+	[[ $docs -ef $repo/docs/benchmarks.md ]] && report+=(--readme "$repo/README.md")
 fi
 "$PY" scripts/bench/report.py "${report[@]}"
 info "report: $out/benchmarks.md${docs:+, and $docs}"
