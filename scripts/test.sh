@@ -191,7 +191,7 @@ e2e_tests() {
 	export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
 	export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 	local rc=0
-	"$PYTHON" -m pytest -v tests/e2e "$@" || rc=$?
+	"$PYTHON" -m pytest -v --durations=25 tests/e2e "$@" || rc=$?
 	if ((rc == 5)); then
 		if [[ ${PYTEST_MATRIX_RUN:-0} == 1 ]]; then
 			printf 'scripts/test.sh: no test of this run matches %s\n' "$*"
