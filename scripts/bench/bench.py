@@ -1737,7 +1737,7 @@ def main():
     ap.add_argument("--sizes", default="200B,4KB")
     ap.add_argument("--workloads", default="t1,t10,big")
     ap.add_argument("--no-warmup", action="store_true")
-    ap.add_argument("--repeat", type=int, help="drain rounds per workload (default 3, --quick 1)")
+    ap.add_argument("--repeat", type=int, help="drain rounds per workload (default 5, --quick 1)")
     ap.add_argument("--variants", dest="o_variants", help="pgoutbox -X property sets for the latency scenario (and the "
                     "drain, unless --drain-variants), alternating: 'linger.ms=5;linger.ms=0,PROP=V'; "
                     "'defaults' is the set without extra properties")
@@ -1785,7 +1785,7 @@ def main():
     args.peer_workloads = (args.peer_workloads or peer_workloads).split(",")
     args.prof_events = 20000
     if args.repeat is None:
-        args.repeat = 1 if args.quick else 3
+        args.repeat = 1 if args.quick else 5
     for k in ("drain_events", "drain_big", "secs", "warm_secs"):
         if getattr(args, "o_" + k) is not None:
             setattr(args, k, getattr(args, "o_" + k))

@@ -42,6 +42,14 @@
 #                    report puts them side by side with the targets
 #   --drain-variants SETS  the drain's sets instead ('defaults': none extra)
 #   --variant-rounds N  rounds of the alternating variants (default 2; --quick 1)
+#   --repeat N       drain rounds per workload (default 5; --quick 1): the
+#                    ceiling target is judged on every round
+#   --rates LIST     offered rates of the latency and polling runs instead of
+#                    500,1000,2000,5000,10000 (e.g. 500,2000,10000: the rates
+#                    the targets name)
+#   --drain-events N, --drain-big N  events of the per-transaction drain
+#                    workloads (default 200,000) and of the one big
+#                    transaction (default 1,000,000)
 #   --rev REV        build pgoutbox from git revision REV (exported with git
 #                    archive into ${TMPDIR:-/tmp}/pgoutbox-bench/src-REV)
 #                    instead of the working tree
@@ -147,7 +155,7 @@ while [[ $# -gt 0 ]]; do
 		xprops+=(-X "$2")
 		shift
 		;;
-	--variants | --drain-variants | --variant-rounds)
+	--variants | --drain-variants | --variant-rounds | --repeat | --rates | --drain-events | --drain-big)
 		[[ $# -ge 2 ]] || die "$1 needs a value"
 		variant_args+=("$1" "$2")
 		shift
