@@ -168,6 +168,7 @@ struct pipeline {
 	bool         server_stopping;  /* the server refuses connections: it is shutting down */
 	int64_t      drain_deadline_ms;
 	int          exit_code;
+	uint64_t     refused;          /* in the ledger, refused for good: never acked */
 
 	/* counters */
 	uint64_t     events, txns, dead_letters, acks;
@@ -844,6 +845,8 @@ on_report(void *ctx, uint64_t opaque, const sink_report *rep)
 	           p->name, src == SOURCE_DLQ ? "the dead-letter copy of " : "",
 	           (int) rep->id_len, rep->id ? (const char *) rep->id : "(unknown)", rep->topic,
 	           LSN_ARGS(t ? t->commit_lsn : 0), rep->err.text, rep->err.name);
+	/* Its report came: the drain waits for the others, not for this one. */
+	p->refused++;
 	pipeline_stop(p, 2, mono_ms());
 }
 
@@ -1602,6 +1605,7 @@ restart_stream(pipeline *p, int64_t now)
 	free_deferred(p);          /* dead-letter copies of the old stream */
 	p->backpressure_logged = false;
 	ledger_reset(&p->led);
+	p->refused = 0;
 	p->stale_below = p->led.head_seq;
 	p->next_connect_ms = now;
 }
@@ -1831,7 +1835,7 @@ pipeline_done(pipeline *p, int64_t now)
 		return true;
 	if (p->bf != NULL)
 		return backfill_state_of(p->bf) != BACKFILL_RUNNING;
-	if (ledger_pending(&p->led) > 0 || p->dlq_head != NULL)
+	if (ledger_pending(&p->led) > p->refused || p->dlq_head != NULL)
 		return false;
 	/* Drained: one last verification, so that the final status confirms
 	 * everything acknowledged (not when the stream or the source failed). */
@@ -1848,6 +1852,8 @@ pipeline_finish(pipeline *p)
 	char err[512], pos[320];
 	uint64_t pending = ledger_pending(&p->led);
 
+	/* Refused events had their report: not part of a timeout. */
+	pending = pending > p->refused ? pending - p->refused : 0;
 	if (p->finished)
 		return;
 	p->finished = true;
