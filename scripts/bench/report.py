@@ -499,7 +499,16 @@ def eos_lines(e):
                 x["workload"], x["size"], fi(x["events"]), fi(x["pgoutbox_eps"]), fi(v["eps"]),
                 f(v["eps_vs_defaults"], 2), f(v.get("cpu_s"), 2), f(x.get("pgoutbox_cpu_s"), 2)))
         L.append("")
-    la = [x for x in lat_agg(e.get("latency")) if x.get("system", "pgoutbox") == "pgoutbox"]
+    bad = [x for x in e.get("latency") or [] if not clean_run(x)]
+    la = [x for x in lat_agg([y for y in e.get("latency") or [] if clean_run(y)])
+          if x.get("system", "pgoutbox") == "pgoutbox"]
+    if bad:
+        L.append("Left out (the consumer received more messages than the run produced, so older "
+                 "messages reached it and its percentiles measure their age): %s." % "; ".join(
+                     "%s round %s at %s/s (%s of %s)" % (x["variant"], x.get("round"), fi(x["rate"]),
+                                                         fi(x["received"]), fi(x["events"]))
+                     for x in bad))
+        L.append("")
     if la:
         L += ["| rate | variant | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | rounds |",
               "|---:|---|---:|---:|---:|---:|---:|---:|"]
@@ -513,9 +522,32 @@ def eos_lines(e):
     return L
 
 
+def clean_run(x):
+    """As bench.py's: a run whose consumer got more than the run produced is
+    no measurement (older messages reached it)."""
+    return not x.get("events") or x.get("received", 0) <= x["events"] * 1.001
+
+
+def eos_p99_target(e):
+    """exactly-once vs at-least-once p99 at EOS_P99_RATE, medians over the
+    clean rounds (results of older bench.py versions kept every round)."""
+    lat = {}
+    for x in (e or {}).get("latency") or []:
+        if x["rate"] == 2000 and clean_run(x):
+            lat.setdefault(x["variant"], []).append(x["p99_ms"])
+    alo, eos = lat.get("defaults"), lat.get("exactly-once")
+    if not alo or not eos:
+        return None
+    ma, me = median(alo), median(eos)
+    return {"rate": 2000, "alo_p99_ms": ma, "eos_p99_ms": me, "diff_ms": me - ma,
+            "alo_rounds": len(alo), "eos_rounds": len(eos)}
+
+
 def eos_targets(e):
     """The Targets rows of exactly-once."""
-    t = (e or {}).get("targets") or {}
+    t = dict((e or {}).get("targets") or {})
+    if t.get("latency"):
+        t["latency"] = eos_p99_target(e) or t["latency"]
     L = []
     if t.get("drain"):
         worst = min(t["drain"], key=lambda d: d["ratio"])
@@ -525,9 +557,10 @@ def eos_targets(e):
                                                 yes(worst["ratio"] >= TARGET_EOS_DRAIN)))
     if t.get("latency"):
         x = t["latency"]
-        L.append("| exactly-once p99 at %s/s ≤ at-least-once's + %g ms | %s ms vs %s ms: %+.1f ms | %s |" % (
+        L.append("| exactly-once p99 at %s/s ≤ at-least-once's + %g ms | %s ms vs %s ms: %+.1f ms%s | %s |" % (
             fi(x["rate"]), TARGET_EOS_P99_PLUS_MS, f(x["eos_p99_ms"]), f(x["alo_p99_ms"]), x["diff_ms"],
-            yes(x["diff_ms"] <= TARGET_EOS_P99_PLUS_MS)))
+            " (medians over %d and %d clean rounds)" % (x["eos_rounds"], x["alo_rounds"])
+            if "alo_rounds" in x else "", yes(x["diff_ms"] <= TARGET_EOS_P99_PLUS_MS)))
     return L
 
 
@@ -882,13 +915,15 @@ def render(r, img_rel, note):
                 fi(dd["stream_eps"]), fi(dd["eps"]), fx(x["pgoutbox_eps"] / dd["eps"]),
                 yes(fac >= TARGET_VS_DBZ_DRAIN)))
     runs = r.get("latency_runs") or []
-    pr = [x for x in runs if x.get("system", "pgoutbox") == "pgoutbox"]
+    # the defaults are what is judged: a variant that cannot keep up (its
+    # backlog grows) says nothing about pgoutbox's steady RSS
+    pr = [x for x in runs if x.get("system", "pgoutbox") == "pgoutbox" and is_default(x)]
     dr_ = [x for x in runs if x.get("system") == "debezium"]
     if pr and dr_:
         p = max(x.get("maxrss_kb", x.get("pgoutbox_maxrss_kb")) for x in pr)
         dmin = min(x["maxrss_kb"] for x in dr_)
         fac = dmin / p
-        add("| RSS ≥ %g× lower than Debezium's (peak, steady load) | pgoutbox %.1f MB, Debezium %.0f–%.0f MB: %s "
+        add("| RSS ≥ %g× lower than Debezium's (peak, steady load) | pgoutbox (defaults) %.1f MB, Debezium %.0f–%.0f MB: %s "
             "| %s |" % (TARGET_VS_DBZ_RSS, p / 1024, dmin / 1024, max(x["maxrss_kb"] for x in dr_) / 1024,
                         fx(fac), yes(fac >= TARGET_VS_DBZ_RSS)))
     if poll and defaults:
@@ -905,7 +940,7 @@ def render(r, img_rel, note):
                 % (TARGET_POLL_FACTOR, "; ".join(parts), yes(ok)))
     if pr:
         rss = max(x.get("maxrss_kb", x.get("pgoutbox_maxrss_kb")) for x in pr)
-        add("| peak RSS ≤ 16 MB in steady state | %.1f MB VmHWM over the steady-load runs | %s |"
+        add("| peak RSS ≤ 16 MB in steady state | %.1f MB VmHWM over the steady-load runs with the defaults | %s |"
             % (rss / 1024, yes(rss <= TARGET_RSS_KB)))
     L.extend(sources_targets(r.get("sources")))
     L.extend(eos_targets(r.get("eos")))
