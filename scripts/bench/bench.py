@@ -53,6 +53,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "peer"))
 import debezium  # noqa: E402  (scripts/bench/peer/debezium.py)
+import report  # noqa: E402  (scripts/bench/report.py: what a run's figures are judged on)
 REPO = os.path.dirname(os.path.dirname(HERE))
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 CLK = os.sysconf("SC_CLK_TCK")
@@ -1637,14 +1638,6 @@ EOS_P99_PLUS_MS = 10.0        # p99 within at-least-once's p99 + this, at EOS_P9
 EOS_P99_RATE = 2000
 
 
-def clean_run(x):
-    """A latency run whose consumer received no more than the run produced:
-    more means messages older than the run reached it (seen in the eos
-    scenario: twice the count, half of them ~20 min old), and its
-    percentiles measure their age, not the run."""
-    return not x.get("events") or x.get("received", 0) <= x["events"] * 1.001
-
-
 def scen_eos(args, out, res):
     """delivery = exactly-once beside at-least-once (pgoutbox's defaults), as
     alternating variants of the drain and latency scenarios: every drain
@@ -1677,18 +1670,13 @@ def scen_eos(args, out, res):
                                "alo_eps": x["pgoutbox_eps"], "eos_eps": v["eps"],
                                "ratio": v["eps_vs_defaults"],
                                "ok": v["eps_vs_defaults"] >= EOS_DRAIN_TARGET})
-    lat = {}
     for x in sub.get("latency") or []:
-        if not clean_run(x):
+        if not report.clean_run(x):
             log("eos: %s round %s @%d/s left out: the consumer received %d messages of %d produced"
                 % (x["variant"], x.get("round"), x["rate"], x["received"], x["events"]))
-            continue
-        lat.setdefault((x["variant"], x["rate"]), []).append(x["p99_ms"])
-    alo, eos = lat.get(("defaults", EOS_P99_RATE)), lat.get((EOS[0], EOS_P99_RATE))
-    if alo and eos:
-        ma, me = median(alo), median(eos)
-        t["latency"] = {"rate": EOS_P99_RATE, "alo_p99_ms": ma, "eos_p99_ms": me,
-                        "diff_ms": me - ma, "rounds": len(eos), "ok": me <= ma + EOS_P99_PLUS_MS}
+    t["latency"] = report.eos_p99_target(sub, EOS_P99_RATE)
+    if t["latency"]:
+        t["latency"]["ok"] = t["latency"]["diff_ms"] <= EOS_P99_PLUS_MS
     sub["targets"] = t
     for d in t["drain"]:
         log("eos: drain %s, %s: exactly-once %.0f/s, at-least-once %.0f/s: %.2fx (target >= %.1fx: %s)"
