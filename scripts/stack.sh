@@ -144,6 +144,9 @@ usage: scripts/stack.sh start [--state DIR] [--pg N] [--standby] [--pg-only]
                failover); the next `start` makes a new standby
 
 DIR defaults to $PGOUTBOX_STATE, else ${TMPDIR:-/tmp}/pgoutbox-stack.
+The broker's JVM heap is KAFKA_HEAP_OPTS (Kafka's own variable) at start and
+kafka-start, else -Xms256m -Xmx512m (enough for the tests; the benchmarks
+use Kafka's default of 1 GB).
 EOF
 }
 
@@ -783,9 +786,11 @@ while True:
 # written by the process itself just before it becomes the JVM.
 kafka_launch() {
 	rm -f -- "$KDIR/pid"
+	local -a heap
+	read -r -a heap <<<"${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
 	# shellcheck disable=SC2016 # $$ and "$@" are for the inner shell
 	setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' kafka-launch "$KDIR/pid" \
-		java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+		java "${heap[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
 		-XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
 		-Dlog4j.configuration="file:$KDIR/log4j.properties" -Dkafka.logs.dir="$KDIR" \
 		-cp "$KAFKA_LIBS/*" kafka.Kafka "$KDIR/server.properties" \
