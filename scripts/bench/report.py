@@ -583,7 +583,8 @@ def render(r, img_rel, note):
                                                        m.get("os"), m.get("kernel")))
     add("| PostgreSQL | %s (throwaway cluster of scripts/stack.sh: fsync=off, synchronous_commit=on, "
         "defaults otherwise) |" % m.get("postgresql"))
-    add("| Kafka | %s, single node KRaft, 3 partitions per topic |" % m.get("kafka"))
+    add("| Kafka | %s, single node KRaft, 3 partitions per topic%s |"
+        % (m.get("kafka"), ", JVM heap `%s`" % m["kafka_heap"] if m.get("kafka_heap") else ""))
     add("| librdkafka | %s (pgoutbox and the Python clients) |" % m.get("librdkafka"))
     add("| pgoutbox | %s, git %s, release build; extra -X: %s |" % (
         m.get("pgoutbox_version"), m.get("pgoutbox_rev"), ", ".join(m.get("pgoutbox_x") or []) or "none"))
