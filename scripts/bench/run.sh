@@ -253,8 +253,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 # Kafka's own default heap (kafka-server-start.sh), not the tests' 512 MB:
-# in that one G1 keeps eden at ~13 MB, and its young collections (10-15 ms,
-# 2-3 a second under exactly-once load) made the broker's pauses the p99.
+# in that one G1 keeps eden at ~13 MB, and its young collections (~10 ms,
+# 1.5-2 a second under exactly-once load) made the broker's pauses the p99.
 export KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}
 info "starting a throwaway PostgreSQL + Kafka in $state"
 scripts/stack.sh start --state "$state" >"$out/stack.env" 2>"$out/stack.log" ||
