@@ -773,6 +773,19 @@ def pgbench(out, name, table, agg, rate, secs, dsn=None):
             float(lag.group(1)) if lag else None)
 
 
+def warm_load(out, aggs, rate, secs, label):
+    """Unmeasured load: pgbench at rate for secs on each database of aggs
+    ({dsn or None for the stack's: aggregate type}) at once, each into a
+    topic of its own, until all of it is in Kafka."""
+    for a in aggs.values():
+        create_topic("outbox.event." + a)
+    ns = run_threads([lambda dsn=dsn, a=a: pgbench(out, a, "outbox", a, rate, secs, dsn)
+                      for dsn, a in aggs.items()])
+    for a, n in zip(aggs.values(), ns):
+        if wait_in_kafka("outbox.event." + a, n[0], 120) is None:
+            raise RuntimeError("%s did not deliver the warm-up load of %s" % (label, a))
+
+
 def start_consumer(out, topic, raw=False):
     """consumer.py on topic, once it is ready; with raw, it also writes every
     latency (µs, one a line) to latency-TOPIC.raw: finish_consumer() returns
@@ -1120,12 +1133,8 @@ def scen_latency(args, out, res):
                 # Not measured: a JVM compiles its hot paths during its first
                 # seconds of load; a peer in production has long done so.
                 # pgoutbox gets the same, for symmetry.
-                aggw = "lat_%s_warm_%s" % (vtag, RUN)
-                create_topic("outbox.event." + aggw)
                 log("latency %s: warm-up load, %d/s for %d s (not measured)" % (label, warm_rate, warm_secs))
-                nw = pgbench(out, aggw, "outbox", aggw, warm_rate, warm_secs)[0]
-                if wait_in_kafka("outbox.event." + aggw, nw, 120) is None:
-                    raise RuntimeError("%s did not deliver the warm-up load" % label)
+                warm_load(out, {None: "lat_%s_warm_%s" % (vtag, RUN)}, warm_rate, warm_secs, label)
             for rate in rates:
                 agg = "lat_%s_%d_%s" % (vtag, rate, RUN)
                 topic = "outbox.event." + agg
@@ -1486,17 +1495,11 @@ def sources_latency(args, out, res, conn, conns, kpid):
                     # variant that runs first after the drain measured the
                     # machine settling (its p99 2-7x the second's, whichever
                     # variant it was).
-                    aggw = {d: "srclat_%s_warm_%d_%s" % (vtag, i + 1, RUN) for i, d in enumerate(SRC_DBS)}
-                    for a in aggw.values():
-                        create_topic("outbox.event." + a)
                     log("sources latency %s: warm-up load, %d/s on each database for %d s (not measured)"
                         % (vtag, max(args.src_rates), args.warm_secs))
-                    nws = run_threads([lambda d=d, a=a: pgbench(out, a, "outbox", a, max(args.src_rates),
-                                                                args.warm_secs, dsn_of(d))
-                                       for d, a in aggw.items()])
-                    for (d, a), nw in zip(aggw.items(), nws):
-                        if wait_in_kafka("outbox.event." + a, nw[0], 120) is None:
-                            raise RuntimeError("sources %s did not deliver the warm-up load of %s" % (v, d))
+                    warm_load(out, {dsn_of(d): "srclat_%s_warm_%d_%s" % (vtag, i + 1, RUN)
+                                    for i, d in enumerate(SRC_DBS)},
+                              max(args.src_rates), args.warm_secs, "sources " + v)
                 for rate in args.src_rates:
                     aggs = {d: "srclat_%s_%d_%d_%s" % (vtag, rate, i + 1, RUN) for i, d in enumerate(SRC_DBS)}
                     for d, a in aggs.items():
